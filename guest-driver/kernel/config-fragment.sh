@@ -1,0 +1,22 @@
+#!/bin/sh
+# Kernel options for the VPM guest, applied after `make tinyconfig` and before `make olddefconfig`.
+# Run from the kernel build directory. Every option here is checked to be `=y` afterwards.
+set -e
+C=scripts/config
+ENABLE="
+64BIT
+PRINTK PRINTK_TIME EARLY_PRINTK TTY SERIAL_8250 SERIAL_8250_CONSOLE
+BLK_DEV_INITRD RD_GZIP DEVTMPFS DEVTMPFS_MOUNT PROC_FS SYSFS SHMEM TMPFS
+BINFMT_ELF BINFMT_SCRIPT MULTIUSER FUTEX UNIX NET
+MODULES MODULE_UNLOAD RUST
+HYPERVISOR_GUEST PARAVIRT KVM_GUEST
+BLOCK BLK_DEV SPARSEMEM_VMEMMAP MEMORY_HOTPLUG MEMORY_HOTREMOVE TRANSPARENT_HUGEPAGE ZONE_DEVICE
+LIBNVDIMM BLK_DEV_PMEM X86_PMEM_LEGACY DAX FS_DAX DEV_DAX DEV_DAX_PMEM EXT4_FS
+PCI VIRTIO_MENU VIRTIO VIRTIO_MMIO VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_PCI VIRTIO_PMEM VIRTIO_BLK
+DEBUG_FS
+"
+DISABLE="MODVERSIONS"
+for opt in $ENABLE; do $C --enable "$opt"; done
+for opt in $DISABLE; do $C --disable "$opt"; done
+# Exported so build-kernel.sh can verify the result after olddefconfig.
+echo "$ENABLE" | tr ' ' '\n' | grep -v '^$' > .vpm-required-options

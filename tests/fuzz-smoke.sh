@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target of the project for a short time (default 20 s each).
+# Needs the nightly toolchain that these machines carry, and cargo-fuzz (install-deps.sh).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup/env.sh"
+secs=${VPM_FUZZ_SECONDS:-20}
+rustup run nightly rustc --version >/dev/null 2>&1 || {
+  echo "fuzz-smoke: the nightly toolchain is missing (cargo-fuzz needs it); rustup toolchain list:" >&2
+  rustup toolchain list >&2; exit 1; }
+command -v cargo-fuzz >/dev/null || { echo "fuzz-smoke: cargo-fuzz missing: run tests/setup/install-deps.sh" >&2; exit 1; }
+for dir in $(find "$VPM_REPO" -path '*/target' -prune -o -name Cargo.toml -path '*/fuzz/*' -print | xargs -n1 dirname | sort); do
+  for t in $(cd "$dir" && cargo +nightly fuzz list); do
+    echo "[fuzz-smoke] $(realpath --relative-to="$VPM_REPO" "$dir")/$t for ${secs}s"
+    (cd "$dir" && cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -print_final_stats=1 2>&1 |
+      grep -E 'Done|stat::number_of_executed_units|ERROR|panicked' || true; exit "${PIPESTATUS[0]}")
+  done
+done

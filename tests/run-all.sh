@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The project's test command: sets up a fresh machine (idempotent), builds everything, runs every
+# test. Exits non-zero on the first failure. Used by .ci/run and named in the README.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source tests/setup/env.sh
+
+t0=$(date +%s)
+step() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
+
+step "install system dependencies"
+bash tests/setup/install-deps.sh
+
+step "guest kernel (cached)"
+eval "$(bash guest-driver/kernel/build-kernel.sh)"
+export KERNEL_BZIMAGE KERNEL_BUILD_DIR
+echo "bzImage: $KERNEL_BZIMAGE"
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy -p vpm-abi --all-targets --features derive,fuzzing --quiet -- -D warnings
+
+step "build (release)"
+cargo build --workspace --release --quiet
+
+step "tests"
+cargo test --workspace --release
+cargo test -p vpm-abi --release --features derive
+
+step "fuzz smoke"
+bash tests/fuzz-smoke.sh
+
+step "all passed in $(( $(date +%s) - t0 ))s"
