@@ -1,0 +1,313 @@
+//! `vpm-bench pm-core`: the PM core's commit throughput against the raw copy+flush floor of the
+//! same pool file, persist latency, and recovery time of a 1 GiB pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use vpm_host::pm::file::FileDevice;
+use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
+use vpm_host::pm::PmDevice;
+use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
+
+use crate::stats::{percentile, platform_note, timed};
+
+const PAGE: usize = 4096;
+const MIB: f64 = 1048576.0;
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(parent: &str) -> Result<Scratch, String> {
+        let dir = PathBuf::from(parent).join(format!("vpm-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open_pool_file(dir: &Path, size: u64, policy: FlushPolicy) -> Result<Arc<MappedFile>, String> {
+    let opts = MapOptions {
+        size,
+        policy,
+        exclusive: true,
+        populate: true,
+    };
+    MappedFile::open_with(&dir.join("pool"), opts)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+fn capacity(dir: &Path) -> Result<Arc<FileDevice>, String> {
+    FileDevice::open(&dir.join("pool.cap"))
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// Raw floor: copy `pages` 4 KiB pages from a buffer of that size (like guest pages) into the
+/// device at `off`, one drain. `nt`: the device's persistent copy (non-temporal stores where it
+/// has them); else a plain copy and a flush per page.
+fn copy_flush_floor(dev: &dyn PmDevice, off: u64, pages: usize, nt: bool) -> Result<f64, String> {
+    let src: Vec<u8> = (0..pages * PAGE).map(|i| i as u8 ^ 0x5a).collect();
+    let ((), secs) = timed(|| {
+        for p in 0..pages {
+            let at = off + (p * PAGE) as u64;
+            let page = &src[p * PAGE..][..PAGE];
+            if nt {
+                dev.write_flush(at, page).expect("floor write");
+            } else {
+                dev.write(at, page).expect("floor write");
+                dev.flush(at, PAGE as u64).expect("floor flush");
+            }
+        }
+        dev.drain().expect("floor drain");
+    });
+    Ok((pages * PAGE) as f64 / MIB / secs)
+}
+
+/// Changes `lines` lines of every page of `img` (a new value per call).
+fn touch(img: &mut [u8], lines: usize, stamp: u64) {
+    for page in img.chunks_mut(PAGE) {
+        for l in 0..lines {
+            page[l * 64..l * 64 + 8].copy_from_slice(&stamp.to_le_bytes());
+        }
+    }
+}
+
+fn commit_bench(
+    label: &str,
+    parent: &str,
+    policy: FlushPolicy,
+    dirty_mib: usize,
+) -> Result<Value, String> {
+    let scratch = Scratch::new(parent)?;
+    let pages = dirty_mib * 1024 * 1024 / PAGE;
+    let pool_size = (pages * PAGE * 3 + (64 << 20)) as u64;
+    let pm = open_pool_file(&scratch.0, pool_size, policy)?;
+    // The floor on the same file, in the region the pool will use for data.
+    let floor = copy_flush_floor(&*pm, pool_size / 2, pages, false)?;
+    let floor_nt = copy_flush_floor(&*pm, pool_size / 2, pages, true)?;
+    let cfg = PoolConfig {
+        size: pool_size,
+        max_tenants: 2,
+        meta_bytes: 48 << 20,
+        pool_id: 1,
+    };
+    let mut pool =
+        Pool::create(pm.clone(), capacity(&scratch.0)?, &cfg).map_err(|e| e.to_string())?;
+    let t = pool
+        .add_tenant(&TenantConfig {
+            name: "bench".into(),
+            vpm_bytes: (pages * PAGE) as u64,
+            pm_quota_bytes: (pages * PAGE * 2) as u64,
+            dram_budget_bytes: 0,
+            log_bytes: 32 << 20,
+        })
+        .map_err(|e| e.to_string())?;
+    let dirty: Vec<u64> = (0..pages as u64).collect();
+    let mut img = vec![0u8; pages * PAGE];
+    let mut rows = Vec::new();
+    let cases = [
+        ("first epoch (new homes)", 64),
+        ("all lines changed, cold", 64),
+        ("all lines changed, warm", 64),
+        ("all lines changed, warm", 64),
+        ("4 lines per page changed", 4),
+    ];
+    for (name, lines) in cases {
+        touch(&mut img, lines, rows.len() as u64 + 1);
+        let before = pm.stats().bytes_written;
+        let (r, secs) = timed(|| pool.commit_epoch(t, &dirty, &img));
+        let stats = r.map_err(|e| e.to_string())?;
+        let mibs = (pages * PAGE) as f64 / MIB / secs;
+        let written = pm.stats().bytes_written - before;
+        println!(
+            "  {name:<26} {mibs:>6.0} MiB/s of dirty pages = {:>5.1} % of floor; PM bytes written / changed bytes = {:.2}; commit point after {:.1} ms",
+            100.0 * mibs / floor,
+            written as f64 / (stats.changed_lines * 64) as f64,
+            stats.until_commit_us as f64 / 1000.0
+        );
+        rows.push(
+            json!({"case": name, "mib_per_s": mibs, "percent_of_floor": 100.0 * mibs / floor,
+            "pm_bytes_written": written, "changed_bytes": stats.changed_lines * 64,
+            "until_commit_ms": stats.until_commit_us as f64 / 1000.0, "total_ms": secs * 1000.0}),
+        );
+    }
+    println!(
+        "  floors on the same file: copy+flush of 4 KiB pages {floor:.0} MiB/s; persistent (non-temporal) copy {floor_nt:.0} MiB/s; flush method {}",
+        pm.method().name()
+    );
+    Ok(
+        json!({"backend": label, "flush": pm.method().name(), "dirty_mib": dirty_mib,
+        "floor_mib_per_s": floor, "commits": rows}),
+    )
+}
+
+fn persist_bench(
+    label: &str,
+    parent: &str,
+    policy: FlushPolicy,
+    iters: usize,
+) -> Result<Value, String> {
+    let scratch = Scratch::new(parent)?;
+    let pm = open_pool_file(&scratch.0, 64 << 20, policy)?;
+    let cfg = PoolConfig {
+        size: 64 << 20,
+        max_tenants: 1,
+        meta_bytes: 4 << 20,
+        pool_id: 2,
+    };
+    let mut pool =
+        Pool::create(pm.clone(), capacity(&scratch.0)?, &cfg).map_err(|e| e.to_string())?;
+    let vpm = 16 << 20;
+    let t = pool
+        .add_tenant(&TenantConfig {
+            name: "p".into(),
+            vpm_bytes: vpm,
+            pm_quota_bytes: vpm,
+            dram_budget_bytes: 0,
+            log_bytes: 1 << 20,
+        })
+        .map_err(|e| e.to_string())?;
+    let mut img = vec![1u8; vpm as usize];
+    pool.persist(t, &[(0, vpm)], &img)
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for size in [64usize, 4096, 65536] {
+        let mut lat = Vec::with_capacity(iters);
+        let mut floor = Vec::with_capacity(iters);
+        let scratch_buf = vec![7u8; size];
+        for i in 0..iters {
+            let off = (i * 65536) % (vpm as usize - 65536);
+            for b in img[off..off + size].iter_mut().step_by(64) {
+                *b = b.wrapping_add(1);
+            }
+            let (r, secs) = timed(|| pool.persist(t, &[(off as u64, size as u64)], &img));
+            r.map_err(|e| e.to_string())?;
+            lat.push(secs * 1e6);
+            let at = pool.header().data_off + (pool.header().data_pages - 32) * PAGE as u64;
+            let ((), fs) = timed(|| {
+                pm.write(at, &scratch_buf).expect("floor");
+                pm.flush(at, size as u64).expect("floor");
+                pm.drain().expect("floor");
+            });
+            floor.push(fs * 1e6);
+        }
+        let (p50, p99) = (percentile(&mut lat, 50.0), percentile(&mut lat, 99.0));
+        let f50 = percentile(&mut floor, 50.0);
+        println!("  persist {size:>6} B: p50 {p50:>8.2} µs, p99 {p99:>8.2} µs; copy+flush floor p50 {f50:>8.2} µs");
+        rows.push(json!({"bytes": size, "p50_us": p50, "p99_us": p99, "floor_p50_us": f50}));
+    }
+    Ok(json!({"backend": label, "flush": pm.method().name(), "persist": rows}))
+}
+
+fn recovery_bench(pool_mib: u64) -> Result<Value, String> {
+    let scratch = Scratch::new("/dev/shm")?;
+    let size = pool_mib << 20;
+    let vpm = size * 3 / 4;
+    let pages = vpm / PAGE as u64;
+    {
+        let pm = open_pool_file(&scratch.0, size, FlushPolicy::CpuFlush)?;
+        let cfg = PoolConfig {
+            size,
+            max_tenants: 4,
+            meta_bytes: size / 16,
+            pool_id: 3,
+        };
+        let mut pool = Pool::create(pm, capacity(&scratch.0)?, &cfg).map_err(|e| e.to_string())?;
+        let t = pool
+            .add_tenant(&TenantConfig {
+                name: "r".into(),
+                vpm_bytes: vpm,
+                pm_quota_bytes: vpm,
+                dram_budget_bytes: 0,
+                log_bytes: 8 << 20,
+            })
+            .map_err(|e| e.to_string())?;
+        let chunk = 32768u64;
+        let mut img = vec![0u8; (chunk as usize) * PAGE];
+        for start in (0..pages).step_by(chunk as usize) {
+            let n = chunk.min(pages - start);
+            touch(&mut img[..n as usize * PAGE], 1, start + 1);
+            let src = OffsetSource {
+                base: start,
+                img: &img,
+            };
+            let dirty: Vec<u64> = (start..start + n).collect();
+            pool.commit_epoch(t, &dirty, &src)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let pm = open_pool_file(&scratch.0, 0, FlushPolicy::CpuFlush)?;
+    let cap = capacity(&scratch.0)?;
+    let (opened, secs) = timed(|| Pool::open(pm, cap));
+    let (pool, _report) = opened.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; PAGE];
+    let ((), read_secs) = timed(|| {
+        for vpn in 0..pages {
+            pool.read_home(0, vpn, &mut buf).expect("read");
+        }
+    });
+    println!(
+        "  recovery of a {pool_mib} MiB pool ({pages} homed pages): open+verify {:.1} ms (goal <= 200 ms), then reading every page {:.1} ms",
+        secs * 1000.0,
+        read_secs * 1000.0
+    );
+    Ok(
+        json!({"pool_mib": pool_mib, "pages": pages, "open_ms": secs * 1000.0, "read_pages_ms": read_secs * 1000.0}),
+    )
+}
+
+/// Pages `base..` of a tenant, from a buffer that starts at page `base`.
+struct OffsetSource<'a> {
+    base: u64,
+    img: &'a [u8],
+}
+
+impl vpm_host::epoch::PageSource for OffsetSource<'_> {
+    fn with_page(&self, vpn: u64, f: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+        self.img.with_page(vpn - self.base, f)
+    }
+}
+
+/// Runs the whole PM-core benchmark.
+pub fn run(out: &Path, quick: bool) -> Result<(), String> {
+    println!("vpm-bench pm-core — measured on: {}", platform_note());
+    let dirty_mib = if quick { 16 } else { 64 };
+    let iters = if quick { 100 } else { 400 };
+    let backends = [
+        (
+            "tmpfs file, CPU flushes (emulated PM in DRAM)",
+            "/dev/shm",
+            FlushPolicy::CpuFlush,
+        ),
+        (
+            "ext4 file, msync (emulated PM in the page cache)",
+            "/var/tmp",
+            FlushPolicy::Auto,
+        ),
+    ];
+    let mut commits = Vec::new();
+    let mut persists = Vec::new();
+    for (label, parent, policy) in backends {
+        println!("\n{label}: epoch commit of {dirty_mib} MiB of dirty 4 KiB pages");
+        commits.push(commit_bench(label, parent, policy, dirty_mib)?);
+        println!("{label}: persist latency ({iters} each)");
+        persists.push(persist_bench(label, parent, policy, iters)?);
+    }
+    println!("\nrecovery");
+    let recovery = recovery_bench(if quick { 256 } else { 1024 })?;
+    let doc = json!({"platform": platform_note(), "commit": commits, "persist": persists, "recovery": recovery});
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = out.join("pm-core.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json"))
+        .map_err(|e| e.to_string())?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! VPM host service.
+//!
+//! The modules follow a vPM page's data path, bottom up:
+//! - [`pm`]: the PM devices a pool lives on (mapped file, DAX, or the power-failure simulator) and
+//!   the flush primitives (clwb, clflushopt, non-temporal copy, msync).
+//! - [`pool`]: the pool's durable layout (header, tenants, page maps, commit records, redo log) and
+//!   home allocation across PM and the capacity file.
+//! - [`epoch`]: epoch commits, persist ranges, transient marks, and crash recovery.
+//! - [`tier`]: the in-DRAM view of each page (placement, dirty state, write counts).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod epoch;
+pub mod pm;
+pub mod pool;
+pub mod tier;
