@@ -10,6 +10,8 @@
 
 pub mod proto;
 
+pub mod harness;
+
 #[cfg(feature = "derive")]
 pub mod flags;
 

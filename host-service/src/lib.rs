@@ -13,3 +13,4 @@ pub mod epoch;
 pub mod pm;
 pub mod pool;
 pub mod tier;
+pub mod vmm;

@@ -2,12 +2,14 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use vpm_abi::PAGE_SIZE;
+use vpm_abi::{LINE_SIZE, PAGE_SIZE};
 
 use super::log::{apply, diff_mask, mostly_changed, RedoLog};
 use super::PageSource;
 use crate::pm::{write_durable, PmDevice};
-use crate::pool::layout::{CommitRecord, Home, LogRecordHeader, APPLIED_WORD_OFF, LOG_NEW_HOME};
+use crate::pool::layout::{
+    CommitRecord, Home, LogRecordHeader, APPLIED_WORD_OFF, LOG_HEADER_SIZE, LOG_NEW_HOME,
+};
 use crate::pool::{check_vpn, Pool, PoolError};
 
 static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
@@ -160,7 +162,7 @@ impl Pool {
         allocated: &mut Vec<Home>,
         fresh: &mut Fresh,
     ) -> Result<(), PoolError> {
-        for &vpn in dirty {
+        for (i, &vpn) in dirty.iter().enumerate() {
             let home = {
                 let t = self.tenant(tenant)?;
                 check_vpn(t, vpn)?;
@@ -169,10 +171,14 @@ impl Pool {
             if home == Home::Transient {
                 continue;
             }
+            // Room kept for the pages after this one, should they all need 64-byte records.
+            let reserve = (dirty.len() - i - 1) as u64 * LOG_HEADER_SIZE as u64;
             let mut result = Ok(());
             source
                 .with_page(vpn, &mut |page| {
-                    result = self.collect_page(tenant, vpn, home, page, log, allocated, fresh);
+                    let r =
+                        self.collect_page(tenant, vpn, home, page, reserve, log, allocated, fresh);
+                    result = r;
                 })
                 .map_err(|why| PoolError::Source { vpn, why })?;
             result?;
@@ -188,6 +194,7 @@ impl Pool {
         vpn: u64,
         home: Home,
         page: &[u8],
+        reserve: u64,
         log: &mut RedoLog,
         allocated: &mut Vec<Home>,
         fresh: &mut Fresh,
@@ -210,9 +217,18 @@ impl Pool {
         if mask == 0 {
             return Ok(());
         }
+        let log_cap = self.tenant(tenant)?.desc.log_bytes;
+        let line_record = LOG_HEADER_SIZE as u64 + mask.count_ones() as u64 * LINE_SIZE;
+        let log_tight = log.bytes.len() as u64 + line_record + reserve > log_cap;
         let target = match home {
             Home::None => Some(self.alloc_home(tenant)?),
-            _ if mask.count_ones() >= COW_LINES => self.alloc_same_tier(tenant, home)?,
+            _ if mask.count_ones() >= COW_LINES || log_tight => {
+                match self.alloc_same_tier(tenant, home)? {
+                    // A full log takes whole pages copy-on-write (64-byte records) in any tier.
+                    None if log_tight => Some(self.alloc_home(tenant)?),
+                    other => other,
+                }
+            }
             _ => None,
         };
         let header = match target {
@@ -236,7 +252,6 @@ impl Pool {
                 flags: 0,
             },
         };
-        let log_cap = self.tenant(tenant)?.desc.log_bytes;
         let need = (log.bytes.len() + header.record_len()) as u64;
         if need > log_cap {
             return Err(PoolError::LogFull {
@@ -248,13 +263,24 @@ impl Pool {
         Ok(())
     }
 
-    /// A fresh home in the same tier as `home`, if that tier has room within the quota.
+    /// A fresh home in the same tier as `home`, for a copy-on-write rewrite. The quota is not
+    /// checked: the old home is freed when the epoch is applied, so the tenant holds both only
+    /// for the duration of the commit.
     fn alloc_same_tier(&mut self, tenant: u32, home: Home) -> Result<Option<Home>, PoolError> {
-        let new = self.alloc_home(tenant)?;
-        if std::mem::discriminant(&new) == std::mem::discriminant(&home) {
-            return Ok(Some(new));
+        let new = match home {
+            Home::Pm(_) => self.pm_slots.alloc().map(Home::Pm),
+            _ => match self.alloc_home(tenant)? {
+                h @ Home::Capacity(_) => return Ok(Some(h)),
+                other => {
+                    self.unalloc_home(tenant, other);
+                    return Ok(None);
+                }
+            },
+        };
+        if let Some(h) = new {
+            self.tenant_mut(tenant)?.pm_homes += 1;
+            return Ok(Some(h));
         }
-        self.unalloc_home(tenant, new);
         Ok(None)
     }
 

@@ -498,3 +498,49 @@ impl Tenant {
         }
     }
 }
+
+impl Pool {
+    /// Gives every page of `tenant` a home (for the direct modes, which map homes into the
+    /// guest): new homes are zeroed and installed durably. Returns each page's home.
+    pub fn ensure_homes(&mut self, tenant: u32) -> Result<Vec<Home>, PoolError> {
+        let pages = self.tenant(tenant)?.pages();
+        let zero = vec![0u8; PAGE_SIZE as usize];
+        let mut fresh = Vec::new();
+        for vpn in 0..pages {
+            if matches!(
+                self.tenant(tenant)?.homes[vpn as usize],
+                Home::None | Home::Transient
+            ) {
+                let home = self.alloc_home(tenant)?;
+                let (dev, off) = self.home_location(home).expect("allocated home");
+                dev.write_flush(off, &zero)?;
+                fresh.push((vpn, home));
+            }
+        }
+        self.pm.drain()?;
+        self.cap.drain()?;
+        let map_off = self.tenant(tenant)?.desc.map_off;
+        for &(vpn, home) in &fresh {
+            self.pm
+                .write_u64(map_off + vpn * 8, home.encode(tenant, vpn))?;
+        }
+        if !fresh.is_empty() {
+            self.pm.flush(map_off, pages * 8)?;
+            self.pm.drain()?;
+        }
+        let t = self.tenant_mut(tenant)?;
+        for (vpn, home) in fresh {
+            t.homes[vpn as usize] = home;
+        }
+        Ok(t.homes.clone())
+    }
+
+    /// The file descriptor and file offset behind a home (to map it into a guest).
+    pub fn home_fd_offset(&self, home: Home) -> Option<(std::os::fd::RawFd, u64)> {
+        match home {
+            Home::Pm(s) => Some((self.pm.raw_fd()?, self.header.data_off + s * PAGE_SIZE)),
+            Home::Capacity(s) => Some((self.cap.raw_fd()?, s * PAGE_SIZE)),
+            Home::None | Home::Transient => None,
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The contract between the VPM test guest and the VMM that runs it (not part of the hint
+//! protocol): where the boot parameters and the report live in guest memory, the workload codes,
+//! and the control port the guest writes when it stops.
+
+/// Guest-physical address of the [`BootParams`] page.
+pub const BOOT_PARAMS_GPA: u64 = 0x0090_0000;
+/// Guest-physical address of the [`GuestReport`] page.
+pub const REPORT_GPA: u64 = 0x0091_0000;
+/// Guest-physical address of the shared hint page the guest registers.
+pub const SHARED_PAGE_GPA: u64 = 0x0092_0000;
+/// Guest-physical address the guest's ELF is linked at.
+pub const GUEST_LOAD_GPA: u64 = 0x0010_0000;
+/// Top of the guest's stack.
+pub const GUEST_STACK_TOP: u64 = 0x0080_0000;
+/// Size of guest RAM (slot 0).
+pub const GUEST_RAM_SIZE: u64 = 16 << 20;
+/// Guest-physical base of the vPM region (slot 1).
+pub const VPM_BASE_GPA: u64 = 0x4000_0000;
+/// Largest vPM the test guest's page tables map (the identity map covers 4 GiB).
+pub const VPM_MAX_SIZE: u64 = 3 << 30;
+
+/// I/O port the guest writes (one byte, a [`GuestExit`] code) when it stops.
+pub const CONTROL_PORT: u16 = 0x0f58;
+/// I/O port the guest writes to tell the host about progress (one byte, ignored); the host uses
+/// these exits to sample the guest's state.
+pub const PROGRESS_PORT: u16 = 0x0f59;
+
+/// `"VPMBOOT1"` as a little-endian u64.
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VPMBOOT1");
+
+/// Workloads of the test guest.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Fill vPM with a seeded pattern, then verify every page's checksum for `arg[0]` rounds,
+    /// rewriting `arg[1]` pages per round (the host migrates pages meanwhile).
+    Checksum = 1,
+    /// Append sequence-numbered 64-byte records forever (or `arg[0]` records if non-zero); in PV
+    /// mode persist every record (flush) and drain every `arg[1]` records.
+    SeqWriter = 2,
+    /// Check a recovered sequence-numbered image: the report's `values[0]` is the last sequence,
+    /// `errors` counts records that break the point-in-time (F1) or persisted-prefix (P1) rule
+    /// (`arg[0]` = 1 for the P1 rule with the acknowledged sequence in `arg[1]`).
+    SeqCheck = 3,
+    /// Random 4 KiB writes (`arg[0]` writes), persisting each in PV mode.
+    RandomWrites = 4,
+    /// Sequential writes of `arg[1]` bytes (`arg[0]` of them), persisting each in PV mode.
+    SeqWrites = 5,
+    /// A small persistent key-value store: `arg[0]` puts of 64-byte values with persist.
+    KvStore = 6,
+    /// An append-only log: `arg[0]` appends of `arg[1]` bytes, persisting record then tail.
+    AppendLog = 7,
+    /// Scratch buffers marked transient (`arg[1]` pages at the end of vPM), written heavily; in the
+    /// check phase (`arg[0]` = 1) the scratch must read as zeros.
+    Transient = 8,
+    /// Hostile hints: bad ranges, unknown ops, garbage indices, bad registration, a doorbell
+    /// storm; `errors` counts answers that were not the expected error.
+    Hostile = 9,
+    /// Persist latency: `arg[0]` persists of `arg[1]` bytes each; reports TSC cycles per persist.
+    PersistLatency = 10,
+}
+
+impl Workload {
+    /// Decodes a workload code.
+    pub const fn from_code(code: u32) -> Option<Workload> {
+        Some(match code {
+            1 => Workload::Checksum,
+            2 => Workload::SeqWriter,
+            3 => Workload::SeqCheck,
+            4 => Workload::RandomWrites,
+            5 => Workload::SeqWrites,
+            6 => Workload::KvStore,
+            7 => Workload::AppendLog,
+            8 => Workload::Transient,
+            9 => Workload::Hostile,
+            10 => Workload::PersistLatency,
+            _ => return None,
+        })
+    }
+}
+
+/// Flag in [`BootParams::flags`]: send persistence hints (PV mode).
+pub const FLAG_PV: u32 = 1;
+/// Flag: mark transient regions with hints (PV mode with transient hints).
+pub const FLAG_TRANSIENT_HINTS: u32 = 2;
+
+/// Boot parameters, written by the VMM at [`BOOT_PARAMS_GPA`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootParams {
+    /// [`BOOT_MAGIC`].
+    pub magic: u64,
+    /// A [`Workload`] code.
+    pub workload: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// vPM base (guest-physical).
+    pub vpm_base: u64,
+    /// vPM size in bytes.
+    pub vpm_size: u64,
+    /// Seed for pseudo-random choices.
+    pub seed: u64,
+    /// Workload arguments.
+    pub arg: [u64; 6],
+}
+
+/// The guest's report at [`REPORT_GPA`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GuestReport {
+    /// [`REPORT_RUNNING`], [`REPORT_DONE`] or [`REPORT_FAILED`].
+    pub state: u32,
+    /// Length of `message`.
+    pub message_len: u32,
+    /// Errors the workload found.
+    pub errors: u64,
+    /// Operations done (records, puts, writes, rounds…).
+    pub ops: u64,
+    /// Workload-specific values (see each [`Workload`]).
+    pub values: [u64; 8],
+    /// A short text (panic message, first error).
+    pub message: [u8; 256],
+}
+
+/// Report state: running.
+pub const REPORT_RUNNING: u32 = 1;
+/// Report state: finished.
+pub const REPORT_DONE: u32 = 2;
+/// Report state: failed (panic or setup error); see the message.
+pub const REPORT_FAILED: u32 = 3;
+
+/// Exit codes written to [`CONTROL_PORT`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The workload finished.
+    Done = 1,
+    /// The guest failed (see the report).
+    Failed = 2,
+}
+
+/// One sequence-numbered record of [`Workload::SeqWriter`]: 64 bytes, word 0 the sequence,
+/// words 1..7 derived from it; record `seq` lives in slot `seq % slots` of vPM.
+pub const fn seq_record_word(seq: u64, i: usize) -> u64 {
+    if i == 0 {
+        seq
+    } else {
+        seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(i as u32 * 7)
+            ^ i as u64
+    }
+}

@@ -1,0 +1,191 @@
+//! The host end of the hint channel: decodes doorbell bytes, checks and serves ring entries, and
+//! turns them into pool and tier actions for the VM's mode. Nothing the guest writes can make
+//! this panic or touch memory outside the guest's own vPM and shared page.
+
+use std::sync::atomic::Ordering;
+
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vpm_abi::{
+    decode_entry, Consumer, DoorbellCmd, DoorbellDecoder, HeaderStatus, Hint, HintResult,
+    SharedPage, VpmRegion,
+};
+
+use super::layout::{valid_shared_page, VPM_BASE_GPA};
+use super::mode::Mode;
+use super::{Shared, VmmError};
+
+/// A registered shared page.
+struct Channel {
+    page: &'static SharedPage,
+    consumer: Consumer,
+}
+
+/// The per-VM hint service, owned by the vCPU thread.
+pub struct HintService {
+    decoder: DoorbellDecoder,
+    channel: Option<Channel>,
+    region: VpmRegion,
+    /// Flushed ranges (vPM offsets) waiting for a drain.
+    queued: Vec<(u64, u64)>,
+}
+
+impl HintService {
+    /// A service for a vPM of `size` bytes at the standard base.
+    pub fn new(size: u64) -> HintService {
+        HintService {
+            decoder: DoorbellDecoder::new(),
+            channel: None,
+            region: VpmRegion::new(VPM_BASE_GPA, size).expect("vPM region is whole pages"),
+            queued: Vec::new(),
+        }
+    }
+
+    /// Handles one doorbell byte.
+    pub fn on_byte(&mut self, byte: u8, vm: &Shared) -> Result<(), VmmError> {
+        match self.decoder.feed(byte) {
+            None => Ok(()),
+            Some(DoorbellCmd::Register(gpa)) => {
+                self.register(gpa, vm);
+                Ok(())
+            }
+            Some(DoorbellCmd::Unregister) => {
+                if let Some(ch) = self.channel.take() {
+                    ch.page
+                        .header
+                        .status
+                        .store(HeaderStatus::Unregistered as u32, Ordering::Release);
+                }
+                Ok(())
+            }
+            Some(DoorbellCmd::Ring) => {
+                vm.stats.lock().expect("stats").doorbells += 1;
+                self.serve_ring(vm)
+            }
+            Some(DoorbellCmd::Unknown(_)) => {
+                vm.stats.lock().expect("stats").doorbell_unknown += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn register(&mut self, gpa: u64, vm: &Shared) {
+        self.channel = None;
+        self.queued.clear();
+        if !valid_shared_page(gpa) {
+            vm.stats.lock().expect("stats").registrations_refused += 1;
+            tracing::debug!(gpa, "refused shared page registration");
+            return;
+        }
+        let host = vm
+            .ram
+            .get_host_address(GuestAddress(gpa))
+            .expect("checked inside guest RAM");
+        // SAFETY: the page lies inside guest RAM (checked above), which stays mapped for the VM's
+        // lifetime; it is 4096-aligned (gpa and the RAM mapping are page-aligned); the guest
+        // accesses it concurrently, which the atomic fields make sound.
+        let page: &'static SharedPage = unsafe { SharedPage::from_ptr(host) };
+        let h = &page.header;
+        h.vpm_base.store(self.region.base(), Ordering::Relaxed);
+        h.vpm_size.store(self.region.size(), Ordering::Relaxed);
+        h.epoch
+            .store(vm.stats.lock().expect("stats").epoch, Ordering::Relaxed);
+        match Consumer::attach(page, vm.mode.features()) {
+            Ok(consumer) => self.channel = Some(Channel { page, consumer }),
+            Err(status) => {
+                vm.stats.lock().expect("stats").registrations_refused += 1;
+                tracing::debug!(?status, "refused shared page header");
+            }
+        }
+    }
+
+    fn serve_ring(&mut self, vm: &Shared) -> Result<(), VmmError> {
+        let Some(ch) = self.channel.as_mut() else {
+            vm.stats.lock().expect("stats").hints_rejected += 1;
+            return Ok(());
+        };
+        let page = ch.page;
+        loop {
+            let taken = match ch.consumer.take(page) {
+                Ok(Some(t)) => t,
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    let mut s = vm.stats.lock().expect("stats");
+                    s.rings_stopped += 1;
+                    s.hints_rejected += 1;
+                    return Ok(());
+                }
+            };
+            let result = match decode_entry(&taken.entry, &self.region) {
+                Ok(hint) => act(hint, self.region, &mut self.queued, vm, page)?,
+                Err(e) => e,
+            };
+            {
+                let mut s = vm.stats.lock().expect("stats");
+                if result == HintResult::Ok {
+                    s.hints_served += 1;
+                } else {
+                    s.hints_rejected += 1;
+                }
+            }
+            ch.consumer.finish(page, &taken, result.code());
+        }
+    }
+}
+
+/// Carries out one checked hint.
+fn act(
+    hint: Hint,
+    region: VpmRegion,
+    queued: &mut Vec<(u64, u64)>,
+    vm: &Shared,
+    page: &SharedPage,
+) -> Result<HintResult, VmmError> {
+    let offset = |r: vpm_abi::GuestRange| (r.start() - region.base(), r.len());
+    Ok(match (hint, vm.mode) {
+        (Hint::Nop, _) => HintResult::Ok,
+        (Hint::Info, _) => {
+            page.header
+                .epoch
+                .store(vm.stats.lock().expect("stats").epoch, Ordering::Relaxed);
+            page.header
+                .host_features
+                .store(vm.mode.features(), Ordering::Relaxed);
+            HintResult::Ok
+        }
+        (Hint::Persist(r), Mode::Pv) => vm.persist(&[offset(r)])?,
+        (Hint::Flush(r), Mode::Pv) => {
+            queued.push(offset(r));
+            HintResult::Ok
+        }
+        (Hint::Drain, Mode::Pv) => {
+            let ranges = std::mem::take(queued);
+            let res = if ranges.is_empty() {
+                HintResult::Ok
+            } else {
+                vm.persist(&ranges)?
+            };
+            vm.witness_drain();
+            res
+        }
+        (Hint::Persist(_) | Hint::Flush(_) | Hint::Drain, Mode::Msync) => {
+            if matches!(hint, Hint::Flush(_)) {
+                queued.push((0, 0));
+                HintResult::Ok
+            } else if matches!(hint, Hint::Drain) && queued.is_empty() {
+                HintResult::Ok
+            } else {
+                queued.clear();
+                vm.msync_region()?
+            }
+        }
+        // Direct mode has ADR semantics: stores are in PM already; the guest's own flushes count.
+        (Hint::Persist(_) | Hint::Flush(_) | Hint::Drain, Mode::Direct) => HintResult::Ok,
+        (Hint::SetTransient(r), Mode::Pv) => vm.set_transient(offset(r), true)?,
+        (Hint::SetPersistent(r), Mode::Pv) => vm.set_transient(offset(r), false)?,
+        (Hint::RequestEpoch, Mode::Full | Mode::Pv) => {
+            vm.epoch_from_vcpu()?;
+            HintResult::Ok
+        }
+        _ => HintResult::NotSupported,
+    })
+}

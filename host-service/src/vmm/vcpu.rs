@@ -1,0 +1,65 @@
+//! The vCPU: 64-bit long mode at CPL3 (native speed on PVM hosts, and fine on VMX), entering the
+//! test guest with identity paging, IOPL 3 for port I/O, and interrupts enabled.
+
+use kvm_bindings::{kvm_regs, kvm_segment, CpuId};
+use kvm_ioctls::{VcpuFd, VmFd};
+
+use super::layout::{GUEST_STACK_TOP, PML4_GPA};
+use super::VmmError;
+
+const CR0_PE_MP_ET_NE_WP_PG: u64 = 0x8005_0033;
+const CR4_PAE: u64 = 0x20;
+const EFER_LME_LMA: u64 = 0x500;
+/// IF, IOPL 3, and the always-one bit 1.
+const RFLAGS: u64 = 0x3202;
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmmError {
+    move |e| VmmError::Kvm(format!("{what}: {e}"))
+}
+
+/// Creates vCPU 0 ready to enter the guest at `entry`. CPUID is set before EFER.LME (KVM needs
+/// the LM bit), and all state is set before the first KVM_RUN (PVM fixes CPL then).
+pub fn create(vm: &VmFd, cpuid: &CpuId, entry: u64) -> Result<VcpuFd, VmmError> {
+    let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+    vcpu.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    let code = kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: 0x33,
+        type_: 11,
+        present: 1,
+        dpl: 3,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        ..Default::default()
+    };
+    let data = kvm_segment {
+        selector: 0x2b,
+        type_: 3,
+        l: 0,
+        db: 1,
+        ..code
+    };
+    sregs.cs = code;
+    sregs.ss = data;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.cr3 = PML4_GPA;
+    sregs.cr4 = CR4_PAE;
+    sregs.cr0 = CR0_PE_MP_ET_NE_WP_PG;
+    sregs.efer = EFER_LME_LMA;
+    vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    let regs = kvm_regs {
+        rip: entry,
+        rsp: GUEST_STACK_TOP - 8,
+        rflags: RFLAGS,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    Ok(vcpu)
+}

@@ -1,0 +1,39 @@
+//! The VPM test guest. The VMM loads it at 1 MiB, sets up identity page tables (user-accessible,
+//! so it runs at CPL3, which is native speed on PVM hosts and works on VMX), points RSP at the
+//! stack and enters `_start`. It reads its boot parameters, runs one workload against vPM, writes
+//! its report and tells the VMM through the control port.
+#![no_std]
+#![no_main]
+
+mod hints;
+mod hostile;
+mod io;
+mod report;
+mod vpm;
+mod workloads;
+
+use vpm_abi::harness::{BootParams, GuestExit, Workload, BOOT_MAGIC, BOOT_PARAMS_GPA};
+
+#[no_mangle]
+#[link_section = ".text.start"]
+extern "C" fn _start() -> ! {
+    // SAFETY: the VMM writes the boot parameters at this identity-mapped address before entry.
+    let params: BootParams = unsafe { core::ptr::read_volatile(BOOT_PARAMS_GPA as *const BootParams) };
+    report::start();
+    if params.magic != BOOT_MAGIC {
+        report::fail("bad boot parameters");
+    }
+    match Workload::from_code(params.workload) {
+        Some(w) => workloads::run(w, &params),
+        None => report::fail("unknown workload"),
+    }
+    report::finish();
+    io::exit(GuestExit::Done)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let mut msg = report::Message::new();
+    let _ = core::fmt::write(&mut msg, format_args!("panic: {}", info.message()));
+    report::fail_with(&msg)
+}
