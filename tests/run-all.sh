@@ -31,6 +31,9 @@ cargo test -p vpm-abi --release --features derive
 step "crash-point enumeration of the commit protocol (crash states checked)"
 cargo test -p vpm-host --release --test crash_points -- --nocapture 2>&1 | grep -E 'crash states|test result'
 
+step "main job"
+./target/release/vpm run
+
 step "fuzz smoke"
 bash tests/fuzz-smoke.sh
 

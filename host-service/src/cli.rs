@@ -22,6 +22,9 @@ USAGE:
   vpm guest [OPTIONS]               runs one VM on a pool (created if missing) and prints a JSON
                                     result line; a tenant that exists is recovered first
   vpm pool-info [--state DIR]       verifies the pool (recovering it) and prints its tenants
+  vpm soak [--trials N] [--kind full|pv|transient] [--dir DIR]
+                                    crash soak: N times start a writer, kill -9 it at a random
+                                    moment, recover and check (default 1000 trials of each kind)
   vpm help
 
 GUEST OPTIONS:
@@ -161,14 +164,23 @@ pub fn open_pool(state: &Path, pool_mib: u64) -> Result<Pool, String> {
     let exists = std::fs::metadata(&path)
         .map(|m| m.len() > 0)
         .unwrap_or(false);
-    let size = if exists { 0 } else { pool_mib << 20 };
+    // A new pool is formatted under another name and renamed into place once its header is
+    // durable, so a crash during creation never leaves a half-made pool behind.
+    let fresh = state.join("pool.new");
+    let (open_path, size) = if exists {
+        (&path, 0)
+    } else {
+        let _ = std::fs::remove_file(&fresh);
+        let _ = std::fs::remove_file(state.join("pool.cap"));
+        (&fresh, pool_mib << 20)
+    };
     let opts = MapOptions {
         size,
         policy: FlushPolicy::Auto,
         exclusive: true,
         populate: true,
     };
-    let pm = Arc::new(MappedFile::open_with(&path, opts).map_err(|e| e.to_string())?);
+    let pm = Arc::new(MappedFile::open_with(open_path, opts).map_err(|e| e.to_string())?);
     let cap = Arc::new(FileDevice::open(&state.join("pool.cap")).map_err(|e| e.to_string())?);
     if exists {
         let (pool, report) = Pool::open(pm, cap).map_err(|e| e.to_string())?;
@@ -191,7 +203,9 @@ pub fn open_pool(state: &Path, pool_mib: u64) -> Result<Pool, String> {
             meta_bytes: (pool_mib << 20) / 8,
             pool_id: std::process::id() as u64,
         };
-        Pool::create(pm, cap, &cfg).map_err(|e| e.to_string())
+        let pool = Pool::create(pm, cap, &cfg).map_err(|e| e.to_string())?;
+        std::fs::rename(&fresh, &path).map_err(|e| format!("rename the new pool: {e}"))?;
+        Ok(pool)
     }
 }
 
@@ -313,12 +327,73 @@ fn pool_info(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+fn soak(args: &[String]) -> Result<(), String> {
+    use vpm_host::crashtest::{run_trial, TrialConfig, TrialKind};
+    let mut trials = 1000u64;
+    let mut kinds = vec![
+        TrialKind::FullPrefix,
+        TrialKind::PvPersisted,
+        TrialKind::PvTransient,
+    ];
+    let mut dir = PathBuf::from("/dev/shm/vpm-soak");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--trials" => trials = v.parse().map_err(|_| "--trials: not a number")?,
+            "--kind" => kinds = vec![TrialKind::parse(v).ok_or("--kind: full, pv or transient")?],
+            "--dir" => dir = PathBuf::from(v),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let vpm = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut failures = 0;
+    for kind in kinds {
+        let (lo, hi) = if kind == TrialKind::PvTransient {
+            (60, 300)
+        } else {
+            (10, 400)
+        };
+        let cfg = TrialConfig {
+            vpm: vpm.clone(),
+            dir: dir.clone(),
+            kind,
+            kill_after_ms: (lo, hi),
+            vpm_mib: 8,
+        };
+        let mut worst_recover = 0;
+        for i in 0..trials {
+            match run_trial(&cfg, i * 7919 + 1) {
+                Ok(r) if r.errors == 0 => worst_recover = worst_recover.max(r.recover_ms),
+                Ok(r) => {
+                    failures += 1;
+                    eprintln!("{kind:?} trial {i}: {} errors: {}", r.errors, r.message);
+                }
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("{kind:?} trial {i}: {e}");
+                }
+            }
+            if (i + 1) % 50 == 0 {
+                println!("{kind:?}: {} trials, {failures} failed, slowest recovery+check {worst_recover} ms", i + 1);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if failures > 0 {
+        return Err(format!("{failures} crash trials failed"));
+    }
+    println!("soak passed");
+    Ok(())
+}
+
 /// Entry point of the command line.
 pub fn main(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("run") => crate::mainjob::run(&args[1..]),
         Some("guest") => guest(&args[1..]),
         Some("pool-info") => pool_info(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         Some("help") | Some("--help") | None => {
             print!("{HELP}");
             Ok(())

@@ -9,6 +9,7 @@
 //! - [`tier`]: the in-DRAM view of each page (placement, dirty state, write counts).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod crashtest;
 pub mod epoch;
 pub mod pm;
 pub mod pool;

@@ -292,6 +292,9 @@ fn transient(vpm: Vpm, p: &BootParams, hints: Option<&mut Hints>) {
         return;
     }
     if let Some(h) = hints {
+        // Durable content first, so a crash that forgot the mark would show it.
+        vpm.fill(first * PAGE, pages * PAGE, |w| w ^ 0x5151);
+        check_ok("persist scratch", h.persist(vpm.gpa(first * PAGE), pages * PAGE));
         if p.flags & FLAG_TRANSIENT_HINTS != 0 {
             check_ok("set transient", h.call(Op::SetTransient.code(), vpm.gpa(first * PAGE), pages * PAGE));
         }

@@ -1,0 +1,221 @@
+//! Crash trials with real processes: start `vpm guest` running a writer, `kill -9` it at a random
+//! moment, start `vpm guest` again on the same pool to recover and run the checker, and judge the
+//! checker's report. Used by the integration tests (≥ 50 trials) and by `vpm soak` (any number).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a trial exercises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrialKind {
+    /// Full virtualization: sequence-numbered writer, point-in-time check (F1).
+    FullPrefix,
+    /// Para-virtual: flushed records, a drain every few; every acknowledged record survives (P1).
+    PvPersisted,
+    /// Para-virtual transient scratch written heavily; it reads as zeros after the crash (P3).
+    PvTransient,
+}
+
+impl TrialKind {
+    /// Parses a kind name (`full`, `pv`, `transient`).
+    pub fn parse(s: &str) -> Option<TrialKind> {
+        Some(match s {
+            "full" => TrialKind::FullPrefix,
+            "pv" => TrialKind::PvPersisted,
+            "transient" => TrialKind::PvTransient,
+            _ => return None,
+        })
+    }
+}
+
+/// Trial parameters.
+#[derive(Clone, Debug)]
+pub struct TrialConfig {
+    /// The `vpm` executable.
+    pub vpm: PathBuf,
+    /// A scratch directory (pool and witness live here; emptied per trial).
+    pub dir: PathBuf,
+    /// What to test.
+    pub kind: TrialKind,
+    /// Kill between these many milliseconds after start.
+    pub kill_after_ms: (u64, u64),
+    /// vPM size in MiB.
+    pub vpm_mib: u64,
+}
+
+/// What a trial found.
+#[derive(Clone, Debug)]
+pub struct TrialResult {
+    /// Milliseconds the writer ran before the kill.
+    pub killed_after_ms: u64,
+    /// The checker's newest sequence (F1/P1) or pages checked (P3).
+    pub found: u64,
+    /// The acknowledged sequence from the witness (P1), else 0.
+    pub acked: u64,
+    /// The checker's error count.
+    pub errors: u64,
+    /// The checker's first error message.
+    pub message: String,
+    /// Milliseconds to recover and check.
+    pub recover_ms: u64,
+}
+
+fn common(cfg: &TrialConfig, mode: &str) -> Vec<String> {
+    [
+        "guest",
+        "--state",
+        cfg.dir.to_str().unwrap_or("."),
+        "--vm",
+        "crash",
+        "--mode",
+        mode,
+        "--vpm-mib",
+        &cfg.vpm_mib.to_string(),
+        "--dram-mib",
+        "4",
+        "--pool-mib",
+        "48",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_json(vpm: &Path, args: &[String]) -> Result<serde_json::Value, String> {
+    let out = Command::new(vpm)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("start {}: {e}", vpm.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(line).map_err(|_| {
+        format!(
+            "vpm {} gave no result (status {}): {}{}",
+            args.join(" "),
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Runs one trial with `seed` choosing the kill moment.
+pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
+    let _ = std::fs::remove_dir_all(&cfg.dir);
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+    let witness = cfg.dir.join("witness");
+    let (mode, mut writer) = match cfg.kind {
+        TrialKind::FullPrefix => ("full", vec!["--workload", "seq-writer", "--epoch-ms", "5"]),
+        TrialKind::PvPersisted => (
+            "pv",
+            vec![
+                "--workload",
+                "seq-writer",
+                "--args",
+                "0,8",
+                "--epoch-ms",
+                "20",
+            ],
+        ),
+        TrialKind::PvTransient => (
+            "pv",
+            vec![
+                "--workload",
+                "transient",
+                "--args",
+                "0,64,1000000",
+                "--transient-hints",
+                "--epoch-ms",
+                "5",
+            ],
+        ),
+    };
+    let witness_arg = witness.to_string_lossy().into_owned();
+    if cfg.kind == TrialKind::PvPersisted {
+        writer.extend(["--witness", &witness_arg]);
+    }
+    let mut args = common(cfg, mode);
+    args.push("--fresh".into());
+    args.extend(writer.iter().map(|s| s.to_string()));
+    let mut child = Command::new(&cfg.vpm)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", cfg.vpm.display()))?;
+    let (lo, hi) = cfg.kill_after_ms;
+    let wait = lo + splitmix(seed) % (hi - lo + 1);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(wait));
+    if let Ok(Some(status)) = child.try_wait() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(format!(
+            "the writer stopped by itself ({status}) before the kill: {err}"
+        ));
+    }
+    child.kill().map_err(|e| format!("kill -9: {e}"))?;
+    let _ = child.wait();
+    let killed_after_ms = started.elapsed().as_millis() as u64;
+
+    let acked = std::fs::read_to_string(&witness)
+        .ok()
+        .and_then(|w| w.lines().filter_map(|l| l.trim().parse::<u64>().ok()).max())
+        .unwrap_or(0);
+    let mut check = common(cfg, mode);
+    let check_args = match cfg.kind {
+        TrialKind::FullPrefix => vec![
+            "--workload".into(),
+            "seq-check".into(),
+            "--args".into(),
+            "0".into(),
+        ],
+        TrialKind::PvPersisted => vec![
+            "--workload".into(),
+            "seq-check".into(),
+            "--args".into(),
+            format!("1,{acked}"),
+        ],
+        TrialKind::PvTransient => vec![
+            "--workload".into(),
+            "transient".into(),
+            "--args".into(),
+            "1,64".into(),
+        ],
+    };
+    check.extend(check_args);
+    check.extend([
+        "--epoch-ms".into(),
+        "0".into(),
+        "--hints".into(),
+        "off".into(),
+    ]);
+    let t0 = Instant::now();
+    let js = run_json(&cfg.vpm, &check)?;
+    let recover_ms = t0.elapsed().as_millis() as u64;
+    let report = &js["report"];
+    Ok(TrialResult {
+        killed_after_ms,
+        found: report["values"][0]
+            .as_u64()
+            .unwrap_or(report["ops"].as_u64().unwrap_or(0)),
+        acked,
+        errors: report["errors"].as_u64().unwrap_or(u64::MAX),
+        message: report["message"].as_str().unwrap_or("").to_string(),
+        recover_ms,
+    })
+}
+
+/// A well-mixed 64-bit hash of `x`.
+pub fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

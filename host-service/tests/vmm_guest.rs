@@ -1,0 +1,281 @@
+//! The VMM on real KVM with the VPM test guest: transparency of page moves, hostile hints, the
+//! DRAM budget, and clear errors. Each test runs `vpm` as a separate process.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        assert!(
+            std::path::Path::new("/dev/kvm").exists(),
+            "these tests need /dev/kvm (KVM)"
+        );
+        let d = PathBuf::from(format!("/dev/shm/vpm-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        Dir(d)
+    }
+    fn s(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn vpm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vpm"))
+        .args(args)
+        .output()
+        .expect("run vpm");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn guest(args: &[&str]) -> Value {
+    let mut all = vec!["guest", "--pool-mib", "96"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = vpm(&all);
+    assert!(ok, "vpm {all:?} failed: {err}{out}");
+    serde_json::from_str(out.lines().last().unwrap_or("")).expect("JSON result line")
+}
+
+#[test]
+fn pages_move_between_dram_and_pm_under_a_checksumming_guest() {
+    for mode in ["full", "pv"] {
+        let d = Dir::new(&format!("transparency-{mode}"));
+        let r = guest(&[
+            "--state",
+            &d.s(),
+            "--mode",
+            mode,
+            "--workload",
+            "checksum",
+            "--args",
+            "40,16",
+            "--vpm-mib",
+            "16",
+            "--dram-mib",
+            "4",
+            "--epoch-ms",
+            "7",
+            "--migrate-ms",
+            "10",
+            "--migrate-pages",
+            "128",
+            "--hints",
+            "off",
+        ]);
+        let s = &r["stats"];
+        assert_eq!(
+            r["report"]["errors"], 0,
+            "{mode}: {}",
+            r["report"]["message"]
+        );
+        assert_eq!(r["report"]["ops"], 40, "{mode}: every round ran");
+        let (up, down) = (
+            s["moved_to_dram"].as_u64().unwrap(),
+            s["moved_to_pm"].as_u64().unwrap(),
+        );
+        assert!(
+            up > 500 && down > 500,
+            "{mode}: too few moves ({up} to DRAM, {down} to PM)"
+        );
+        assert!(
+            s["remaps"].as_u64().unwrap() > 20,
+            "{mode}: moves were not repeated"
+        );
+        let (max, budget) = (
+            s["dram_pages_max"].as_u64().unwrap(),
+            s["dram_budget_pages"].as_u64().unwrap(),
+        );
+        assert!(
+            max <= budget,
+            "{mode}: DRAM budget exceeded: {max} > {budget}"
+        );
+        assert!(max > 0);
+    }
+}
+
+#[test]
+fn hostile_hints_get_errors_and_the_host_keeps_serving() {
+    let d = Dir::new("hostile");
+    // A neighbour tenant with known content in the same pool.
+    let n = guest(&[
+        "--state",
+        &d.s(),
+        "--vm",
+        "neighbour",
+        "--mode",
+        "pv",
+        "--workload",
+        "kv",
+        "--args",
+        "500",
+        "--vpm-mib",
+        "8",
+    ]);
+    assert_eq!(n["report"]["errors"], 0);
+    let before = vpm(&["pool-info", "--state", &d.s()]).1;
+
+    let r = guest(&[
+        "--state",
+        &d.s(),
+        "--vm",
+        "attacker",
+        "--mode",
+        "pv",
+        "--workload",
+        "hostile",
+        "--vpm-mib",
+        "8",
+    ]);
+    assert_eq!(r["exit"], "done");
+    assert_eq!(r["report"]["errors"], 0, "{}", r["report"]["message"]);
+    let s = &r["stats"];
+    let refusals = r["report"]["values"][0].as_u64().unwrap();
+    let counted =
+        s["hints_rejected"].as_u64().unwrap() + s["registrations_refused"].as_u64().unwrap();
+    assert!(
+        counted >= refusals,
+        "host counted {counted} refusals, the guest caused {refusals}"
+    );
+    assert!(s["registrations_refused"].as_u64().unwrap() >= 7);
+    assert!(s["rings_stopped"].as_u64().unwrap() >= 1);
+    assert!(s["doorbell_unknown"].as_u64().unwrap() >= 3);
+    assert!(
+        s["doorbells"].as_u64().unwrap() >= 2000,
+        "the storm was served"
+    );
+    assert!(
+        s["hints_served"].as_u64().unwrap() >= 4,
+        "valid hints kept working"
+    );
+
+    // The neighbour's vPM is untouched: same epoch and homes, and its data checks out.
+    let after = vpm(&["pool-info", "--state", &d.s()]).1;
+    let line = |t: &str| {
+        t.lines()
+            .find(|l| l.contains("neighbour"))
+            .map(str::to_owned)
+    };
+    assert_eq!(line(&before), line(&after));
+}
+
+#[test]
+fn the_dram_budget_holds_with_transient_pages_and_hot_writes() {
+    let d = Dir::new("budget");
+    let r = guest(&[
+        "--state",
+        &d.s(),
+        "--mode",
+        "pv",
+        "--workload",
+        "transient",
+        "--args",
+        "0,512,30",
+        "--transient-hints",
+        "--vpm-mib",
+        "8",
+        "--dram-mib",
+        "4",
+        "--epoch-ms",
+        "3",
+    ]);
+    assert_eq!(r["report"]["errors"], 0, "{}", r["report"]["message"]);
+    let s = &r["stats"];
+    assert!(s["dram_pages_max"].as_u64().unwrap() <= s["dram_budget_pages"].as_u64().unwrap());
+    assert!(
+        s["dram_pages_max"].as_u64().unwrap() >= 512,
+        "transient pages live in DRAM"
+    );
+    assert!(
+        s["pm_bytes_written"].as_u64().unwrap() > 0,
+        "stats report PM bytes written"
+    );
+    // Too many transient pages for the budget: refused with an error result, not a crash.
+    let r = guest(&[
+        "--state",
+        &d.s(),
+        "--vm",
+        "greedy",
+        "--mode",
+        "pv",
+        "--workload",
+        "transient",
+        "--args",
+        "0,2048,1",
+        "--transient-hints",
+        "--vpm-mib",
+        "16",
+        "--dram-mib",
+        "4",
+    ]);
+    assert!(
+        r["report"]["errors"].as_u64().unwrap() >= 1,
+        "over-budget transient mark was not refused"
+    );
+    assert!(
+        r["report"]["message"].as_str().unwrap().contains("-7"),
+        "expected NO_SPACE: {}",
+        r["report"]["message"]
+    );
+}
+
+#[test]
+fn clear_errors_for_a_locked_pool_and_a_pool_of_another_version() {
+    let d = Dir::new("errors");
+    guest(&[
+        "--state",
+        &d.s(),
+        "--workload",
+        "kv",
+        "--args",
+        "10",
+        "--vpm-mib",
+        "4",
+    ]);
+    let pool = d.0.join("pool");
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_vpm"))
+        .args([
+            "guest",
+            "--state",
+            &d.s(),
+            "--workload",
+            "seq-writer",
+            "--vpm-mib",
+            "4",
+            "--vm",
+            "busy",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (ok, _, err) = vpm(&["pool-info", "--state", &d.s()]);
+    holder.kill().unwrap();
+    let _ = holder.wait();
+    assert!(
+        !ok && err.contains("another vpm process"),
+        "locked pool: {err}"
+    );
+
+    let mut bytes = std::fs::read(&pool).unwrap();
+    bytes[8] = 9;
+    std::fs::write(&pool, &bytes).unwrap();
+    let (ok, _, err) = vpm(&["pool-info", "--state", &d.s()]);
+    assert!(
+        !ok && err.contains("format version 9"),
+        "other version: {err}"
+    );
+}
