@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    if std::env::var_os("CARGO_FEATURE_VMM").is_none() {
+        return;
+    }
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir"));
     let guest = manifest_dir.join("../tests/guest");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("out dir"));

@@ -11,7 +11,13 @@ command -v cargo-fuzz >/dev/null || { echo "fuzz-smoke: cargo-fuzz missing: run 
 for dir in $(find "$VPM_REPO" -path '*/target' -prune -o -name Cargo.toml -path '*/fuzz/*' -print | xargs -n1 dirname | sort); do
   for t in $(cd "$dir" && cargo +nightly fuzz list); do
     echo "[fuzz-smoke] $(realpath --relative-to="$VPM_REPO" "$dir")/$t for ${secs}s"
-    (cd "$dir" && cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -print_final_stats=1 2>&1 |
-      grep -E 'Done|stat::number_of_executed_units|ERROR|panicked' || true; exit "${PIPESTATUS[0]}")
+    log=$(mktemp)
+    if ! (cd "$dir" && cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -print_final_stats=1) >"$log" 2>&1; then
+      tail -40 "$log" >&2
+      echo "[fuzz-smoke] $t FAILED" >&2
+      exit 1
+    fi
+    grep -E '^Done|stat::number_of_executed_units' "$log" || true
+    rm -f "$log"
   done
 done

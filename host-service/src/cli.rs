@@ -9,7 +9,7 @@ use vpm_abi::harness::{BootParams, Workload, BOOT_MAGIC, FLAG_PV, FLAG_TRANSIENT
 use vpm_host::pm::file::FileDevice;
 use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
 use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
-use vpm_host::vmm::{run_vm, ExitKind, GuestReportExt, Mode, VmOutcome, VmSpec};
+use vpm_host::vmm::{run_vm, DoorbellKind, ExitKind, GuestReportExt, Mode, VmOutcome, VmSpec};
 
 const HELP: &str = "\
 vpm — virtualized persistent memory for KVM guests
@@ -22,6 +22,11 @@ USAGE:
   vpm guest [OPTIONS]               runs one VM on a pool (created if missing) and prints a JSON
                                     result line; a tenant that exists is recovered first
   vpm pool-info [--state DIR]       verifies the pool (recovering it) and prints its tenants
+  vpm qemu --kernel BZIMAGE --initrd INITRD [--vpmtest ARGS] [--timeout S] [guest options]
+                                    boots a Linux guest under QEMU (TCG) with the vPM region as
+                                    e820 PM, serves vpm.ko's hints over isa-debugcon, prints the
+                                    console and a JSON line (guest-driver/build-guest.sh builds
+                                    the kernel module, test program and initramfs)
   vpm soak [--trials N] [--kind full|pv|transient] [--dir DIR]
                                     crash soak: N times start a writer, kill -9 it at a random
                                     moment, recover and check (default 1000 trials of each kind)
@@ -47,6 +52,8 @@ GUEST OPTIONS:
   --hints on|off       persistence hints (default: on except in full mode)
   --transient-hints    mark transient scratch with hints
   --witness FILE       append acknowledged drain sequences to FILE
+  --doorbell K         exit (default: the vCPU waits in the I/O exit) | ioeventfd (no
+                       userspace exit; a host thread serves the ring, the guest polls)
 ";
 
 /// Parsed `vpm guest` options.
@@ -69,6 +76,7 @@ struct GuestOpts {
     hints: Option<bool>,
     transient_hints: bool,
     witness: Option<PathBuf>,
+    doorbell: DoorbellKind,
 }
 
 impl Default for GuestOpts {
@@ -92,6 +100,7 @@ impl Default for GuestOpts {
             hints: None,
             transient_hints: false,
             witness: None,
+            doorbell: DoorbellKind::Exit,
         }
     }
 }
@@ -151,6 +160,13 @@ fn parse_guest(args: &[String]) -> Result<GuestOpts, String> {
             "--hints" => o.hints = Some(val()? == "on"),
             "--transient-hints" => o.transient_hints = true,
             "--witness" => o.witness = Some(PathBuf::from(val()?)),
+            "--doorbell" => {
+                o.doorbell = match val()?.as_str() {
+                    "exit" => DoorbellKind::Exit,
+                    "ioeventfd" => DoorbellKind::IoEventFd,
+                    other => return Err(format!("--doorbell: exit or ioeventfd, not {other}")),
+                }
+            }
             other => return Err(format!("unknown option {other} (see vpm help)")),
         }
     }
@@ -269,6 +285,7 @@ fn spec_for(o: &GuestOpts) -> VmSpec {
         witness: o.witness.clone(),
         work_dir: o.state.clone(),
         time_limit: o.seconds.map(Duration::from_secs_f64),
+        doorbell: o.doorbell,
     }
 }
 
@@ -387,6 +404,51 @@ fn soak(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+fn qemu(args: &[String]) -> Result<(), String> {
+    use vpm_host::qemu::{run_qemu, QemuSpec};
+    let (mut kernel, mut initrd, mut vpmtest, mut timeout) =
+        (None, None, String::from("basic"), 120.0);
+    let mut extra = String::new();
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--kernel" => kernel = Some(PathBuf::from(val()?)),
+            "--initrd" => initrd = Some(PathBuf::from(val()?)),
+            "--vpmtest" => vpmtest = val()?.replace(' ', ","),
+            "--timeout" => timeout = val()?.parse().map_err(|_| "--timeout: not a number")?,
+            "--append" => extra = val()?,
+            _ => rest.push(a.clone()),
+        }
+    }
+    let mut o = parse_guest(&rest)?;
+    if !rest.iter().any(|a| a == "--vpm-mib") {
+        o.vpm_mib = 64;
+    }
+    o.mode = Mode::Pv;
+    let mut pool = open_pool(&o.state, o.pool_mib)?;
+    let tenant = tenant_for(&mut pool, &o)?;
+    let spec = QemuSpec {
+        state: o.state.clone(),
+        name: o.vm.clone(),
+        kernel: kernel.ok_or("--kernel is required")?,
+        initrd: initrd.ok_or("--initrd is required")?,
+        append: format!("vpmtest={vpmtest} {extra}"),
+        ram_mib: 512,
+        vpm_offset_mib: 384,
+        timeout: Duration::from_secs_f64(timeout),
+    };
+    let out = run_qemu(&spec, Arc::new(Mutex::new(pool)), tenant).map_err(|e| e.to_string())?;
+    print!("{}", out.console);
+    println!("{}", json!({"exited": out.exited, "stats": out.stats}));
+    Ok(())
+}
+
 /// Entry point of the command line.
 pub fn main(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
@@ -394,6 +456,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         Some("guest") => guest(&args[1..]),
         Some("pool-info") => pool_info(&args[1..]),
         Some("soak") => soak(&args[1..]),
+        Some("qemu") => qemu(&args[1..]),
         Some("help") | Some("--help") | None => {
             print!("{HELP}");
             Ok(())

@@ -7,11 +7,17 @@
 //!   home allocation across PM and the capacity file.
 //! - [`epoch`]: epoch commits, persist ranges, transient marks, and crash recovery.
 //! - [`tier`]: the in-DRAM view of each page (placement, dirty state, write counts).
+//! - `vmm` (feature `vmm`): the KVM VMM that runs the VPM test guest on top of all this;
+//!   `qemu`: serving a Linux guest under QEMU; `crashtest`: kill -9 crash trials.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "vmm")]
 pub mod crashtest;
 pub mod epoch;
 pub mod pm;
 pub mod pool;
+#[cfg(feature = "vmm")]
+pub mod qemu;
 pub mod tier;
+#[cfg(feature = "vmm")]
 pub mod vmm;

@@ -13,4 +13,5 @@ pub mod doorbell;
 pub mod layout;
 pub mod op;
 pub mod ring;
+pub mod uapi;
 pub mod validate;

@@ -4,15 +4,39 @@
 
 use std::sync::atomic::Ordering;
 
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use std::sync::Mutex;
+
 use vpm_abi::{
     decode_entry, Consumer, DoorbellCmd, DoorbellDecoder, HeaderStatus, Hint, HintResult,
     SharedPage, VpmRegion,
 };
 
-use super::layout::{valid_shared_page, VPM_BASE_GPA};
 use super::mode::Mode;
-use super::{Shared, VmmError};
+use super::stats::VmStats;
+use super::VmmError;
+
+/// What the hint service acts on: a KVM VM of this VMM, or a QEMU guest served over a socket.
+pub trait HintTarget {
+    /// The VM's mode.
+    fn mode(&self) -> Mode;
+    /// Feature bits granted.
+    fn features(&self) -> u32;
+    /// Counters.
+    fn stats(&self) -> &Mutex<VmStats>;
+    /// The shared page at `gpa`, if the guest may use that page (in its RAM, page-aligned, not
+    /// vPM and not a VMM-owned page), mapped for the VM's lifetime.
+    fn shared_page(&self, gpa: u64) -> Option<&'static SharedPage>;
+    /// Persists vPM byte ranges (offsets from the vPM base) as one batch.
+    fn persist(&self, ranges: &[(u64, u64)]) -> Result<HintResult, VmmError>;
+    /// msyncs the whole vPM (msync mode).
+    fn msync_region(&self) -> Result<HintResult, VmmError>;
+    /// Marks whole pages transient or persistent again.
+    fn set_transient(&self, range: (u64, u64), on: bool) -> Result<HintResult, VmmError>;
+    /// Commits an epoch now (the guest waits).
+    fn request_epoch(&self) -> Result<HintResult, VmmError>;
+    /// Records an acknowledged drain (crash-test witness).
+    fn witness_drain(&self);
+}
 
 /// A registered shared page.
 struct Channel {
@@ -30,18 +54,18 @@ pub struct HintService {
 }
 
 impl HintService {
-    /// A service for a vPM of `size` bytes at the standard base.
-    pub fn new(size: u64) -> HintService {
+    /// A service for a vPM of `size` bytes at guest-physical `base`.
+    pub fn new(base: u64, size: u64) -> HintService {
         HintService {
             decoder: DoorbellDecoder::new(),
             channel: None,
-            region: VpmRegion::new(VPM_BASE_GPA, size).expect("vPM region is whole pages"),
+            region: VpmRegion::new(base, size).expect("vPM region is whole pages"),
             queued: Vec::new(),
         }
     }
 
     /// Handles one doorbell byte.
-    pub fn on_byte(&mut self, byte: u8, vm: &Shared) -> Result<(), VmmError> {
+    pub fn on_byte(&mut self, byte: u8, vm: &dyn HintTarget) -> Result<(), VmmError> {
         match self.decoder.feed(byte) {
             None => Ok(()),
             Some(DoorbellCmd::Register(gpa)) => {
@@ -58,49 +82,41 @@ impl HintService {
                 Ok(())
             }
             Some(DoorbellCmd::Ring) => {
-                vm.stats.lock().expect("stats").doorbells += 1;
+                vm.stats().lock().expect("stats").doorbells += 1;
                 self.serve_ring(vm)
             }
             Some(DoorbellCmd::Unknown(_)) => {
-                vm.stats.lock().expect("stats").doorbell_unknown += 1;
+                vm.stats().lock().expect("stats").doorbell_unknown += 1;
                 Ok(())
             }
         }
     }
 
-    fn register(&mut self, gpa: u64, vm: &Shared) {
+    fn register(&mut self, gpa: u64, vm: &dyn HintTarget) {
         self.channel = None;
         self.queued.clear();
-        if !valid_shared_page(gpa) {
-            vm.stats.lock().expect("stats").registrations_refused += 1;
+        let Some(page) = vm.shared_page(gpa) else {
+            vm.stats().lock().expect("stats").registrations_refused += 1;
             tracing::debug!(gpa, "refused shared page registration");
             return;
-        }
-        let host = vm
-            .ram
-            .get_host_address(GuestAddress(gpa))
-            .expect("checked inside guest RAM");
-        // SAFETY: the page lies inside guest RAM (checked above), which stays mapped for the VM's
-        // lifetime; it is 4096-aligned (gpa and the RAM mapping are page-aligned); the guest
-        // accesses it concurrently, which the atomic fields make sound.
-        let page: &'static SharedPage = unsafe { SharedPage::from_ptr(host) };
+        };
         let h = &page.header;
         h.vpm_base.store(self.region.base(), Ordering::Relaxed);
         h.vpm_size.store(self.region.size(), Ordering::Relaxed);
         h.epoch
-            .store(vm.stats.lock().expect("stats").epoch, Ordering::Relaxed);
-        match Consumer::attach(page, vm.mode.features()) {
+            .store(vm.stats().lock().expect("stats").epoch, Ordering::Relaxed);
+        match Consumer::attach(page, vm.features()) {
             Ok(consumer) => self.channel = Some(Channel { page, consumer }),
             Err(status) => {
-                vm.stats.lock().expect("stats").registrations_refused += 1;
+                vm.stats().lock().expect("stats").registrations_refused += 1;
                 tracing::debug!(?status, "refused shared page header");
             }
         }
     }
 
-    fn serve_ring(&mut self, vm: &Shared) -> Result<(), VmmError> {
+    fn serve_ring(&mut self, vm: &dyn HintTarget) -> Result<(), VmmError> {
         let Some(ch) = self.channel.as_mut() else {
-            vm.stats.lock().expect("stats").hints_rejected += 1;
+            vm.stats().lock().expect("stats").hints_rejected += 1;
             return Ok(());
         };
         let page = ch.page;
@@ -109,7 +125,7 @@ impl HintService {
                 Ok(Some(t)) => t,
                 Ok(None) => return Ok(()),
                 Err(_) => {
-                    let mut s = vm.stats.lock().expect("stats");
+                    let mut s = vm.stats().lock().expect("stats");
                     s.rings_stopped += 1;
                     s.hints_rejected += 1;
                     return Ok(());
@@ -120,7 +136,7 @@ impl HintService {
                 Err(e) => e,
             };
             {
-                let mut s = vm.stats.lock().expect("stats");
+                let mut s = vm.stats().lock().expect("stats");
                 if result == HintResult::Ok {
                     s.hints_served += 1;
                 } else {
@@ -137,19 +153,19 @@ fn act(
     hint: Hint,
     region: VpmRegion,
     queued: &mut Vec<(u64, u64)>,
-    vm: &Shared,
+    vm: &dyn HintTarget,
     page: &SharedPage,
 ) -> Result<HintResult, VmmError> {
     let offset = |r: vpm_abi::GuestRange| (r.start() - region.base(), r.len());
-    Ok(match (hint, vm.mode) {
+    Ok(match (hint, vm.mode()) {
         (Hint::Nop, _) => HintResult::Ok,
         (Hint::Info, _) => {
             page.header
                 .epoch
-                .store(vm.stats.lock().expect("stats").epoch, Ordering::Relaxed);
+                .store(vm.stats().lock().expect("stats").epoch, Ordering::Relaxed);
             page.header
                 .host_features
-                .store(vm.mode.features(), Ordering::Relaxed);
+                .store(vm.features(), Ordering::Relaxed);
             HintResult::Ok
         }
         (Hint::Persist(r), Mode::Pv) => vm.persist(&[offset(r)])?,
@@ -182,10 +198,7 @@ fn act(
         (Hint::Persist(_) | Hint::Flush(_) | Hint::Drain, Mode::Direct) => HintResult::Ok,
         (Hint::SetTransient(r), Mode::Pv) => vm.set_transient(offset(r), true)?,
         (Hint::SetPersistent(r), Mode::Pv) => vm.set_transient(offset(r), false)?,
-        (Hint::RequestEpoch, Mode::Full | Mode::Pv) => {
-            vm.epoch_from_vcpu()?;
-            HintResult::Ok
-        }
+        (Hint::RequestEpoch, Mode::Full | Mode::Pv) => vm.request_epoch()?,
         _ => HintResult::NotSupported,
     })
 }

@@ -107,6 +107,20 @@ pub struct VmSpec {
     pub work_dir: PathBuf,
     /// Stop the guest after this long.
     pub time_limit: Option<Duration>,
+    /// How RING doorbells reach the host.
+    pub doorbell: DoorbellKind,
+}
+
+/// How the guest's RING doorbell reaches the hint service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DoorbellKind {
+    /// A userspace I/O exit: the vCPU waits in the exit until the ring is served
+    /// (feature SYNC_DOORBELL).
+    Exit,
+    /// An ioeventfd matching the RING byte: no userspace exit; a host thread serves the ring and
+    /// the guest polls `consumed`. Other doorbell bytes (registration) still exit.
+    IoEventFd,
 }
 
 /// How the guest stopped.
@@ -159,9 +173,60 @@ pub struct Shared {
     /// The VM.
     pub vm: VmFd,
     dirty: Option<DirtyLog>,
+    /// The hint service (vCPU thread for exits, hint thread for ioeventfd rings).
+    hints: Mutex<HintService>,
+    /// Feature bits granted to the guest.
+    pub features: u32,
     pause: PauseGate,
     stop: AtomicBool,
     witness: Mutex<Option<std::fs::File>>,
+}
+
+impl hints::HintTarget for Shared {
+    fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn features(&self) -> u32 {
+        self.features
+    }
+
+    fn stats(&self) -> &Mutex<VmStats> {
+        &self.stats
+    }
+
+    fn shared_page(&self, gpa: u64) -> Option<&'static vpm_abi::SharedPage> {
+        if !layout::valid_shared_page(gpa) {
+            return None;
+        }
+        let host = self.ram.get_host_address(GuestAddress(gpa)).ok()?;
+        // SAFETY: the page lies inside guest RAM (checked above), which stays mapped for the VM's
+        // lifetime; it is 4096-aligned (gpa and the RAM mapping are page-aligned); the guest
+        // accesses it concurrently, which the atomic fields make sound.
+        Some(unsafe { vpm_abi::SharedPage::from_ptr(host) })
+    }
+
+    fn persist(&self, ranges: &[(u64, u64)]) -> Result<HintResult, VmmError> {
+        Shared::persist(self, ranges)
+    }
+
+    fn msync_region(&self) -> Result<HintResult, VmmError> {
+        Shared::msync_region(self)
+    }
+
+    fn set_transient(&self, range: (u64, u64), on: bool) -> Result<HintResult, VmmError> {
+        Shared::set_transient(self, range, on)
+    }
+
+    /// The only vCPU waits in the exit, so nothing runs meanwhile.
+    fn request_epoch(&self) -> Result<HintResult, VmmError> {
+        self.take_epoch()?;
+        Ok(HintResult::Ok)
+    }
+
+    fn witness_drain(&self) {
+        Shared::witness_drain(self)
+    }
 }
 
 impl Shared {
@@ -303,11 +368,6 @@ impl Shared {
         Ok(())
     }
 
-    /// An epoch asked for by the guest: the only vCPU is in the exit, so nothing runs meanwhile.
-    pub fn epoch_from_vcpu(&self) -> Result<(), VmmError> {
-        self.take_epoch()
-    }
-
     fn kick(&self, thread: libc::pthread_t) {
         // SAFETY: pthread_kill on the vCPU thread, which is alive while the controller runs
         // (the controller joins it only after it exits); the signal's handler does nothing.
@@ -392,15 +452,24 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
         ram,
         vm,
         dirty,
+        hints: Mutex::new(HintService::new(VPM_BASE_GPA, vpm_size)),
+        features: match spec.doorbell {
+            DoorbellKind::Exit => spec.mode.features(),
+            DoorbellKind::IoEventFd => spec.mode.features() & !vpm_abi::features::SYNC_DOORBELL,
+        },
         pause: PauseGate::default(),
         stop: AtomicBool::new(false),
         witness: Mutex::new(witness),
     });
     let start = Instant::now();
+    let ring_thread = match spec.doorbell {
+        DoorbellKind::Exit => None,
+        DoorbellKind::IoEventFd => Some(spawn_ring_thread(&shared)?),
+    };
     let vcpu_shared = shared.clone();
     let handle = std::thread::Builder::new()
         .name("vpm-vcpu0".into())
-        .spawn(move || vcpu_loop(vcpu, &vcpu_shared, vpm_size))
+        .spawn(move || vcpu_loop(vcpu, &vcpu_shared))
         .map_err(|e| VmmError::Kvm(format!("spawn vCPU thread: {e}")))?;
     let thread = std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle);
     let controlled = control_loop(spec, &shared, thread, start);
@@ -414,6 +483,11 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
     let exit = handle
         .join()
         .map_err(|_| VmmError::Guest("vCPU thread panicked".into()))??;
+    if let Some((evt, t)) = ring_thread {
+        let _ = evt.write(1);
+        t.join()
+            .map_err(|_| VmmError::Guest("hint thread panicked".into()))??;
+    }
     controlled?;
     if shared.mode.tiered() {
         shared.take_epoch()?;
@@ -461,13 +535,40 @@ fn build_vpm(
     }
 }
 
+type RingThread = (
+    Arc<vmm_sys_util::eventfd::EventFd>,
+    std::thread::JoinHandle<Result<(), VmmError>>,
+);
+
+/// Registers an ioeventfd for the RING byte and starts the thread that serves it.
+fn spawn_ring_thread(shared: &Arc<Shared>) -> Result<RingThread, VmmError> {
+    use kvm_ioctls::IoEventAddress;
+    use vmm_sys_util::eventfd::EventFd;
+    use vpm_abi::proto::doorbell::CMD_RING;
+    let evt = Arc::new(EventFd::new(0).map_err(|e| VmmError::Kvm(format!("eventfd: {e}")))?);
+    let port = IoEventAddress::Pio(DOORBELL_PORT as u64);
+    shared
+        .vm
+        .register_ioevent(&evt, &port, CMD_RING)
+        .map_err(|e| VmmError::Kvm(format!("KVM_IOEVENTFD: {e}")))?;
+    let (vm, e) = (shared.clone(), evt.clone());
+    let t = std::thread::Builder::new()
+        .name("vpm-hints".into())
+        .spawn(move || -> Result<(), VmmError> {
+            loop {
+                let _ = e.read();
+                if vm.stop.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                vm.hints.lock().expect("hints").on_byte(CMD_RING, &*vm)?;
+            }
+        })
+        .map_err(|e| VmmError::Kvm(format!("spawn hint thread: {e}")))?;
+    Ok((evt, t))
+}
+
 /// The vCPU thread: runs the guest and serves its exits.
-fn vcpu_loop(
-    mut vcpu: kvm_ioctls::VcpuFd,
-    vm: &Shared,
-    vpm_size: u64,
-) -> Result<ExitKind, VmmError> {
-    let mut hints = HintService::new(vpm_size);
+fn vcpu_loop(mut vcpu: kvm_ioctls::VcpuFd, vm: &Shared) -> Result<ExitKind, VmmError> {
     let result = loop {
         if vm.pause.requested() {
             vm.pause.park();
@@ -480,6 +581,7 @@ fn vcpu_loop(
                 vm.stats.lock().expect("stats").io_exits += 1;
                 match port {
                     DOORBELL_PORT => {
+                        let mut hints = vm.hints.lock().expect("hints");
                         for &b in data {
                             hints.on_byte(b, vm)?;
                         }

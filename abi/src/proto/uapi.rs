@@ -1,0 +1,64 @@
+//! The `/dev/vpm` user interface of the guest driver: ioctl numbers and argument records, shared
+//! by the kernel module, pv-libpmem and test programs (the C header
+//! `guest-driver/include/vpm_ioctl.h` mirrors it; a test checks the numbers agree).
+
+/// ioctl type byte.
+pub const VPM_IOC_TYPE: u32 = b'V' as u32;
+
+const NONE: u32 = 0;
+const WRITE: u32 = 1;
+const READ: u32 = 2;
+
+/// Linux `_IOC(dir, type, nr, size)` encoding.
+pub const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
+    dir << 30 | (size as u32) << 16 | VPM_IOC_TYPE << 8 | nr
+}
+
+/// A range of a `/dev/vpm` mapping, by user virtual address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VpmRange {
+    /// Start (user virtual address inside a `/dev/vpm` mapping).
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// What `VPM_IOC_INFO` returns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VpmInfo {
+    /// Guest-physical base of vPM.
+    pub vpm_base: u64,
+    /// vPM size in bytes (the size of a full `/dev/vpm` mapping).
+    pub vpm_size: u64,
+    /// Feature bits granted by the host.
+    pub features: u32,
+    /// ABI version of the hint protocol.
+    pub abi_version: u32,
+    /// Last committed epoch the host reported.
+    pub epoch: u64,
+    /// Hints the host served.
+    pub served: u64,
+    /// Hints the host refused.
+    pub rejected: u64,
+}
+
+/// Reads a [`VpmInfo`].
+pub const VPM_IOC_INFO: u32 = ioc(READ, 1, core::mem::size_of::<VpmInfo>());
+/// Persists a [`VpmRange`] (durable when the call returns).
+pub const VPM_IOC_PERSIST: u32 = ioc(WRITE, 2, core::mem::size_of::<VpmRange>());
+/// Queues a [`VpmRange`] for the next drain.
+pub const VPM_IOC_FLUSH: u32 = ioc(WRITE, 3, core::mem::size_of::<VpmRange>());
+/// Makes every queued range durable (one doorbell).
+pub const VPM_IOC_DRAIN: u32 = ioc(NONE, 4, 0);
+/// Marks whole pages transient.
+pub const VPM_IOC_SET_TRANSIENT: u32 = ioc(WRITE, 5, core::mem::size_of::<VpmRange>());
+/// Marks whole pages persistent again.
+pub const VPM_IOC_SET_PERSISTENT: u32 = ioc(WRITE, 6, core::mem::size_of::<VpmRange>());
+/// Asks the host for an epoch.
+pub const VPM_IOC_REQUEST_EPOCH: u32 = ioc(NONE, 7, 0);
+
+const _: () = assert!(core::mem::size_of::<VpmRange>() == 16);
+const _: () = assert!(core::mem::size_of::<VpmInfo>() == 48);
+const _: () = assert!(VPM_IOC_PERSIST == 0x4010_5602);

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds what the Linux guest needs: vpm.ko (against the cached guest kernel), the static test
+# program, and an initramfs (busybox + both + an init that runs `vpmtest $vpmtest_args` from the
+# kernel command line, unloads the module and powers off). Prints:
+#   VPM_KO=... VPMTEST=... INITRAMFS=... KERNEL_BZIMAGE=...
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+source "$here/../tests/setup/env.sh"
+eval "$(bash "$here/kernel/build-kernel.sh" --print)"
+out=${VPM_GUEST_OUT:-$VPM_REPO/target/guest}
+mkdir -p "$out"
+
+make -s -C "$KERNEL_BUILD_DIR" M="$here/vpm" LLVM=-19 modules >&2
+cp "$here/vpm/vpm.ko" "$out/vpm.ko"
+gcc -static -O2 -Wall -Werror -I "$here/include" -o "$out/vpmtest" "$here/tests/vpmtest.c"
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,proc,sys,dev,lib/modules}
+cp /bin/busybox "$root/bin/busybox"
+for a in sh mount insmod rmmod cat grep sed poweroff reboot sleep dmesg echo tail; do ln -s busybox "$root/bin/$a"; done
+cp "$out/vpm.ko" "$root/lib/modules/"
+cp "$out/vpmtest" "$root/bin/"
+cat >"$root/init" <<'EOI'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+args=$(sed -n 's/.*vpmtest=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
+echo "VPM-INIT args=$args"
+port=$(sed -n 's/.*vpmport=\([^ ]*\).*/\1/p' /proc/cmdline)
+if insmod /lib/modules/vpm.ko ${port:+doorbell_port=$port}; then
+  /bin/vpmtest $args
+  rmmod vpm && echo "VPM-RMMOD ok"
+else
+  echo "VPM-INSMOD failed"
+fi
+dmesg | grep -i vpm | tail -5
+echo "VPM-INIT done"
+reboot -f
+EOI
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$out/initramfs.cpio.gz")
+echo "VPM_KO=$out/vpm.ko"
+echo "VPMTEST=$out/vpmtest"
+echo "INITRAMFS=$out/initramfs.cpio.gz"
+echo "KERNEL_BZIMAGE=$KERNEL_BZIMAGE"

@@ -1,0 +1,157 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * vpmtest: exercises /dev/vpm inside the guest.
+ *   vpmtest basic        persist, flush+drain, transient, epoch, and error cases with their errno
+ *   vpmtest writer       sequence-numbered records, flushed, drained every 16; prints "ACKED n"
+ *                        after each drain; the last 64 pages are transient scratch, rewritten
+ *   vpmtest check N      after a host crash: every record <= N is intact, the scratch is zero
+ * Prints "VPMTEST <mode> OK" or "VPMTEST FAIL <why>".
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "vpm_ioctl.h"
+
+#define PAGE 4096ULL
+#define REC 64ULL
+#define SCRATCH_PAGES 64ULL
+
+static int fd;
+static uint8_t *vpm;
+static struct vpm_info info;
+static int failures;
+
+static void fail(const char *what, int got, int want)
+{
+	printf("VPMTEST FAIL %s: got %d (%s), want %d\n", what, got, got ? strerror(got) : "ok", want);
+	failures++;
+}
+
+static int call(unsigned long cmd, void *addr, uint64_t len)
+{
+	struct vpm_range r = { .addr = (uint64_t)(uintptr_t)addr, .len = len };
+	return ioctl(fd, cmd, &r) == 0 ? 0 : errno;
+}
+
+static void expect(const char *what, int got, int want)
+{
+	if (got != want)
+		fail(what, got, want);
+}
+
+static uint64_t word(uint64_t seq, int i)
+{
+	return i == 0 ? seq : (seq * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)i;
+}
+
+static uint64_t slots(void)
+{
+	return (info.vpm_size - SCRATCH_PAGES * PAGE) / REC;
+}
+
+static void basic(void)
+{
+	uint8_t local[64];
+	memset(vpm, 0x11, 64);
+	expect("persist 64 B", call(VPM_IOC_PERSIST, vpm, 64), 0);
+	memset(vpm + PAGE, 0x22, 3 * PAGE);
+	expect("flush", call(VPM_IOC_FLUSH, vpm + PAGE, 2 * PAGE), 0);
+	expect("flush", call(VPM_IOC_FLUSH, vpm + 3 * PAGE, 100), 0);
+	expect("drain", ioctl(fd, VPM_IOC_DRAIN) == 0 ? 0 : errno, 0);
+	expect("set transient", call(VPM_IOC_SET_TRANSIENT, vpm + 8 * PAGE, 4 * PAGE), 0);
+	expect("set persistent", call(VPM_IOC_SET_PERSISTENT, vpm + 8 * PAGE, 4 * PAGE), 0);
+	expect("request epoch", ioctl(fd, VPM_IOC_REQUEST_EPOCH) == 0 ? 0 : errno, 0);
+	/* Error cases. */
+	expect("zero length", call(VPM_IOC_PERSIST, vpm, 0), EINVAL);
+	expect("unaligned transient", call(VPM_IOC_SET_TRANSIENT, vpm + 64, PAGE), EINVAL);
+	expect("past the mapping", call(VPM_IOC_PERSIST, vpm + info.vpm_size - 32, 64), EFAULT);
+	expect("outside any mapping", call(VPM_IOC_PERSIST, local, 64), EFAULT);
+	expect("wrapping range", call(VPM_IOC_PERSIST, vpm, UINT64_MAX), EINVAL);
+	expect("bad ioctl", ioctl(fd, _IO('V', 99)) == 0 ? 0 : errno, ENOTTY);
+	ioctl(fd, VPM_IOC_INFO, &info);
+	printf("host served %llu hints, refused %llu\n", (unsigned long long)info.served,
+	       (unsigned long long)info.rejected);
+}
+
+static void writer(void)
+{
+	uint8_t *scratch = vpm + info.vpm_size - SCRATCH_PAGES * PAGE;
+	expect("scratch transient", call(VPM_IOC_SET_TRANSIENT, scratch, SCRATCH_PAGES * PAGE), 0);
+	for (uint64_t seq = 1;; seq++) {
+		uint64_t *rec = (uint64_t *)(vpm + ((seq - 1) % slots()) * REC);
+		for (int i = 7; i >= 0; i--)
+			rec[i] = word(seq, i);
+		if (call(VPM_IOC_FLUSH, rec, REC))
+			fail("flush", errno, 0);
+		memset(scratch + (seq % SCRATCH_PAGES) * PAGE, (int)seq | 1, PAGE);
+		if (seq % 16 == 0) {
+			int r = ioctl(fd, VPM_IOC_DRAIN) == 0 ? 0 : errno;
+			if (r) {
+				fail("drain", r, 0);
+				return;
+			}
+			printf("ACKED %llu\n", (unsigned long long)seq);
+			fflush(stdout);
+		}
+	}
+}
+
+static void check(uint64_t acked)
+{
+	uint64_t n = slots(), bad = 0;
+	uint64_t first = acked > n ? acked - n + 1 : 1;
+	for (uint64_t r = first; r <= acked && r > 0; r++) {
+		uint64_t *rec = (uint64_t *)(vpm + ((r - 1) % n) * REC);
+		/* The record, or a later one over it (written after the ack). */
+		if (rec[0] < r || (rec[0] - r) % n != 0) {
+			if (!bad++)
+				printf("VPMTEST FAIL record %llu lost (slot holds %llu)\n",
+				       (unsigned long long)r, (unsigned long long)rec[0]);
+		}
+	}
+	uint8_t *scratch = vpm + info.vpm_size - SCRATCH_PAGES * PAGE;
+	for (uint64_t i = 0; i < SCRATCH_PAGES * PAGE; i++)
+		if (scratch[i]) {
+			printf("VPMTEST FAIL transient scratch byte %llu is %u\n", (unsigned long long)i, scratch[i]);
+			bad++;
+			break;
+		}
+	failures += bad != 0;
+	printf("checked records %llu..%llu\n", (unsigned long long)first, (unsigned long long)acked);
+}
+
+int main(int argc, char **argv)
+{
+	const char *mode = argc > 1 ? argv[1] : "basic";
+	fd = open("/dev/vpm", O_RDWR);
+	if (fd < 0) {
+		printf("VPMTEST FAIL open /dev/vpm: %s\n", strerror(errno));
+		return 1;
+	}
+	if (ioctl(fd, VPM_IOC_INFO, &info)) {
+		printf("VPMTEST FAIL info: %s\n", strerror(errno));
+		return 1;
+	}
+	vpm = mmap(NULL, info.vpm_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (vpm == MAP_FAILED) {
+		printf("VPMTEST FAIL mmap: %s\n", strerror(errno));
+		return 1;
+	}
+	printf("vPM at %#llx, %llu MiB, features %#x\n", (unsigned long long)info.vpm_base,
+	       (unsigned long long)(info.vpm_size >> 20), info.features);
+	if (!strcmp(mode, "basic"))
+		basic();
+	else if (!strcmp(mode, "writer"))
+		writer();
+	else if (!strcmp(mode, "check"))
+		check(argc > 2 ? strtoull(argv[2], NULL, 10) : 0);
+	printf(failures ? "VPMTEST %s FAILED\n" : "VPMTEST %s OK\n", mode);
+	return failures != 0;
+}

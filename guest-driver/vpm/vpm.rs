@@ -1,0 +1,417 @@
+// SPDX-License-Identifier: GPL-2.0
+//! vpm: the VPM para-virtual persistent-memory driver.
+//!
+//! Finds the VPM host through a handshake on the doorbell port, registers a shared page with it
+//! (the hint ring of `abi/`, included by path: this file holds no copy of the protocol) and
+//! exposes `/dev/vpm`: `mmap` of the vPM range, and ioctls that turn persist, flush, drain and
+//! transient requests on user addresses of that mapping into batched hints, one doorbell per
+//! drain or persist.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kernel::{
+    bindings,
+    fs::File,
+    miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
+    mm::virt::VmaNew,
+    new_mutex,
+    prelude::*,
+    sync::{global_lock, Mutex},
+    time::{delay::fsleep, Delta},
+    uaccess::UserSlice,
+};
+
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "../../abi/src/proto/mod.rs"]
+mod abi;
+
+use abi::doorbell::{encode, DoorbellCmd, CMD_RING, PROBE_REPLY};
+use abi::op::{features, HeaderStatus, HintResult, Op};
+use abi::ring::{Producer, SharedPage, Ticket};
+use abi::uapi::{
+    VpmInfo, VpmRange, VPM_IOC_DRAIN, VPM_IOC_FLUSH, VPM_IOC_INFO, VPM_IOC_PERSIST,
+    VPM_IOC_REQUEST_EPOCH, VPM_IOC_SET_PERSISTENT, VPM_IOC_SET_TRANSIENT,
+};
+
+module! {
+    type: VpmModule,
+    name: "vpm",
+    authors: ["VPM developers"],
+    description: "VPM: para-virtual persistent memory hints for KVM guests",
+    license: "GPL",
+    params: {
+        doorbell_port: u16 {
+            default: 0xf50,
+            description: "I/O port of the VPM host's doorbell",
+        },
+    },
+}
+
+const RING_ENTRIES: u32 = 64;
+const PAGE: u64 = 4096;
+/// Longest wait for the host to answer (registration, a drain): 10 s.
+const WAIT_STEPS: u32 = 10_000;
+
+/// Counters, printed at unload and returned (partly) by `VPM_IOC_INFO`.
+struct Counters {
+    persists: AtomicU64,
+    flushes: AtomicU64,
+    drains: AtomicU64,
+    doorbells: AtomicU64,
+    errors: AtomicU64,
+}
+
+static COUNTERS: Counters = Counters {
+    persists: AtomicU64::new(0),
+    flushes: AtomicU64::new(0),
+    drains: AtomicU64::new(0),
+    doorbells: AtomicU64::new(0),
+    errors: AtomicU64::new(0),
+};
+
+/// The registered hint channel.
+struct Channel {
+    producer: Producer<'static>,
+    port: u16,
+    page_addr: usize,
+}
+
+global_lock! {
+    // SAFETY: initialised in `VpmModule::init` before the device is registered.
+    unsafe(uninit) static CHANNEL: Mutex<Option<Channel>> = None;
+}
+
+fn outb(port: u16, value: u8) {
+    // SAFETY: a write to the VPM doorbell port; it has no effect on kernel memory. There is no
+    // port-I/O abstraction in 7.3.
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: a read of the VPM doorbell port (an unclaimed port reads 0xff).
+    unsafe {
+        core::arch::asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+fn doorbell(port: u16, cmd: DoorbellCmd) {
+    let mut bytes = [0u8; 9];
+    let n = encode(cmd, &mut bytes);
+    for &b in &bytes[..n] {
+        outb(port, b);
+    }
+}
+
+/// Waits (sleeping 1 ms a step) until `done()`; false on timeout.
+fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    for i in 0..WAIT_STEPS {
+        if done() {
+            return true;
+        }
+        if i < 100 {
+            core::hint::spin_loop();
+        } else {
+            fsleep(Delta::from_millis(1));
+        }
+    }
+    done()
+}
+
+fn errno(r: i32) -> Error {
+    match HintResult::from_code(r) {
+        Some(HintResult::OutOfRange) => EFAULT,
+        Some(HintResult::NoSpace) => ENOSPC,
+        Some(HintResult::Io) => EIO,
+        Some(HintResult::NotSupported) => EOPNOTSUPP,
+        _ => EINVAL,
+    }
+}
+
+impl Channel {
+    /// Handshake, shared page, registration.
+    fn open(port: u16) -> Result<Channel> {
+        if inb(port) != PROBE_REPLY {
+            pr_err!("no VPM host answers on port {:#x}\n", port);
+            return Err(ENODEV);
+        }
+        // SAFETY: allocating one zeroed page; freed in `Drop`.
+        let page_addr = unsafe { bindings::get_zeroed_page_noprof(bindings::GFP_KERNEL) } as usize;
+        if page_addr == 0 {
+            return Err(ENOMEM);
+        }
+        // SAFETY: the page is ours, page-aligned and mapped until `Drop`; the host accesses it
+        // only through atomics, as we do.
+        let page: &'static SharedPage = unsafe { SharedPage::from_ptr(page_addr as *mut u8) };
+        // SAFETY: `page_addr` is a direct-map address of a page we own.
+        let gpa = unsafe { bindings::slow_virt_to_phys(page_addr as *mut core::ffi::c_void) };
+        let mut channel = Channel {
+            producer: Producer::prepare(page, RING_ENTRIES, features::ALL).map_err(|_| EINVAL)?,
+            port,
+            page_addr,
+        };
+        doorbell(port, DoorbellCmd::Register(gpa));
+        if !wait_for(|| page.status() != Some(HeaderStatus::Pending)) {
+            pr_err!("the VPM host did not answer the registration\n");
+            return Err(ENODEV);
+        }
+        if page.status() != Some(HeaderStatus::Ok) {
+            pr_err!("the VPM host refused the shared page: {:?}\n", page.status());
+            return Err(ENODEV);
+        }
+        channel.ring();
+        Ok(channel)
+    }
+
+    fn page(&self) -> &'static SharedPage {
+        self.producer.page()
+    }
+
+    /// Rings the doorbell and waits until the host completed everything published.
+    fn ring(&mut self) {
+        outb(self.port, CMD_RING);
+        COUNTERS.doorbells.fetch_add(1, Ordering::Relaxed);
+        let p = &self.producer;
+        if !wait_for(|| p.in_flight() == 0) {
+            pr_err!("the VPM host stopped completing hints\n");
+        }
+    }
+
+    fn push(&mut self, op: Op, gpa: u64, len: u64) -> Ticket {
+        loop {
+            match self.producer.push(op.code(), gpa, len) {
+                Ok(t) => return t,
+                Err(_) => self.ring(),
+            }
+        }
+    }
+
+    /// Publishes `op` and waits for its result.
+    fn call(&mut self, op: Op, gpa: u64, len: u64) -> Result {
+        let t = self.push(op, gpa, len);
+        self.ring();
+        match self.producer.result(t) {
+            Some(0) => Ok(()),
+            Some(r) => {
+                COUNTERS.errors.fetch_add(1, Ordering::Relaxed);
+                Err(errno(r))
+            }
+            None => Err(ETIMEDOUT),
+        }
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        doorbell(self.port, DoorbellCmd::Unregister);
+        // SAFETY: the page came from `get_zeroed_page` in `open`; the host no longer reads it
+        // after UNREGISTER.
+        unsafe { bindings::free_pages(self.page_addr as _, 0) };
+    }
+}
+
+fn with_channel<T>(f: impl FnOnce(&mut Channel) -> Result<T>) -> Result<T> {
+    let mut guard = CHANNEL.lock();
+    match guard.as_mut() {
+        Some(c) => f(c),
+        None => Err(ENODEV),
+    }
+}
+
+#[pin_data(PinnedDrop)]
+struct VpmModule {
+    #[pin]
+    _misc: MiscDeviceRegistration<VpmFile>,
+}
+
+impl kernel::InPlaceModule for VpmModule {
+    fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        // SAFETY: called once, before anything uses the lock.
+        unsafe { CHANNEL.init() };
+        let port = module_parameters::doorbell_port.value();
+        let channel = Channel::open(port);
+        let ok = match channel {
+            Ok(c) => {
+                let h = &c.page().header;
+                pr_info!(
+                    "VPM host found on port {:#x}: vPM {:#x}+{:#x}, features {:#x}\n",
+                    port,
+                    h.vpm_base.load(Ordering::Relaxed),
+                    h.vpm_size.load(Ordering::Relaxed),
+                    h.host_features.load(Ordering::Relaxed)
+                );
+                *CHANNEL.lock() = Some(c);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        try_pin_init!(Self {
+            _misc <- {
+                ok?;
+                MiscDeviceRegistration::register(MiscDeviceOptions { name: c"vpm" })
+            },
+        })
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for VpmModule {
+    fn drop(self: Pin<&mut Self>) {
+        // Unregister from the host and free the shared page; ioctls racing with the unload see
+        // no channel and get ENODEV.
+        drop(CHANNEL.lock().take());
+        let c = &COUNTERS;
+        pr_info!(
+            "unloaded: {} persists, {} flushes, {} drains, {} doorbells, {} errors\n",
+            c.persists.load(Ordering::Relaxed),
+            c.flushes.load(Ordering::Relaxed),
+            c.drains.load(Ordering::Relaxed),
+            c.doorbells.load(Ordering::Relaxed),
+            c.errors.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// One mapping of `/dev/vpm` in a process.
+#[derive(Clone, Copy)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    /// Guest-physical address of `start`.
+    gpa: u64,
+}
+
+/// Per-open state: the file's mappings, to translate user addresses.
+#[pin_data]
+struct VpmFile {
+    #[pin]
+    maps: Mutex<KVec<Mapping>>,
+}
+
+fn region() -> Result<(u64, u64)> {
+    with_channel(|c| {
+        let h = &c.page().header;
+        Ok((h.vpm_base.load(Ordering::Relaxed), h.vpm_size.load(Ordering::Relaxed)))
+    })
+}
+
+impl VpmFile {
+    /// Translates a user range into a guest-physical range inside one mapping.
+    fn translate(&self, r: &VpmRange) -> Result<(u64, u64)> {
+        if r.len == 0 {
+            return Err(EINVAL);
+        }
+        let end = r.addr.checked_add(r.len).ok_or(EINVAL)?;
+        let maps = self.maps.lock();
+        let m = maps.iter().find(|m| r.addr >= m.start && end <= m.end).ok_or(EFAULT)?;
+        Ok((m.gpa + (r.addr - m.start), r.len))
+    }
+
+    fn range_op(&self, op: Op, arg: usize) -> Result<isize> {
+        let r: VpmRange = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<VpmRange>())
+            .reader()
+            .read()?;
+        let (gpa, len) = self.translate(&r)?;
+        if matches!(op, Op::SetTransient | Op::SetPersistent) && (gpa % PAGE != 0 || len % PAGE != 0) {
+            return Err(EINVAL);
+        }
+        with_channel(|c| match op {
+            Op::Flush => {
+                c.push(Op::Flush, gpa, len);
+                COUNTERS.flushes.fetch_add(1, Ordering::Relaxed);
+                Ok(0)
+            }
+            _ => {
+                if op == Op::Persist {
+                    COUNTERS.persists.fetch_add(1, Ordering::Relaxed);
+                }
+                c.call(op, gpa, len).map(|_| 0)
+            }
+        })
+    }
+
+    fn info(&self, arg: usize) -> Result<isize> {
+        let info = with_channel(|c| {
+            let h = &c.page().header;
+            Ok(VpmInfo {
+                vpm_base: h.vpm_base.load(Ordering::Relaxed),
+                vpm_size: h.vpm_size.load(Ordering::Relaxed),
+                features: h.host_features.load(Ordering::Relaxed),
+                abi_version: h.version.load(Ordering::Relaxed),
+                epoch: h.epoch.load(Ordering::Relaxed),
+                served: h.served.load(Ordering::Relaxed),
+                rejected: h.rejected.load(Ordering::Relaxed),
+            })
+        })?;
+        let mut w = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<VpmInfo>()).writer();
+        w.write(&info)?;
+        Ok(0)
+    }
+}
+
+// SAFETY: VpmRange and VpmInfo are repr(C) integers without padding; any bytes are valid.
+unsafe impl kernel::transmute::FromBytes for VpmRange {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::AsBytes for VpmInfo {}
+
+#[vtable]
+impl MiscDevice for VpmFile {
+    type Ptr = Pin<KBox<Self>>;
+
+    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
+        KBox::try_pin_init(
+            try_pin_init!(VpmFile { maps <- new_mutex!(KVec::new()) }),
+            GFP_KERNEL,
+        )
+    }
+
+    fn mmap(me: Pin<&VpmFile>, _file: &File, vma: &VmaNew) -> Result {
+        let (base, size) = region()?;
+        let len = (vma.end() - vma.start()) as u64;
+        // SAFETY: reading vm_pgoff of the VMA being set up, which we have exclusive access to.
+        let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff } as u64;
+        let off = pgoff.checked_mul(PAGE).ok_or(EINVAL)?;
+        if off.checked_add(len).map_or(true, |e| e > size) {
+            return Err(EINVAL);
+        }
+        vma.set_dontexpand();
+        // SAFETY: maps the physical vPM pages [base + off, + len), reserved memory the host gave
+        // this guest, into the VMA being created; the VMA is at least `len` bytes long.
+        let rc = unsafe {
+            bindings::remap_pfn_range(
+                vma.as_ptr(),
+                vma.start() as _,
+                ((base + off) / PAGE) as _,
+                len as _,
+                (*vma.as_ptr()).vm_page_prot,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::from_errno(rc));
+        }
+        me.maps.lock().push(
+            Mapping { start: vma.start() as u64, end: vma.end() as u64, gpa: base + off },
+            GFP_KERNEL,
+        )?;
+        Ok(())
+    }
+
+    fn ioctl(me: Pin<&VpmFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        match cmd {
+            VPM_IOC_INFO => me.info(arg),
+            VPM_IOC_PERSIST => me.range_op(Op::Persist, arg),
+            VPM_IOC_FLUSH => me.range_op(Op::Flush, arg),
+            VPM_IOC_SET_TRANSIENT => me.range_op(Op::SetTransient, arg),
+            VPM_IOC_SET_PERSISTENT => me.range_op(Op::SetPersistent, arg),
+            VPM_IOC_DRAIN => with_channel(|c| {
+                COUNTERS.drains.fetch_add(1, Ordering::Relaxed);
+                c.call(Op::Drain, 0, 0).map(|_| 0)
+            }),
+            VPM_IOC_REQUEST_EPOCH => with_channel(|c| c.call(Op::RequestEpoch, 0, 0).map(|_| 0)),
+            _ => Err(ENOTTY),
+        }
+    }
+}
