@@ -22,9 +22,8 @@ const IMPL: &str = concat!("unsafe", " impl");
 
 /// Whether `pat` occurs in `code` as a keyword (not the end of a longer identifier).
 fn keyword(code: &str, pat: &str) -> bool {
-    code.match_indices(pat).any(|(at, _)| {
-        at == 0 || !code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')
-    })
+    code.match_indices(pat)
+        .any(|(at, _)| at == 0 || !code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
 }
 
 #[test]
@@ -45,9 +44,17 @@ fn every_unsafe_block_has_a_safety_comment() {
             }
             let window = &lines[i.saturating_sub(6)..=i];
             if !window.iter().any(|l| l.contains("SAFETY")) {
-                missing.push(format!("{}:{}", f.strip_prefix(&repo).unwrap_or(f).display(), i + 1));
+                missing.push(format!(
+                    "{}:{}",
+                    f.strip_prefix(&repo).unwrap_or(f).display(),
+                    i + 1
+                ));
             }
         }
     }
-    assert!(missing.is_empty(), "unsafe without a SAFETY comment at:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "unsafe without a SAFETY comment at:\n{}",
+        missing.join("\n")
+    );
 }
