@@ -13,6 +13,11 @@ mkdir -p "$out"
 make -s -C "$KERNEL_BUILD_DIR" M="$here/vpm" LLVM=-19 modules >&2
 cp "$here/vpm/vpm.ko" "$out/vpm.ko"
 gcc -static -O2 -Wall -Werror -I "$here/include" -o "$out/vpmtest" "$here/tests/vpmtest.c"
+# pmemtest: a libpmem program linked statically with pv-libpmem (PV persistence on /dev/vpm).
+pvlib=$(bash "$VPM_REPO/pv-libpmem/build-so.sh" "$out/pv-libpmem")
+gcc -static -O2 -Wall -Werror -I "$pvlib/include" -o "$out/pmemtest" "$here/tests/pmemtest.c" \
+  "$VPM_REPO/target/pv-libpmem-build/release/libpv_libpmem.a" -lpthread -ldl -lm 2>&1 | grep -v 'statically linked' >&2 || true
+[ -x "$out/pmemtest" ] || { echo "linking pmemtest failed" >&2; exit 1; }
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
@@ -20,17 +25,18 @@ mkdir -p "$root"/{bin,proc,sys,dev,lib/modules}
 cp /bin/busybox "$root/bin/busybox"
 for a in sh mount insmod rmmod cat grep sed poweroff reboot sleep dmesg echo tail; do ln -s busybox "$root/bin/$a"; done
 cp "$out/vpm.ko" "$root/lib/modules/"
-cp "$out/vpmtest" "$root/bin/"
+cp "$out/vpmtest" "$out/pmemtest" "$root/bin/"
 cat >"$root/init" <<'EOI'
 #!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 args=$(sed -n 's/.*vpmtest=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
+prog=$(sed -n 's/.*vpmprog=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "VPM-INIT args=$args"
 port=$(sed -n 's/.*vpmport=\([^ ]*\).*/\1/p' /proc/cmdline)
 if insmod /lib/modules/vpm.ko ${port:+doorbell_port=$port}; then
-  /bin/vpmtest $args
+  /bin/${prog:-vpmtest} $args
   rmmod vpm && echo "VPM-RMMOD ok"
 else
   echo "VPM-INSMOD failed"

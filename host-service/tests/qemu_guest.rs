@@ -123,48 +123,76 @@ fn without_a_host_the_driver_refuses_to_load() {
     );
 }
 
+/// Starts `prog writer` under `vpm qemu`, kills QEMU and the host service with SIGKILL once
+/// records are acknowledged, restarts with `prog check,N` and returns that console.
+fn crash_trial(name: &str, prog: &str, wait_ms: u64) -> (u64, String) {
+    let s = State::new(name);
+    let append = format!("vpmprog={prog}");
+    let mut child = qemu_cmd(&s, "writer", &["--fresh", "--append", &append])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start vpm qemu");
+    let console = s.0.join("linux.console");
+    let start = Instant::now();
+    let acked_now = || {
+        std::fs::read_to_string(&console)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("ACKED ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    while acked_now() < 64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the writer never got going"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(wait_ms));
+    // SAFETY: kill(2) on the process group we created for the child (vpm and its QEMU).
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+    let acked = acked_now();
+    (
+        acked,
+        run(&s, &format!("check,{acked}"), &["--append", &append]),
+    )
+}
+
 #[test]
 fn acknowledged_persists_survive_killing_qemu_and_the_host() {
     for trial in 0..3u64 {
-        let s = State::new(&format!("crash{trial}"));
-        let mut child = qemu_cmd(&s, "writer", &["--fresh"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start vpm qemu");
-        let console = s.0.join("linux.console");
-        let start = Instant::now();
-        let acked_now = || {
-            std::fs::read_to_string(&console)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| {
-                    l.strip_prefix("ACKED ")
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                })
-                .max()
-                .unwrap_or(0)
-        };
-        while acked_now() < 64 {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the writer never got going"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(300 + trial * 400));
-        // SIGKILL the whole group: the host service and QEMU.
-        // SAFETY: kill(2) on the process group we created for the child.
-        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-        let _ = child.wait();
-        let acked = acked_now();
-        let out = run(&s, &format!("check,{acked}"), &[]);
+        let (acked, out) = crash_trial(&format!("crash{trial}"), "vpmtest", 300 + trial * 400);
         assert!(
             out.contains("VPMTEST check OK"),
             "trial {trial} (acked {acked}):\n{out}"
         );
         println!("trial {trial}: {acked} acknowledged records survived");
+    }
+}
+
+#[test]
+fn a_libpmem_program_on_dev_vpm_gets_pv_persistence() {
+    let s = State::new("pmem");
+    let console = run(&s, "basic", &["--fresh", "--append", "vpmprog=pmemtest"]);
+    assert!(console.contains("PMEMTEST basic OK"), "{console}");
+    let stats: serde_json::Value = serde_json::from_str(console.lines().last().unwrap()).unwrap();
+    assert!(
+        stats["stats"]["hints_served"].as_u64().unwrap() >= 10,
+        "host counted too few hints: {stats}"
+    );
+    for trial in 0..2u64 {
+        let (acked, out) = crash_trial(&format!("pmemcrash{trial}"), "pmemtest", 200 + trial * 500);
+        assert!(
+            out.contains("PMEMTEST check OK"),
+            "trial {trial} (acked {acked}):\n{out}"
+        );
     }
 }
 

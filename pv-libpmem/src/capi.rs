@@ -88,9 +88,11 @@ pub extern "C" fn pmem_drain() {
 pub extern "C" fn pmem_msync(addr: *const c_void, len: usize) -> c_int {
     let start = addr as usize & !4095;
     let len = len + (addr as usize - start);
-    // A PV range also gets its hint: msync alone would not reach the host's PM.
+    // A PV range is made durable by its hints (msync would not reach the host's PM, and the
+    // driver's mapping has no fsync).
     if vpmdev::flush(addr as usize, len) {
         vpmdev::drain();
+        return 0;
     }
     // SAFETY: msync validates the range itself.
     let rc = unsafe { libc::msync(start as *mut c_void, len, libc::MS_SYNC) };

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * pmemtest: a libpmem program (linked with pv-libpmem) on /dev/vpm inside the guest.
+ *   pmemtest basic      map /dev/vpm with pmem_map_file, persist with every libpmem call, mark
+ *                       transient, request an epoch
+ *   pmemtest writer     64-byte records with pmem_memcpy_nodrain, pmem_drain every 16 records,
+ *                       "ACKED n" after each drain
+ *   pmemtest check N    every record <= N survived the host crash
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpmem.h>
+#include <vpm.h>
+
+#define REC 64ULL
+
+static int failures;
+#define CHECK(c, what) do { if (!(c)) { failures++; printf("PMEMTEST FAIL %s (errno %d: %s)\n", what, errno, \
+	pmem_errormsg()); } } while (0)
+
+static uint64_t word(uint64_t seq, int i)
+{
+	return i == 0 ? seq : (seq * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)(i + 100);
+}
+
+int main(int argc, char **argv)
+{
+	const char *mode = argc > 1 ? argv[1] : "basic";
+	size_t len = 0;
+	int is_pmem = 0;
+	char *p = pmem_map_file("/dev/vpm", 0, 0, 0, &len, &is_pmem);
+	if (!p) {
+		printf("PMEMTEST FAIL pmem_map_file(/dev/vpm): %s\n", pmem_errormsg());
+		return 1;
+	}
+	CHECK(is_pmem == 1 && pmem_is_pmem(p, len), "is_pmem of /dev/vpm");
+	CHECK(pmem_vpm_active(p, len) == 1, "vpm active");
+	uint64_t slots = (len / 2) / REC;
+	if (!strcmp(mode, "basic")) {
+		static char buf[65536];
+		memset(buf, 7, sizeof(buf));
+		CHECK(pmem_memcpy_persist(p, buf, 4096) == p, "memcpy_persist");
+		CHECK(pmem_memset_persist(p + 8192, 1, 65536) == p + 8192, "memset_persist");
+		pmem_memmove_nodrain(p + 100, p, 64);
+		pmem_flush(p + 200000, 64);
+		pmem_flush(p + 300000, 4096);
+		pmem_drain();
+		pmem_persist(p + 4096, 100);
+		CHECK(pmem_msync(p, 4096) == 0, "msync");
+		CHECK(pmem_deep_persist(p, 128) == 0, "deep persist");
+		CHECK(pmem_vpm_set_transient(p + len - (16 << 12), 16 << 12) == 0, "set transient");
+		CHECK(pmem_vpm_set_persistent(p + len - (16 << 12), 16 << 12) == 0, "set persistent");
+		CHECK(pmem_vpm_request_epoch() == 0, "request epoch");
+		CHECK(pmem_unmap(p, len) == 0, "unmap");
+	} else if (!strcmp(mode, "writer")) {
+		for (uint64_t seq = 1;; seq++) {
+			uint64_t rec[8];
+			for (int i = 0; i < 8; i++)
+				rec[i] = word(seq, i);
+			pmem_memcpy_nodrain(p + ((seq - 1) % slots) * REC, rec, REC);
+			if (seq % 16 == 0) {
+				pmem_drain();
+				printf("ACKED %llu\n", (unsigned long long)seq);
+				fflush(stdout);
+			}
+		}
+	} else if (!strcmp(mode, "check")) {
+		uint64_t acked = argc > 2 ? strtoull(argv[2], NULL, 10) : 0, lost = 0;
+		for (uint64_t r = acked > slots ? acked - slots + 1 : 1; r <= acked && r > 0; r++) {
+			uint64_t *rec = (uint64_t *)(p + ((r - 1) % slots) * REC);
+			if (rec[0] < r || (rec[0] - r) % slots)
+				lost++;
+		}
+		CHECK(lost == 0, "acknowledged records lost");
+		printf("checked %llu acknowledged records, %llu lost\n", (unsigned long long)acked,
+		       (unsigned long long)lost);
+	}
+	printf(failures ? "PMEMTEST %s FAILED\n" : "PMEMTEST %s OK\n", mode);
+	return failures != 0;
+}
