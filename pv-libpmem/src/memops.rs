@@ -95,12 +95,16 @@ fn finish(dst: *mut u8, len: usize, flags: MemFlags, nt: bool) {
 /// copy would corrupt (dst before src, or disjoint).
 unsafe fn copy_nt(dst: *mut u8, src: *const u8, len: usize) {
     use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
-    let head = ((dst as usize).wrapping_neg() & 15).min(len);
+    let align_mask = if avx512() { 63 } else { 15 };
+    let head = ((dst as usize).wrapping_neg() & align_mask).min(len);
     // SAFETY: all accesses stay in [0, len) of both buffers (caller's contract); the stream stores
     // target 16-byte aligned addresses (dst + head is aligned by construction).
     unsafe {
         std::ptr::copy(src, dst, head);
         let mut i = head;
+        if avx512() {
+            i = head + stream_64(dst.add(head), src.add(head), len - head);
+        }
         while i + 16 <= len {
             let v = _mm_loadu_si128(src.add(i) as *const __m128i);
             _mm_stream_si128(dst.add(i) as *mut __m128i, v);
@@ -111,6 +115,39 @@ unsafe fn copy_nt(dst: *mut u8, src: *const u8, len: usize) {
         flush_lines(cfg.deep_flush, dst, head);
         flush_lines(cfg.deep_flush, dst.add(i), len - i);
     }
+}
+
+/// Whether the CPU has AVX-512F (`PMEM_AVX512F=0` turns its use off, as in PMDK).
+fn avx512() -> bool {
+    static A: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *A.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::env::var("PMEM_AVX512F").map_or(true, |v| v != "0")
+    })
+}
+
+/// Streams whole 64-byte lines from `src` to `dst` (16-byte aligned; lines up to the 64-byte
+/// boundary first go 16 bytes at a time by the caller's loop, so this starts where it can);
+/// returns the bytes copied.
+///
+/// # Safety
+/// AVX-512F present; `dst` 16-byte aligned; both buffers valid for `len` bytes.
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_64(dst: *mut u8, src: *const u8, len: usize) -> usize {
+    use std::arch::x86_64::{__m512i, _mm512_loadu_si512, _mm512_stream_si512};
+    if dst as usize % 64 != 0 {
+        return 0;
+    }
+    let mut i = 0;
+    while i + 64 <= len {
+        // SAFETY: i + 64 <= len keeps both accesses in bounds; dst + i is 64-byte aligned.
+        unsafe {
+            let v = _mm512_loadu_si512(src.add(i) as *const __m512i);
+            _mm512_stream_si512(dst.add(i) as *mut __m512i, v);
+        }
+        i += 64;
+    }
+    i
 }
 
 /// `pmem_memmove` / `pmem_memcpy`: overlap-safe; returns `dst`.

@@ -1,6 +1,10 @@
 //! The process-wide table of ranges mapped by `pmem_map_file`, which decides `pmem_is_pmem`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{OnceLock, RwLock};
+
+/// Set once any `/dev/vpm` range has been registered: native programs never take the lock.
+static HAS_VPM: AtomicBool = AtomicBool::new(false);
 
 /// What a registered range is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +38,9 @@ pub fn register(base: usize, len: usize, kind: Kind) -> bool {
     }
     let at = t.partition_point(|r| r.base < base);
     t.insert(at, Range { base, end, kind });
+    if kind == Kind::Vpm {
+        HAS_VPM.store(true, Ordering::Release);
+    }
     true
 }
 

@@ -94,7 +94,7 @@ pub fn flush(addr: usize, len: usize) -> bool {
 
 /// Makes every queued range durable: one doorbell for the whole batch.
 pub fn drain() {
-    if PENDING.swap(false, Ordering::AcqRel) {
+    if PENDING.load(Ordering::Acquire) && PENDING.swap(false, Ordering::AcqRel) {
         let _ = plain_ioctl(VPM_IOC_DRAIN);
     }
 }

@@ -1,0 +1,140 @@
+//! `vpm-bench libpmem`: native-mode `pmem_memcpy_persist` throughput of pv-libpmem against
+//! Debian's libpmem, both loaded into this process (separate link-map namespaces) and measured
+//! alternately on the same mapped file.
+
+use std::ffi::{c_void, CString};
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::stats::{platform_note, timed};
+
+type MemcpyPersist = unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> *mut c_void;
+
+const DEBIAN: &str = "/usr/lib/x86_64-linux-gnu/libpmem.so.1";
+
+fn load(path: &str) -> Result<MemcpyPersist, String> {
+    let p = CString::new(path).map_err(|e| e.to_string())?;
+    // SAFETY: loading a shared library by path into a new namespace; its constructors run.
+    let h = unsafe {
+        libc::dlmopen(
+            libc::LM_ID_NEWLM,
+            p.as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_LOCAL,
+        )
+    };
+    if h.is_null() {
+        return Err(format!("dlmopen {path} failed (is it installed?)"));
+    }
+    let name = CString::new("pmem_memcpy_persist").expect("name");
+    // SAFETY: looking up a symbol in the handle just opened.
+    let f = unsafe { libc::dlsym(h, name.as_ptr()) };
+    if f.is_null() {
+        return Err(format!("{path} has no pmem_memcpy_persist"));
+    }
+    // SAFETY: the symbol is libpmem's pmem_memcpy_persist, whose C signature this type matches.
+    Ok(unsafe { std::mem::transmute::<*mut c_void, MemcpyPersist>(f) })
+}
+
+fn ours(repo: &Path) -> Result<String, String> {
+    let out = Command::new("bash")
+        .arg(repo.join("pv-libpmem/build-so.sh"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "build-so.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(format!("{dir}/lib/libpmem.so.1"))
+}
+
+/// MiB/s of copying `total` bytes in `size`-byte persists into `dst` (cycling through it).
+fn throughput(f: MemcpyPersist, dst: &mut [u8], src: &[u8], size: usize, total: usize) -> f64 {
+    let span = dst.len() - size;
+    let ((), secs) = timed(|| {
+        let mut off = 0;
+        for _ in 0..total / size {
+            // SAFETY: dst[off..off + size] and src[..size] are valid, disjoint buffers.
+            unsafe {
+                f(
+                    dst.as_mut_ptr().add(off) as *mut c_void,
+                    src.as_ptr() as *const c_void,
+                    size,
+                )
+            };
+            off = (off + size) % span;
+        }
+    });
+    total as f64 / 1048576.0 / secs
+}
+
+/// Runs the comparison.
+pub fn run(out: &Path, quick: bool) -> Result<(), String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ours_path = ours(&repo)?;
+    let pv = load(&ours_path)?;
+    let debian = load(DEBIAN)?;
+    println!("vpm-bench libpmem — measured on: {}", platform_note());
+    println!(
+        "pmem_memcpy_persist into a 64 MiB mapping on /dev/shm, native mode, alternating runs"
+    );
+    let path = "/dev/shm/vpm-bench-libpmem";
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    file.set_len(64 << 20).map_err(|e| e.to_string())?;
+    // SAFETY: a shared mapping of the file we just sized.
+    let p = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::mmap(
+            std::ptr::null_mut(),
+            64 << 20,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err("mmap".into());
+    }
+    // SAFETY: the mapping is 64 MiB, ours until munmap below.
+    let dst = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, 64 << 20) };
+    let src: Vec<u8> = (0..(1 << 20)).map(|i| (i * 31) as u8).collect();
+    let total = if quick { 256 << 20 } else { 1 << 30 };
+    let mut rows = Vec::new();
+    for size in [256usize, 4096, 1 << 20] {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            a.push(throughput(pv, dst, &src, size, total / 5));
+            b.push(throughput(debian, dst, &src, size, total / 5));
+        }
+        a.sort_by(f64::total_cmp);
+        b.sort_by(f64::total_cmp);
+        let (ma, mb) = (a[2], b[2]);
+        println!("  {size:>8} B: pv-libpmem {ma:>8.0} MiB/s, Debian libpmem {mb:>8.0} MiB/s, ratio {:.2} (goal >= 0.90)", ma / mb);
+        rows.push(
+            json!({"bytes": size, "pv_libpmem_mib_s": ma, "debian_mib_s": mb, "ratio": ma / mb}),
+        );
+    }
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(p, 64 << 20) };
+    let _ = std::fs::remove_file(path);
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    let doc = json!({"platform": platform_note(), "memcpy_persist": rows});
+    std::fs::write(
+        out.join("libpmem.json"),
+        serde_json::to_string_pretty(&doc).expect("json"),
+    )
+    .map_err(|e| e.to_string())?;
+    println!("wrote {}", out.join("libpmem.json").display());
+    Ok(())
+}
