@@ -352,7 +352,7 @@ fn map(fd: i32, len: usize) -> Result<(*mut u8, bool), i32> {
 /// `pmem_unmap`.
 pub fn unmap(addr: *mut u8, len: usize) -> Result<(), i32> {
     let rounded = len.div_ceil(PAGE) * PAGE;
-    if (addr as usize) % PAGE != 0 || len == 0 {
+    if !(addr as usize).is_multiple_of(PAGE) || len == 0 {
         err::set("invalid munmap length", 0);
     } else {
         ranges::unregister(addr as usize, rounded);

@@ -135,7 +135,7 @@ fn avx512() -> bool {
 #[target_feature(enable = "avx512f")]
 unsafe fn stream_64(dst: *mut u8, src: *const u8, len: usize) -> usize {
     use std::arch::x86_64::{__m512i, _mm512_loadu_si512, _mm512_stream_si512};
-    if dst as usize % 64 != 0 {
+    if !(dst as usize).is_multiple_of(64) {
         return 0;
     }
     let mut i = 0;
