@@ -58,6 +58,8 @@ pub enum Workload {
     Hostile = 9,
     /// Persist latency: `arg[0]` persists of `arg[1]` bytes each; reports TSC cycles per persist.
     PersistLatency = 10,
+    /// Exit round trip: `arg[0]` writes to the progress port; reports TSC cycles per exit.
+    ExitLatency = 11,
 }
 
 impl Workload {
@@ -74,6 +76,7 @@ impl Workload {
             8 => Workload::Transient,
             9 => Workload::Hostile,
             10 => Workload::PersistLatency,
+            11 => Workload::ExitLatency,
             _ => return None,
         })
     }

@@ -1,11 +1,12 @@
 //! `vpm-bench`: benchmark commands (not tests). Each prints its figures and the floors they are
 //! compared with, measured side by side in the same run, and writes JSON under `--out`.
 //!
-//! Usage: `vpm-bench pm-core|libpmem [--out DIR] [--quick]`
+//! Usage: `vpm-bench suite|pm-core|libpmem [--out DIR] [--quick]`
 
 mod libpmem;
 mod pm_core;
 mod stats;
+mod suite;
 
 use std::path::PathBuf;
 
@@ -24,7 +25,8 @@ fn main() {
     let result = match cmd.as_str() {
         "pm-core" => pm_core::run(&out, quick),
         "libpmem" => libpmem::run(&out, quick),
-        _ => fail("usage: vpm-bench pm-core|libpmem [--out DIR] [--quick]"),
+        "suite" => suite::run(&out, quick),
+        _ => fail("usage: vpm-bench suite|pm-core|libpmem [--out DIR] [--quick]"),
     };
     if let Err(e) = result {
         fail(&e);

@@ -117,6 +117,7 @@ fn workload(name: &str) -> Result<Workload, String> {
         "transient" => Workload::Transient,
         "hostile" => Workload::Hostile,
         "persist-latency" => Workload::PersistLatency,
+        "exit-latency" => Workload::ExitLatency,
         _ => return Err(format!("unknown workload {name:?}")),
     })
 }

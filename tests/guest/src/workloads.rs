@@ -41,6 +41,7 @@ pub fn run(w: Workload, p: &BootParams) {
             Some(h) => hostile::run(vpm, h),
             None => report::fail("the hostile workload needs FLAG_PV"),
         },
+        Workload::ExitLatency => exit_latency(p),
         Workload::PersistLatency => match hints.as_mut() {
             Some(h) => persist_latency(vpm, p, h),
             None => report::fail("the latency workload needs FLAG_PV"),
@@ -331,5 +332,24 @@ fn persist_latency(vpm: Vpm, p: &BootParams, h: &mut Hints) {
     set_value(1, s[(s.len() * 99) / 100]);
     set_value(2, s[0]);
     set_value(3, total);
+    set_ops(n);
+}
+
+/// Exit round trips: `arg[0]` progress-port writes; values: p50, p99, min cycles.
+fn exit_latency(p: &BootParams) {
+    let n = p.arg[0].clamp(1, SCRATCH_LEN / 8);
+    let samples = SCRATCH_GPA as *mut u64;
+    for i in 0..n {
+        let t0 = rdtsc();
+        progress();
+        // SAFETY: n samples fit in the guest RAM scratch (clamped above).
+        unsafe { *samples.add(i as usize) = rdtsc() - t0 };
+    }
+    // SAFETY: the first n entries were written above.
+    let s = unsafe { core::slice::from_raw_parts_mut(samples, n as usize) };
+    s.sort_unstable();
+    set_value(0, s[s.len() / 2]);
+    set_value(1, s[(s.len() * 99) / 100]);
+    set_value(2, s[0]);
     set_ops(n);
 }

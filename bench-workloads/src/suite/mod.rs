@@ -1,0 +1,328 @@
+//! `vpm-bench suite`: PV against full virtualization against today's baselines, consolidation and
+//! endurance, with the floors measured in the same run; writes results.json, CSV tables, SVG
+//! plots and report.md under `--out`.
+
+mod report;
+mod svg;
+mod vm;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use vpm_abi::harness::Workload;
+use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
+use vpm_host::pm::PmDevice;
+use vpm_host::vmm::Mode;
+
+use vm::{run_alone, Job};
+
+/// Where emulated PM lives (tmpfs) and where the virtio-pmem-like baseline's backing file lives
+/// (the ext4 disk, as a virtio-pmem backing file would).
+const PM_DIR: &str = "/dev/shm";
+const DISK_DIR: &str = "/var/tmp";
+
+fn step(t0: Instant, what: &str) {
+    println!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+}
+
+/// TSC ticks per microsecond, calibrated against the monotonic clock.
+fn tsc_per_us() -> f64 {
+    // SAFETY: rdtsc has no preconditions.
+    let t = || unsafe { std::arch::x86_64::_rdtsc() };
+    let (c0, i0) = (t(), Instant::now());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    (t() - c0) as f64 / i0.elapsed().as_secs_f64() / 1e6
+}
+
+/// Copy + flush + drain of `size` bytes on an emulated-PM file, p50 in µs.
+fn copy_flush_floor(size: usize) -> Result<f64, String> {
+    let path = Path::new(PM_DIR).join(format!("vpm-suite-floor-{}", std::process::id()));
+    let opts = MapOptions {
+        size: 64 << 20,
+        policy: FlushPolicy::CpuFlush,
+        exclusive: false,
+        populate: true,
+    };
+    let dev = MappedFile::open_with(&path, opts).map_err(|e| e.to_string())?;
+    let src = vec![0x5au8; size];
+    let mut lat = Vec::new();
+    for i in 0..2000usize {
+        let off = ((i * size.max(4096)) % (60 << 20)) as u64;
+        let t = Instant::now();
+        dev.write_flush(off, &src).map_err(|e| e.to_string())?;
+        dev.drain().map_err(|e| e.to_string())?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = std::fs::remove_file(&path);
+    lat.sort_by(f64::total_cmp);
+    Ok(lat[lat.len() / 2])
+}
+
+/// Runs the suite.
+pub fn run(out: &Path, quick: bool) -> Result<(), String> {
+    let t0 = Instant::now();
+    let mut r = serde_json::Map::new();
+    r.insert("platform".into(), json!(crate::stats::platform_note()));
+    r.insert("quick".into(), json!(quick));
+    let tsc = tsc_per_us();
+    r.insert("tsc_per_us".into(), json!(tsc));
+
+    step(t0, "floors: VM exit round trip and copy+flush");
+    let exit = run_alone(
+        &Job::new("exit", Mode::Full, Workload::ExitLatency, &[3000]),
+        PM_DIR,
+        64,
+    )?;
+    let exit_us = exit.report.values[0] as f64 / tsc;
+    let floors: Vec<(usize, f64)> = [64usize, 4096, 65536]
+        .iter()
+        .map(|&s| copy_flush_floor(s).map(|f| (s, f)))
+        .collect::<Result<_, _>>()?;
+    r.insert("floors".into(), json!({"exit_us": exit_us, "copy_flush_us": floors.iter().map(|(s, f)| json!({"bytes": s, "p50_us": f})).collect::<Vec<_>>()}));
+
+    step(t0, "persist latency per mode and size");
+    let n = if quick { 300 } else { 2000 };
+    let mut lat = Vec::new();
+    for (mode, dir) in [
+        (Mode::Direct, PM_DIR),
+        (Mode::Msync, DISK_DIR),
+        (Mode::Pv, PM_DIR),
+    ] {
+        for size in [64u64, 4096, 65536] {
+            let job = Job::new(
+                &format!("lat-{}-{size}", mode.name()),
+                mode,
+                Workload::PersistLatency,
+                &[n, size],
+            );
+            let o = run_alone(&job, dir, 96)?;
+            let (p50, p99) = (
+                o.report.values[0] as f64 / tsc,
+                o.report.values[1] as f64 / tsc,
+            );
+            lat.push(json!({"mode": mode.name(), "bytes": size, "p50_us": p50, "p99_us": p99, "pm_bytes_written": o.stats.pm_bytes_written, "persisted_bytes": o.stats.persist_requested_bytes}));
+        }
+    }
+    r.insert("persist_latency".into(), Value::Array(lat));
+
+    step(t0, "workload throughput per mode");
+    let scale = if quick { 1 } else { 4 };
+    let workloads: [(&str, Workload, Vec<u64>); 4] = [
+        ("kv puts", Workload::KvStore, vec![4000 * scale]),
+        ("log appends", Workload::AppendLog, vec![4000 * scale, 200]),
+        (
+            "random 4K writes",
+            Workload::RandomWrites,
+            vec![3000 * scale],
+        ),
+        (
+            "seq 64K writes",
+            Workload::SeqWrites,
+            vec![500 * scale, 65536],
+        ),
+    ];
+    let modes: [(&str, Mode, u64, &str); 5] = [
+        ("direct", Mode::Direct, 0, PM_DIR),
+        ("msync", Mode::Msync, 0, DISK_DIR),
+        ("full-10ms", Mode::Full, 10, PM_DIR),
+        ("full-100ms", Mode::Full, 100, PM_DIR),
+        ("pv", Mode::Pv, 100, PM_DIR),
+    ];
+    let mut tput = Vec::new();
+    for (wname, w, args) in &workloads {
+        for (mname, mode, epoch, dir) in modes {
+            // Modes without an exit per operation run many more operations, so that every run
+            // lasts long enough for several epochs; the figure compared is a rate.
+            let mut args = args.clone();
+            if !matches!(mode, Mode::Pv | Mode::Msync) {
+                args[0] *= 100;
+            }
+            let mut job = Job::new(&format!("w-{mname}"), mode, *w, &args);
+            job.epoch_ms = epoch;
+            let o = run_alone(&job, dir, 96)?;
+            let secs = o.elapsed.as_secs_f64();
+            let dirty_mib = o.stats.dirty_pages as f64 * 4096.0 / 1048576.0;
+            tput.push(json!({"workload": wname, "mode": mname, "ops_per_s": o.report.ops as f64 / secs,
+                "epochs": o.stats.epochs, "pause_us_total": o.stats.pause_us_total, "pause_us_max": o.stats.pause_us_max,
+                "dirty_mib": dirty_mib, "pm_bytes_written": o.stats.pm_bytes_written,
+                "persisted_bytes": o.stats.persist_requested_bytes, "dram_pages_max": o.stats.dram_pages_max}));
+        }
+    }
+    step(
+        t0,
+        "transient-scratch-heavy job: pv with and without transient hints",
+    );
+    for transient in [false, true] {
+        let mut job = Job::new(
+            if transient { "t-on" } else { "t-off" },
+            Mode::Pv,
+            Workload::Transient,
+            &[0, 512, 400 * scale],
+        );
+        job.transient = transient;
+        job.epoch_ms = 10;
+        let o = run_alone(&job, PM_DIR, 96)?;
+        tput.push(json!({"workload": "transient scratch", "mode": if transient { "pv+transient" } else { "pv" },
+            "ops_per_s": o.report.ops as f64 / o.elapsed.as_secs_f64(), "epochs": o.stats.epochs,
+            "pause_us_total": o.stats.pause_us_total, "pm_bytes_written": o.stats.pm_bytes_written,
+            "dirty_mib": o.stats.dirty_pages as f64 / 256.0}));
+    }
+    r.insert("throughput".into(), Value::Array(tput));
+
+    step(
+        t0,
+        "consolidation: 4 VMs on one pool sized 100/50/25 % of their vPM",
+    );
+    r.insert("consolidation".into(), Value::Array(consolidation(quick)?));
+
+    step(t0, "recovery after kill -9");
+    r.insert("recovery".into(), Value::Array(recovery(quick)?));
+
+    step(t0, "writing results and report");
+    let doc = Value::Object(r);
+    report::write(out, &doc)?;
+    step(t0, &format!("done: {}", out.join("report.md").display()));
+    Ok(())
+}
+
+/// Four PV VMs on one pool; the pool holds 100, 50 or 25 % of their summed vPM as PM homes,
+/// the rest goes to the capacity file.
+fn consolidation(quick: bool) -> Result<Vec<Value>, String> {
+    let mut rows = Vec::new();
+    let vms = 4u64;
+    let vpm = 16u64;
+    let writes = if quick { 1500 } else { 6000 };
+    for transient in [false, true] {
+        for pct in [100u64, 50, 25] {
+            let s = vm::Scratch::new(PM_DIR, &format!("cons{pct}{transient}"))?;
+            let pm_mib = vms * vpm * pct / 100;
+            let pool = vm::pool(&s.0, pm_mib, 16)?;
+            let start = Instant::now();
+            let handles: Vec<_> = (0..vms)
+                .map(|i| {
+                    let (pool, dir) = (pool.clone(), s.0.clone());
+                    let mut job = if transient {
+                        Job::new(
+                            &format!("c{i}"),
+                            Mode::Pv,
+                            Workload::Transient,
+                            &[0, 1024, 100],
+                        )
+                    } else {
+                        Job::new(
+                            &format!("c{i}"),
+                            Mode::Pv,
+                            Workload::RandomWrites,
+                            &[writes],
+                        )
+                    };
+                    job.vpm_mib = vpm;
+                    job.dram_mib = 6;
+                    job.transient = transient;
+                    job.pm_quota_mib = Some(pm_mib / vms);
+                    std::thread::spawn(move || vm::run(&job, &pool, &dir))
+                })
+                .collect();
+            let mut outs = Vec::new();
+            for h in handles {
+                outs.push(h.join().map_err(|_| "VM thread panicked".to_string())??);
+            }
+            let wall = start.elapsed().as_secs_f64();
+            let ops: u64 = outs.iter().map(|o| o.report.ops).sum();
+            let p = pool.lock().expect("pool");
+            let (pm_dev, cap_dev) = (
+                p.pm().stats().bytes_written,
+                p.capacity().stats().bytes_written,
+            );
+            rows.push(json!({"pool_pct": pct, "transient_hints": transient, "ops_per_s": ops as f64 / wall,
+                "per_vm_ops_per_s": outs.iter().map(|o| o.report.ops as f64 / o.elapsed.as_secs_f64()).collect::<Vec<_>>(),
+                "pm_bytes_written": pm_dev, "capacity_bytes_written": cap_dev}));
+            drop(p);
+            drop(pool);
+        }
+    }
+    Ok(rows)
+}
+
+/// Kills a `vpm guest` full-mode writer with SIGKILL and times the recovery of its pool (verify,
+/// replay) and the rebuild of its vPM (every page read from its home).
+fn recovery(quick: bool) -> Result<Vec<Value>, String> {
+    use std::process::{Command, Stdio};
+    let vpm_exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vpm");
+    if !vpm_exe.exists() {
+        return Err(format!(
+            "{} missing: cargo build --release -p vpm-host",
+            vpm_exe.display()
+        ));
+    }
+    let sizes: &[u64] = if quick { &[256] } else { &[256, 1024] };
+    let mut rows = Vec::new();
+    for &mib in sizes {
+        let s = vm::Scratch::new(PM_DIR, &format!("rec{mib}"))?;
+        let state = s.0.to_string_lossy().into_owned();
+        let mut child = Command::new(&vpm_exe)
+            .args([
+                "guest",
+                "--state",
+                &state,
+                "--pool-mib",
+                &(mib * 5 / 2).to_string(),
+                "--vm",
+                "r",
+                "--mode",
+                "full",
+            ])
+            .args([
+                "--workload",
+                "seq-writer",
+                "--vpm-mib",
+                &mib.to_string(),
+                "--dram-mib",
+                "64",
+                "--epoch-ms",
+                "50",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(std::time::Duration::from_millis(if mib > 256 {
+            6000
+        } else {
+            2500
+        }));
+        child.kill().map_err(|e| e.to_string())?;
+        let _ = child.wait();
+        let opts = MapOptions {
+            size: 0,
+            policy: FlushPolicy::Auto,
+            exclusive: true,
+            populate: false,
+        };
+        let t = Instant::now();
+        let pm =
+            Arc::new(MappedFile::open_with(&s.0.join("pool"), opts).map_err(|e| e.to_string())?);
+        let cap = Arc::new(
+            vpm_host::pm::file::FileDevice::open(&s.0.join("pool.cap"))
+                .map_err(|e| e.to_string())?,
+        );
+        let (pool, rep) = vpm_host::pool::Pool::open(pm, cap).map_err(|e| e.to_string())?;
+        let open_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        let mut page = vec![0u8; 4096];
+        let pages = pool.tenant(0).map_err(|e| e.to_string())?.pages();
+        for vpn in 0..pages {
+            pool.read_home(0, vpn, &mut page)
+                .map_err(|e| e.to_string())?;
+        }
+        let read_ms = t.elapsed().as_secs_f64() * 1000.0;
+        rows.push(
+            json!({"vpm_mib": mib, "epoch": rep.tenants.first().map_or(0, |t| t.epoch),
+            "homes": pool.tenant(0).map_err(|e| e.to_string())?.home_counts().0,
+            "open_verify_ms": open_ms, "rebuild_read_ms": read_ms}),
+        );
+    }
+    Ok(rows)
+}

@@ -1,0 +1,159 @@
+//! Running test-guest VMs in this process for the suite.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vpm_abi::harness::{BootParams, Workload, BOOT_MAGIC, FLAG_PV, FLAG_TRANSIENT_HINTS};
+use vpm_host::pm::file::FileDevice;
+use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
+use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
+use vpm_host::vmm::{run_vm, DoorbellKind, Mode, VmOutcome, VmSpec};
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh directory under `parent`.
+    pub fn new(parent: &str, name: &str) -> Result<Scratch, String> {
+        let d = PathBuf::from(parent).join(format!("vpm-suite-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        Ok(Scratch(d))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A new pool in `dir` with `data_mib` MiB of PM homes and `meta_mib` MiB of metadata.
+pub fn pool(dir: &Path, data_mib: u64, meta_mib: u64) -> Result<Arc<Mutex<Pool>>, String> {
+    let mib = data_mib + meta_mib + 1;
+    let opts = MapOptions {
+        size: mib << 20,
+        policy: FlushPolicy::Auto,
+        exclusive: true,
+        populate: true,
+    };
+    let pm = Arc::new(MappedFile::open_with(&dir.join("pool"), opts).map_err(|e| e.to_string())?);
+    let cap = Arc::new(FileDevice::open(&dir.join("pool.cap")).map_err(|e| e.to_string())?);
+    let cfg = PoolConfig {
+        size: mib << 20,
+        max_tenants: 8,
+        meta_bytes: meta_mib << 20,
+        pool_id: 7,
+    };
+    Pool::create(pm, cap, &cfg)
+        .map(|p| Arc::new(Mutex::new(p)))
+        .map_err(|e| e.to_string())
+}
+
+/// One VM to run.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Tenant name.
+    pub name: String,
+    /// Mode.
+    pub mode: Mode,
+    /// Workload.
+    pub workload: Workload,
+    /// Arguments.
+    pub args: Vec<u64>,
+    /// vPM MiB.
+    pub vpm_mib: u64,
+    /// DRAM budget MiB.
+    pub dram_mib: u64,
+    /// PM quota MiB (None: the vPM size).
+    pub pm_quota_mib: Option<u64>,
+    /// Epoch interval (tiered modes).
+    pub epoch_ms: u64,
+    /// Send hints.
+    pub hints: bool,
+    /// Transient hints.
+    pub transient: bool,
+}
+
+impl Job {
+    /// A job with the suite's defaults.
+    pub fn new(name: &str, mode: Mode, workload: Workload, args: &[u64]) -> Job {
+        Job {
+            name: name.into(),
+            mode,
+            workload,
+            args: args.to_vec(),
+            vpm_mib: 32,
+            dram_mib: 8,
+            pm_quota_mib: None,
+            epoch_ms: 100,
+            // Hints only where the guest is para-virtual or the baseline needs them (virtio-pmem's
+            // flush); `direct` and `full` run the unmodified guest.
+            hints: matches!(mode, Mode::Pv | Mode::Msync),
+            transient: false,
+        }
+    }
+}
+
+/// Adds the job's tenant to `pool` and runs it.
+pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, String> {
+    let vpm = job.vpm_mib << 20;
+    let tenant = pool
+        .lock()
+        .expect("pool")
+        .add_tenant(&TenantConfig {
+            name: job.name.clone(),
+            vpm_bytes: vpm,
+            pm_quota_bytes: job.pm_quota_mib.map_or(vpm, |m| m << 20),
+            dram_budget_bytes: job.dram_mib << 20,
+            log_bytes: (vpm / 8).max(2 << 20),
+        })
+        .map_err(|e| e.to_string())?;
+    let mut arg = [0u64; 6];
+    for (i, v) in job.args.iter().take(6).enumerate() {
+        arg[i] = *v;
+    }
+    let flags = if job.hints { FLAG_PV } else { 0 }
+        | if job.transient {
+            FLAG_TRANSIENT_HINTS
+        } else {
+            0
+        };
+    let spec = VmSpec {
+        name: job.name.clone(),
+        mode: job.mode,
+        dram_budget_bytes: job.dram_mib << 20,
+        epoch_interval: (job.epoch_ms > 0).then(|| Duration::from_millis(job.epoch_ms)),
+        migrate_interval: None,
+        migrate_pages: 0,
+        params: BootParams {
+            magic: BOOT_MAGIC,
+            workload: job.workload as u32,
+            flags,
+            seed: 42,
+            arg,
+            ..BootParams::default()
+        },
+        witness: None,
+        work_dir: dir.to_path_buf(),
+        time_limit: Some(Duration::from_secs(600)),
+        doorbell: DoorbellKind::Exit,
+    };
+    let out = run_vm(&spec, pool.clone(), tenant).map_err(|e| e.to_string())?;
+    if out.report.errors != 0 {
+        return Err(format!(
+            "{}: guest reported {} errors",
+            job.name, out.report.errors
+        ));
+    }
+    Ok(out)
+}
+
+/// Runs `job` alone on a fresh pool with `pool_mib` MiB of homes in a scratch directory under
+/// `parent`.
+pub fn run_alone(job: &Job, parent: &str, pool_mib: u64) -> Result<VmOutcome, String> {
+    let s = Scratch::new(parent, &job.name)?;
+    let p = pool(&s.0, pool_mib, 16)?;
+    run(job, &p, &s.0)
+}
