@@ -26,6 +26,11 @@ deb="$VPM_SHARED/cache/$DEB_NAME"
 command -v clang-19 >/dev/null || die "clang-19 missing: run tests/setup/install-deps.sh"
 command -v bindgen >/dev/null || die "bindgen missing: run tests/setup/install-deps.sh"
 
+# One build at a time per cache (a second caller waits, then finds the result cached).
+mkdir -p "$VPM_CACHE_DIR/kernel"
+exec 9>"$VPM_CACHE_DIR/kernel/.lock"
+flock 9
+
 deb_sum=$(awk -v n="$DEB_NAME" '$2 == n { print $1 }' "$VPM_SHARED/cache/SHA256SUMS")
 key=$( { echo "$deb_sum recipe=$RECIPE"; cat "$here/config-fragment.sh";
          rustc --version; clang-19 --version | head -1; bindgen --version; } | sha256sum | cut -c1-16)

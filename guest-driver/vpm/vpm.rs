@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use kernel::{
     bindings,
+    debugfs::{Dir, File as DebugFile},
     fs::File,
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     mm::virt::VmaNew,
@@ -221,8 +222,31 @@ fn with_channel<T>(f: impl FnOnce(&mut Channel) -> Result<T>) -> Result<T> {
     }
 }
 
+/// The counters as text, for `/sys/kernel/debug/vpm/stats`.
+struct CountersView;
+
+impl core::fmt::Debug for CountersView {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let c = &COUNTERS;
+        let (served, rejected) = CHANNEL.lock().as_ref().map_or((0, 0), |ch| {
+            let h = &ch.page().header;
+            (h.served.load(Ordering::Relaxed), h.rejected.load(Ordering::Relaxed))
+        });
+        writeln!(f, "persists {}", c.persists.load(Ordering::Relaxed))?;
+        writeln!(f, "flushes {}", c.flushes.load(Ordering::Relaxed))?;
+        writeln!(f, "drains {}", c.drains.load(Ordering::Relaxed))?;
+        writeln!(f, "doorbells {}", c.doorbells.load(Ordering::Relaxed))?;
+        writeln!(f, "errors {}", c.errors.load(Ordering::Relaxed))?;
+        writeln!(f, "host_served {served}")?;
+        write!(f, "host_rejected {rejected}")
+    }
+}
+
 #[pin_data(PinnedDrop)]
 struct VpmModule {
+    _debugfs: Dir,
+    #[pin]
+    _stats: DebugFile<CountersView>,
     #[pin]
     _misc: MiscDeviceRegistration<VpmFile>,
 }
@@ -248,11 +272,14 @@ impl kernel::InPlaceModule for VpmModule {
             }
             Err(e) => Err(e),
         };
+        let debugfs = Dir::new(c"vpm");
         try_pin_init!(Self {
             _misc <- {
                 ok?;
                 MiscDeviceRegistration::register(MiscDeviceOptions { name: c"vpm" })
             },
+            _stats <- debugfs.read_only_file(c"stats", CountersView),
+            _debugfs: debugfs,
         })
     }
 }

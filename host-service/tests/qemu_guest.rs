@@ -54,6 +54,10 @@ impl Drop for State {
 }
 
 fn qemu_cmd(state: &State, vpmtest: &str, extra: &[&str]) -> Command {
+    qemu_cmd_with(state, "INITRAMFS", vpmtest, extra)
+}
+
+fn qemu_cmd_with(state: &State, initrd: &str, vpmtest: &str, extra: &[&str]) -> Command {
     let g = guest();
     let mut c = Command::new(env!("CARGO_BIN_EXE_vpm"));
     c.args([
@@ -69,7 +73,7 @@ fn qemu_cmd(state: &State, vpmtest: &str, extra: &[&str]) -> Command {
         "--kernel",
         &g["KERNEL_BZIMAGE"],
         "--initrd",
-        &g["INITRAMFS"],
+        &g[initrd],
         "--vpmtest",
         vpmtest,
     ])
@@ -194,6 +198,28 @@ fn a_libpmem_program_on_dev_vpm_gets_pv_persistence() {
             "trial {trial} (acked {acked}):\n{out}"
         );
     }
+}
+
+#[test]
+fn fio_on_pv_libpmem_and_dev_vpm_produces_hints_the_host_counts() {
+    let s = State::new("fio");
+    let out = qemu_cmd_with(
+        &s,
+        "INITRAMFS_FIO",
+        "basic",
+        &["--fresh", "--append", "vpmprog=fio"],
+    )
+    .output()
+    .expect("run vpm qemu");
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && console.contains("FIO rc=0"),
+        "fio in the guest failed:\n{console}"
+    );
+    let stats: serde_json::Value = serde_json::from_str(console.lines().last().unwrap()).unwrap();
+    let served = stats["stats"]["hints_served"].as_u64().unwrap();
+    // 8 MiB of 4 KiB synchronous writes: at least a flush and a drain per write.
+    assert!(served >= 4096, "host counted only {served} hints from fio");
 }
 
 #[test]

@@ -137,7 +137,7 @@ pub fn run(out: &Path, quick: bool) -> Result<(), String> {
             // lasts long enough for several epochs; the figure compared is a rate.
             let mut args = args.clone();
             if !matches!(mode, Mode::Pv | Mode::Msync) {
-                args[0] *= 100;
+                args[0] *= if quick { 30 } else { 200 };
             }
             let mut job = Job::new(&format!("w-{mname}"), mode, *w, &args);
             job.epoch_ms = epoch;
@@ -246,10 +246,13 @@ fn consolidation(quick: bool) -> Result<Vec<Value>, String> {
     Ok(rows)
 }
 
-/// Kills a `vpm guest` full-mode writer with SIGKILL and times the recovery of its pool (verify,
-/// replay) and the rebuild of its vPM (every page read from its home).
+/// Fills a pool with a whole vPM (every page committed, so every page has a home), lets a
+/// `vpm guest` full-mode writer recover it and run, kills that process with SIGKILL, and times the
+/// recovery of the pool (verify, replay) and the rebuild of the vPM (every page read from its
+/// home).
 fn recovery(quick: bool) -> Result<Vec<Value>, String> {
     use std::process::{Command, Stdio};
+    use vpm_host::epoch::PageSource;
     let vpm_exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vpm");
     if !vpm_exe.exists() {
         return Err(format!(
@@ -261,22 +264,47 @@ fn recovery(quick: bool) -> Result<Vec<Value>, String> {
     let mut rows = Vec::new();
     for &mib in sizes {
         let s = vm::Scratch::new(PM_DIR, &format!("rec{mib}"))?;
+        {
+            let pool = vm::pool(&s.0, mib + mib / 4, 16 + mib / 8)?;
+            let mut p = pool.lock().expect("pool");
+            let t = p
+                .add_tenant(&vpm_host::pool::TenantConfig {
+                    name: "r".into(),
+                    vpm_bytes: mib << 20,
+                    pm_quota_bytes: mib << 20,
+                    dram_budget_bytes: 64 << 20,
+                    log_bytes: ((mib << 20) / 8).max(2 << 20),
+                })
+                .map_err(|e| e.to_string())?;
+            let chunk = 16384u64;
+            let mut img = vec![1u8; chunk as usize * 4096];
+            for first in (0..mib * 256).step_by(chunk as usize) {
+                img[0] = first as u8 | 1;
+                struct At<'a>(u64, &'a [u8]);
+                impl PageSource for At<'_> {
+                    fn with_page(&self, vpn: u64, f: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+                        self.1.with_page(vpn - self.0, f)
+                    }
+                }
+                let dirty: Vec<u64> = (first..first + chunk).collect();
+                p.commit_epoch(t, &dirty, &At(first, &img))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         let state = s.0.to_string_lossy().into_owned();
         let mut child = Command::new(&vpm_exe)
             .args([
                 "guest",
                 "--state",
                 &state,
-                "--pool-mib",
-                &(mib * 5 / 2).to_string(),
                 "--vm",
                 "r",
                 "--mode",
                 "full",
-            ])
-            .args([
                 "--workload",
                 "seq-writer",
+            ])
+            .args([
                 "--vpm-mib",
                 &mib.to_string(),
                 "--dram-mib",
@@ -288,11 +316,7 @@ fn recovery(quick: bool) -> Result<Vec<Value>, String> {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| e.to_string())?;
-        std::thread::sleep(std::time::Duration::from_millis(if mib > 256 {
-            6000
-        } else {
-            2500
-        }));
+        std::thread::sleep(std::time::Duration::from_millis(1500));
         child.kill().map_err(|e| e.to_string())?;
         let _ = child.wait();
         let opts = MapOptions {

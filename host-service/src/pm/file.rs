@@ -1,8 +1,8 @@
 //! A PM device over a plain file with pread/pwrite and fdatasync: the disk capacity tier.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -26,14 +26,7 @@ impl FileDevice {
             path: path.display().to_string(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| io("open", e))?;
+        let file = super::open_backing_file(path)?;
         let size = file.metadata().map_err(|e| io("stat", e))?.len();
         Ok(FileDevice {
             file,
@@ -73,13 +66,6 @@ impl PmDevice for FileDevice {
         self.dirty.store(true, Ordering::Release);
         self.counters.wrote(data.len() as u64);
         Ok(())
-    }
-
-    fn write_u64(&self, off: u64, value: u64) -> Result<(), PmError> {
-        if off % 8 != 0 {
-            return Err(PmError::Unaligned(off));
-        }
-        self.write(off, &value.to_le_bytes())
     }
 
     fn flush(&self, _off: u64, len: u64) -> Result<(), PmError> {

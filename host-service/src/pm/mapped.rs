@@ -1,9 +1,8 @@
 //! Host PM as a memory-mapped file: a DAX file mapped with `MAP_SYNC` (flushed with clwb), or an
 //! emulated-PM file on tmpfs/ext4 (flushed with msync, or with clwb when asked to model PM cost).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -95,14 +94,7 @@ impl MappedFile {
             path: path.display().to_string(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| io("open", e))?;
+        let file = super::open_backing_file(path)?;
         if exclusive {
             // SAFETY: flock on a file descriptor we own.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

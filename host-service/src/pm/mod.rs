@@ -98,7 +98,13 @@ pub trait PmDevice: Send + Sync + std::fmt::Debug {
     /// Stores `data` at `off`; not durable until flushed and drained.
     fn write(&self, off: u64, data: &[u8]) -> Result<(), PmError>;
     /// Stores one 8-byte word atomically (never torn by a crash); `off` must be 8-aligned.
-    fn write_u64(&self, off: u64, value: u64) -> Result<(), PmError>;
+    /// The default is one 8-byte `write`; a mapped device overrides it with a single store.
+    fn write_u64(&self, off: u64, value: u64) -> Result<(), PmError> {
+        if off % 8 != 0 {
+            return Err(PmError::Unaligned(off));
+        }
+        self.write(off, &value.to_le_bytes())
+    }
     /// Starts writing back `[off, off + len)`.
     fn flush(&self, off: u64, len: u64) -> Result<(), PmError>;
     /// Stores `data` at `off` and starts writing it back: `write` + `flush`, which a mapped
@@ -133,6 +139,23 @@ pub trait PmDevice: Send + Sync + std::fmt::Debug {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+}
+
+/// Opens (creating with mode 0600, never truncating) a file that backs a device.
+pub fn open_backing_file(path: &std::path::Path) -> Result<std::fs::File, PmError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| PmError::Io {
+            what: "open",
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Checks that `[off, off + len)` lies within `size` bytes.

@@ -164,13 +164,6 @@ impl PmDevice for SimPm {
         Ok(())
     }
 
-    fn write_u64(&self, off: u64, value: u64) -> Result<(), PmError> {
-        if off % 8 != 0 {
-            return Err(PmError::Unaligned(off));
-        }
-        self.write(off, &value.to_le_bytes())
-    }
-
     fn flush(&self, off: u64, len: u64) -> Result<(), PmError> {
         let mut s = self.state.lock().expect("sim lock");
         check_bounds(off, len, s.current.len() as u64)?;
