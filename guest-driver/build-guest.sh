@@ -37,14 +37,7 @@ prog=$(sed -n 's/.*vpmprog=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "VPM-INIT args=$args"
 port=$(sed -n 's/.*vpmport=\([^ ]*\).*/\1/p' /proc/cmdline)
 if insmod /lib/modules/vpm.ko ${port:+doorbell_port=$port}; then
-  if [ "$prog" = fio ]; then
-    LD_LIBRARY_PATH=/usr/lib/pv-libpmem /bin/fio --thread --name=vpm --ioengine=libpmem --filename=/dev/vpm \
-      --size=64M --io_size=8M --rw=randwrite --bs=4k \
-      --direct=1 --sync=1 --verify=crc32c --output-format=terse >/tmp/fio.out 2>&1
-    echo "FIO rc=$?"; cut -c1-200 /tmp/fio.out
-  else
-    /bin/${prog:-vpmtest} $args
-  fi
+  /bin/${prog:-vpmtest} $args
   echo "VPM-STATS $(tr '\n' ' ' </sys/kernel/debug/vpm/stats)"
   rmmod vpm && echo "VPM-RMMOD ok"
 else
@@ -57,19 +50,6 @@ EOI
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$out/initramfs.cpio.gz")
 
-# A second image adds Debian's fio (with its libraries) and pv-libpmem's libpmem.so.1, for
-# `vpmprog=fio`: fio's libpmem engine on /dev/vpm.
-mkdir -p "$root/usr/lib/pv-libpmem"
-cp -L "$pvlib/lib/libpmem.so.1" "$root/usr/lib/pv-libpmem/"
-fio_bin=$(command -v fio)
-cp "$fio_bin" "$root/bin/fio"
-for lib in $(ldd "$fio_bin" | awk '/=>/ { print $3 } /ld-linux/ { print $1 }'); do
-  [ -f "$lib" ] || continue
-  mkdir -p "$root$(dirname "$lib")"
-  cp -L "$lib" "$root$lib"
-done
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$out/initramfs-fio.cpio.gz")
-echo "INITRAMFS_FIO=$out/initramfs-fio.cpio.gz"
 echo "VPM_KO=$out/vpm.ko"
 echo "VPMTEST=$out/vpmtest"
 echo "INITRAMFS=$out/initramfs.cpio.gz"
