@@ -91,12 +91,14 @@ pub fn run(out: &Path, quick: bool) -> Result<(), String> {
         (Mode::Pv, PM_DIR),
     ] {
         for size in [64u64, 4096, 65536] {
-            let job = Job::new(
+            let mut job = Job::new(
                 &format!("lat-{}-{size}", mode.name()),
                 mode,
                 Workload::PersistLatency,
                 &[n, size],
             );
+            // Every mode sends the persist hint here; in `direct` it is the bare exit + ring.
+            job.hints = true;
             let o = run_alone(&job, dir, 96)?;
             let (p50, p99) = (
                 o.report.values[0] as f64 / tsc,

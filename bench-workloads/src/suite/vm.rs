@@ -8,7 +8,7 @@ use vpm_abi::harness::{BootParams, Workload, BOOT_MAGIC, FLAG_PV, FLAG_TRANSIENT
 use vpm_host::pm::file::FileDevice;
 use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
 use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
-use vpm_host::vmm::{run_vm, DoorbellKind, Mode, VmOutcome, VmSpec};
+use vpm_host::vmm::{run_vm, DoorbellKind, ExitKind, Mode, VmOutcome, VmSpec};
 
 /// A scratch directory removed on drop.
 pub struct Scratch(pub PathBuf);
@@ -141,6 +141,11 @@ pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, 
         doorbell: DoorbellKind::Exit,
     };
     let out = run_vm(&spec, pool.clone(), tenant).map_err(|e| e.to_string())?;
+    if out.exit == ExitKind::Failed {
+        let n = (out.report.message_len as usize).min(out.report.message.len());
+        let msg = String::from_utf8_lossy(&out.report.message[..n]).into_owned();
+        return Err(format!("{}: the guest failed: {msg}", job.name));
+    }
     if out.report.errors != 0 {
         return Err(format!(
             "{}: guest reported {} errors",
