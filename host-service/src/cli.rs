@@ -122,15 +122,18 @@ fn workload(name: &str) -> Result<Workload, String> {
     })
 }
 
+/// The value after option `flag`.
+fn flag_value(it: &mut std::slice::Iter<'_, String>, flag: &str) -> Result<String, String> {
+    it.next()
+        .cloned()
+        .ok_or_else(|| format!("{flag} needs a value"))
+}
+
 fn parse_guest(args: &[String]) -> Result<GuestOpts, String> {
     let mut o = GuestOpts::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{a} needs a value"))
-        };
+        let mut val = || flag_value(&mut it, a);
         let num = |v: String| {
             v.parse::<u64>()
                 .map_err(|_| format!("{a}: not a number: {v}"))
@@ -356,10 +359,10 @@ fn soak(args: &[String]) -> Result<(), String> {
     let mut dir = PathBuf::from("/dev/shm/vpm-soak");
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+        let v = flag_value(&mut it, a)?;
         match a.as_str() {
             "--trials" => trials = v.parse().map_err(|_| "--trials: not a number")?,
-            "--kind" => kinds = vec![TrialKind::parse(v).ok_or("--kind: full, pv or transient")?],
+            "--kind" => kinds = vec![TrialKind::parse(&v).ok_or("--kind: full, pv or transient")?],
             "--dir" => dir = PathBuf::from(v),
             other => return Err(format!("unknown option {other}")),
         }
@@ -413,11 +416,7 @@ fn qemu(args: &[String]) -> Result<(), String> {
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{a} needs a value"))
-        };
+        let mut val = || flag_value(&mut it, a);
         match a.as_str() {
             "--kernel" => kernel = Some(PathBuf::from(val()?)),
             "--initrd" => initrd = Some(PathBuf::from(val()?)),

@@ -120,31 +120,37 @@ impl HintService {
             return Ok(());
         };
         let page = ch.page;
-        loop {
+        // Counted locally and added once per doorbell: no lock per entry on the hint path.
+        let (mut served, mut rejected, mut stopped) = (0u64, 0u64, false);
+        let outcome = loop {
             let taken = match ch.consumer.take(page) {
                 Ok(Some(t)) => t,
-                Ok(None) => return Ok(()),
+                Ok(None) => break Ok(()),
                 Err(_) => {
-                    let mut s = vm.stats().lock().expect("stats");
-                    s.rings_stopped += 1;
-                    s.hints_rejected += 1;
-                    return Ok(());
+                    stopped = true;
+                    rejected += 1;
+                    break Ok(());
                 }
             };
             let result = match decode_entry(&taken.entry, &self.region) {
-                Ok(hint) => act(hint, self.region, &mut self.queued, vm, page)?,
+                Ok(hint) => match act(hint, self.region, &mut self.queued, vm, page) {
+                    Ok(r) => r,
+                    Err(e) => break Err(e),
+                },
                 Err(e) => e,
             };
-            {
-                let mut s = vm.stats().lock().expect("stats");
-                if result == HintResult::Ok {
-                    s.hints_served += 1;
-                } else {
-                    s.hints_rejected += 1;
-                }
+            if result == HintResult::Ok {
+                served += 1;
+            } else {
+                rejected += 1;
             }
             ch.consumer.finish(page, &taken, result.code());
-        }
+        };
+        let mut s = vm.stats().lock().expect("stats");
+        s.hints_served += served;
+        s.hints_rejected += rejected;
+        s.rings_stopped += stopped as u64;
+        outcome
     }
 }
 

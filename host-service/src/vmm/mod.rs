@@ -434,11 +434,8 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
         ),
         None => None,
     };
-    let mut tiers = TierTable::new(pages, budget);
-    if !spec.mode.tiered() {
-        // Direct modes map every page to its home: "PM" throughout, no DRAM.
-        tiers = TierTable::new(pages, 0);
-    }
+    // Direct modes map every page to its home: "PM" throughout, no DRAM.
+    let tiers = TierTable::new(pages, if spec.mode.tiered() { budget } else { 0 });
     let shared = Arc::new(Shared {
         mode: spec.mode,
         tenant,
@@ -475,7 +472,7 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
     let controlled = control_loop(spec, &shared, thread, start);
     // Whatever the controller ended with, the vCPU thread must stop before it can be joined.
     shared.stop.store(true, Ordering::Release);
-    while !shared.pause.pause_if_exited() {
+    while !shared.pause.has_exited() {
         shared.pause.resume();
         shared.kick(thread);
         std::thread::sleep(Duration::from_micros(200));
@@ -634,7 +631,7 @@ fn control_loop(
         let epoch_due = vm.mode.tiered() && next_epoch.is_some_and(|t| now >= t);
         let migrate_due = vm.mode.tiered() && next_migrate.is_some_and(|t| now >= t);
         if !epoch_due && !migrate_due {
-            if vm.pause.pause_if_exited() {
+            if vm.pause.has_exited() {
                 return Ok(());
             }
             continue;

@@ -82,7 +82,7 @@ impl PauseGate {
     }
 
     /// Controller side: whether the vCPU thread has exited.
-    pub fn pause_if_exited(&self) -> bool {
+    pub fn has_exited(&self) -> bool {
         self.state.lock().expect("gate").exited
     }
 
