@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds what the Linux guest needs: vpm.ko (against the cached guest kernel), the static test
-# program, and an initramfs (busybox + both + an init that runs `vpmtest $vpmtest_args` from the
-# kernel command line, unloads the module and powers off). Prints:
-#   VPM_KO=... VPMTEST=... INITRAMFS=... KERNEL_BZIMAGE=...
+# programs, and two initramfs images: busybox + both + an init that runs `vpmprog` (default
+# vpmtest) with the `vpmtest=` arguments of the kernel command line, unloads the module and powers
+# off; the second image adds Debian's fio and pv-libpmem's libpmem.so.1 for `vpmprog=fio` (fio's
+# dev-dax engine on /dev/vpm; `vpmtest=hold` keeps the guest running afterwards, for crash tests).
+# Prints:
+#   VPM_KO=... VPMTEST=... INITRAMFS=... INITRAMFS_FIO=... KERNEL_BZIMAGE=...
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/../tests/setup/env.sh"
@@ -37,7 +40,20 @@ prog=$(sed -n 's/.*vpmprog=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "VPM-INIT args=$args"
 port=$(sed -n 's/.*vpmport=\([^ ]*\).*/\1/p' /proc/cmdline)
 if insmod /lib/modules/vpm.ko ${port:+doorbell_port=$port}; then
-  /bin/${prog:-vpmtest} $args
+  if [ "$prog" = fio ]; then
+    # Debian's fio, unmodified, on pv-libpmem: 4 KiB pmem_memcpy_persist writes of a known
+    # pattern into the first 8 MiB of vPM, read back and verified.
+    LD_LIBRARY_PATH=/usr/lib/pv-libpmem /usr/bin/fio --thread --name=vpm --ioengine=dev-dax \
+      --filename=/dev/vpm --size=8M --bs=4k --rw=write --iodepth=1 --direct=0 \
+      --buffer_pattern=0x5a5a5a5a --scramble_buffers=0 --verify=pattern \
+      --verify_pattern=0x5a5a5a5a --output-format=terse >/tmp/fio.out 2>&1
+    echo "FIO rc=$?"
+    grep -v '^3;' /tmp/fio.out | head -5
+    echo "VPM-STATS $(tr '\n' ' ' </sys/kernel/debug/vpm/stats)"
+    if [ "$args" = hold ]; then echo "FIO holding"; sleep 100000; fi
+  else
+    /bin/${prog:-vpmtest} $args
+  fi
   echo "VPM-STATS $(tr '\n' ' ' </sys/kernel/debug/vpm/stats)"
   rmmod vpm && echo "VPM-RMMOD ok"
 else
@@ -50,6 +66,20 @@ EOI
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$out/initramfs.cpio.gz")
 
+# The second image: Debian's fio with the libraries it links, and pv-libpmem's libpmem.so.1 in a
+# directory of its own (LD_LIBRARY_PATH picks it over Debian's).
+mkdir -p "$root/usr/lib/pv-libpmem" "$root/usr/bin"
+cp -L "$pvlib/lib/libpmem.so.1" "$root/usr/lib/pv-libpmem/"
+fio_bin=$(command -v fio) || { echo "fio is missing (run tests/setup/install-deps.sh)" >&2; exit 1; }
+cp "$fio_bin" "$root/usr/bin/fio"
+for lib in $(ldd "$fio_bin" | awk '/=>/ { print $3 } /ld-linux/ { print $1 }'); do
+  [ -f "$lib" ] || continue
+  mkdir -p "$root$(dirname "$lib")"
+  cp -L "$lib" "$root$lib"
+done
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$out/initramfs-fio.cpio.gz")
+
+echo "INITRAMFS_FIO=$out/initramfs-fio.cpio.gz"
 echo "VPM_KO=$out/vpm.ko"
 echo "VPMTEST=$out/vpmtest"
 echo "INITRAMFS=$out/initramfs.cpio.gz"

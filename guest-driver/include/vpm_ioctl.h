@@ -20,6 +20,15 @@ struct vpm_info {
 	uint64_t rejected;
 };
 
+/* mmap offset of the read-only status page (one page, struct vpm_status); vPM starts at 0. */
+#define VPM_STATUS_OFFSET (1ULL << 44)
+#define VPM_STATUS_MAGIC 0x31544154534d5056ULL /* "VPMSTAT1" little-endian */
+
+struct vpm_status {
+	uint64_t magic;
+	uint64_t map_generation; /* bumped by every mmap of vPM */
+};
+
 #define VPM_IOC_INFO _IOR('V', 1, struct vpm_info)
 #define VPM_IOC_PERSIST _IOW('V', 2, struct vpm_range)
 #define VPM_IOC_FLUSH _IOW('V', 3, struct vpm_range)

@@ -5,6 +5,7 @@
  *   vpmtest writer       sequence-numbered records, flushed, drained every 16; prints "ACKED n"
  *                        after each drain; the last 64 pages are transient scratch, rewritten
  *   vpmtest check N      after a host crash: every record <= N is intact, the scratch is zero
+ *   vpmtest pattern N B  the first N bytes of vPM all hold byte B (what another program wrote)
  * Prints "VPMTEST <mode> OK" or "VPMTEST FAIL <why>".
  */
 #include <errno.h>
@@ -15,6 +16,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "vpm_ioctl.h"
@@ -56,6 +59,52 @@ static uint64_t slots(void)
 	return (info.vpm_size - SCRATCH_PAGES * PAGE) / REC;
 }
 
+static uint64_t map_generation(const volatile struct vpm_status *st)
+{
+	return __atomic_load_n(&st->map_generation, __ATOMIC_ACQUIRE);
+}
+
+/* Another descriptor's mapping, the status page, sysfs size, a mapping gone. */
+static void mappings(void)
+{
+	const volatile struct vpm_status *st =
+		mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, VPM_STATUS_OFFSET);
+	if (st == MAP_FAILED) {
+		fail("map the status page", errno, 0);
+		return;
+	}
+	expect("status magic", st->magic == VPM_STATUS_MAGIC ? 0 : EINVAL, 0);
+	void *rw = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, VPM_STATUS_OFFSET);
+	expect("writable status page", rw == MAP_FAILED ? errno : 0, EACCES);
+	uint64_t gen = map_generation(st);
+	int fd2 = open("/dev/vpm", O_RDWR);
+	uint8_t *other = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd2, 4 * PAGE);
+	if (fd2 < 0 || other == MAP_FAILED) {
+		fail("second mapping", errno, 0);
+		return;
+	}
+	expect("generation bumped", map_generation(st) > gen ? 0 : EINVAL, 0);
+	memset(other, 0x33, 64);
+	expect("persist through another descriptor's mapping", call(VPM_IOC_PERSIST, other, 64), 0);
+	expect("same vPM", vpm[4 * PAGE] == 0x33 ? 0 : EINVAL, 0);
+	expect("status page is not vPM", call(VPM_IOC_PERSIST, (void *)st, 64), EFAULT);
+	munmap(other, 2 * PAGE);
+	close(fd2);
+	expect("unmapped range", call(VPM_IOC_PERSIST, other, 64), EFAULT);
+	char path[64], text[32] = "";
+	struct stat sb;
+	fstat(fd, &sb);
+	snprintf(path, sizeof(path), "/sys/dev/char/%u:%u/size", major(sb.st_rdev), minor(sb.st_rdev));
+	FILE *f = fopen(path, "r");
+	if (!f || !fgets(text, sizeof(text), f))
+		fail("read sysfs size", errno, 0);
+	else
+		expect("sysfs size", strtoull(text, NULL, 10) == info.vpm_size ? 0 : EINVAL, 0);
+	if (f)
+		fclose(f);
+	munmap((void *)st, PAGE);
+}
+
 static void basic(void)
 {
 	uint8_t local[64];
@@ -75,6 +124,7 @@ static void basic(void)
 	expect("outside any mapping", call(VPM_IOC_PERSIST, local, 64), EFAULT);
 	expect("wrapping range", call(VPM_IOC_PERSIST, vpm, UINT64_MAX), EINVAL);
 	expect("bad ioctl", ioctl(fd, _IO('V', 99)) == 0 ? 0 : errno, ENOTTY);
+	mappings();
 	ioctl(fd, VPM_IOC_INFO, &info);
 	printf("host served %llu hints, refused %llu\n", (unsigned long long)info.served,
 	       (unsigned long long)info.rejected);
@@ -127,6 +177,23 @@ static void check(uint64_t acked)
 	printf("checked records %llu..%llu\n", (unsigned long long)first, (unsigned long long)acked);
 }
 
+static void pattern(uint64_t bytes, int byte)
+{
+	if (bytes > info.vpm_size) {
+		fail("pattern longer than vPM", EINVAL, 0);
+		return;
+	}
+	for (uint64_t i = 0; i < bytes; i++) {
+		if (vpm[i] != (uint8_t)byte) {
+			printf("VPMTEST FAIL byte %llu is %#x, want %#x\n", (unsigned long long)i, vpm[i],
+			       byte);
+			failures++;
+			return;
+		}
+	}
+	printf("checked %llu bytes of %#x\n", (unsigned long long)bytes, byte);
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "basic";
@@ -152,6 +219,10 @@ int main(int argc, char **argv)
 		writer();
 	else if (!strcmp(mode, "check"))
 		check(argc > 2 ? strtoull(argv[2], NULL, 10) : 0);
+	else if (!strcmp(mode, "pattern") && argc > 3)
+		pattern(strtoull(argv[2], NULL, 0), (int)strtol(argv[3], NULL, 0));
+	else
+		fail("unknown mode", EINVAL, 0);
 	printf(failures ? "VPMTEST %s FAILED\n" : "VPMTEST %s OK\n", mode);
 	return failures != 0;
 }

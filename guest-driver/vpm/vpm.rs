@@ -5,20 +5,23 @@
 //! (the hint ring of `abi/`, included by path: this file holds no copy of the protocol) and
 //! exposes `/dev/vpm`: `mmap` of the vPM range, and ioctls that turn persist, flush, drain and
 //! transient requests on user addresses of that mapping into batched hints, one doorbell per
-//! drain or persist.
+//! drain or persist. Addresses are translated through the caller's own page tables (any
+//! `/dev/vpm` mapping of the process, whichever descriptor made it). A read-only status page
+//! tells libraries when new mappings may exist, and a `size` attribute in sysfs gives the vPM
+//! size the way Device DAX does.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use kernel::{
     bindings,
     debugfs::{Dir, File as DebugFile},
     fs::File,
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
-    mm::virt::VmaNew,
-    new_mutex,
+    mm::{virt::VmaNew, MmWithUser},
     prelude::*,
-    sync::{global_lock, Mutex},
+    sync::global_lock,
     time::{delay::fsleep, Delta},
+    types::Opaque,
     uaccess::UserSlice,
 };
 
@@ -30,8 +33,9 @@ use abi::doorbell::{encode, DoorbellCmd, CMD_RING, PROBE_REPLY};
 use abi::op::{features, HeaderStatus, HintResult, Op};
 use abi::ring::{Producer, SharedPage, Ticket};
 use abi::uapi::{
-    VpmInfo, VpmRange, VPM_IOC_DRAIN, VPM_IOC_FLUSH, VPM_IOC_INFO, VPM_IOC_PERSIST,
-    VPM_IOC_REQUEST_EPOCH, VPM_IOC_SET_PERSISTENT, VPM_IOC_SET_TRANSIENT,
+    VpmInfo, VpmRange, VpmStatus, VPM_IOC_DRAIN, VPM_IOC_FLUSH, VPM_IOC_INFO, VPM_IOC_PERSIST,
+    VPM_IOC_REQUEST_EPOCH, VPM_IOC_SET_PERSISTENT, VPM_IOC_SET_TRANSIENT, VPM_STATUS_MAGIC,
+    VPM_STATUS_OFFSET,
 };
 
 module! {
@@ -222,6 +226,93 @@ fn with_channel<T>(f: impl FnOnce(&mut Channel) -> Result<T>) -> Result<T> {
     }
 }
 
+/// Kernel address of the status page (0 while there is none): a zeroed page holding a
+/// [`VpmStatus`] that processes map read-only at [`VPM_STATUS_OFFSET`].
+static STATUS_PAGE: AtomicUsize = AtomicUsize::new(0);
+
+const MAP_GENERATION: usize = core::mem::offset_of!(VpmStatus, map_generation) / 8;
+
+/// The `index`th 64-bit word of the status page at `addr`.
+fn status_word(addr: usize, index: usize) -> &'static AtomicU64 {
+    // SAFETY: `addr` is the page from `status_alloc`, live until `status_free` (which runs only
+    // when the device is gone); `index` is inside the page and the words are only accessed
+    // atomically, here and (read-only) by user space.
+    unsafe { &*(addr as *const AtomicU64).add(index) }
+}
+
+fn status_alloc() -> Result {
+    // SAFETY: allocating one zeroed page; freed by `status_free`.
+    let addr = unsafe { bindings::get_zeroed_page_noprof(bindings::GFP_KERNEL) } as usize;
+    if addr == 0 {
+        return Err(ENOMEM);
+    }
+    status_word(addr, 0).store(VPM_STATUS_MAGIC, Ordering::Release);
+    STATUS_PAGE.store(addr, Ordering::Release);
+    Ok(())
+}
+
+fn status_free() {
+    let addr = STATUS_PAGE.swap(0, Ordering::AcqRel);
+    if addr != 0 {
+        // SAFETY: the page came from `status_alloc`; no process maps it any more (a mapping
+        // holds the file open, which holds this module).
+        unsafe { bindings::free_pages(addr as _, 0) };
+    }
+}
+
+/// Tells libraries that a new vPM mapping exists (they list their mappings again).
+fn bump_map_generation() {
+    let addr = STATUS_PAGE.load(Ordering::Acquire);
+    if addr != 0 {
+        status_word(addr, MAP_GENERATION).fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// `size` in the device's sysfs directory: the vPM size in bytes, where Device DAX tools (fio's
+/// dev-dax engine among them) read a DAX device's size.
+struct SizeAttr(Opaque<bindings::device_attribute>);
+
+// SAFETY: the attribute is immutable after construction; the driver core only reads it.
+unsafe impl Sync for SizeAttr {}
+
+static SIZE_ATTR: SizeAttr = SizeAttr(Opaque::new(bindings::device_attribute {
+    attr: bindings::attribute {
+        name: c"size".as_ptr().cast(),
+        mode: 0o444,
+    },
+    __bindgen_anon_1: bindings::device_attribute__bindgen_ty_1 {
+        show: Some(size_show),
+    },
+    __bindgen_anon_2: bindings::device_attribute__bindgen_ty_2 { store: None },
+}));
+
+/// Writes the decimal vPM size and a newline into `buf`.
+///
+/// # Safety
+///
+/// `buf` is sysfs's page-sized output buffer.
+unsafe extern "C" fn size_show(
+    _dev: *mut bindings::device,
+    _attr: *mut bindings::device_attribute,
+    buf: *mut kernel::ffi::c_char,
+) -> isize {
+    let mut v = region().map_or(0, |(_, size)| size);
+    let mut text = [b'\n'; 22];
+    let mut at = text.len() - 1;
+    loop {
+        at -= 1;
+        text[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let out = &text[at..];
+    // SAFETY: `buf` holds a page (the caller's contract); `out` is at most 22 bytes.
+    unsafe { core::ptr::copy_nonoverlapping(out.as_ptr(), buf.cast::<u8>(), out.len()) };
+    out.len() as isize
+}
+
 /// The counters as text, for `/sys/kernel/debug/vpm/stats`.
 struct CountersView;
 
@@ -256,7 +347,7 @@ impl kernel::InPlaceModule for VpmModule {
         // SAFETY: called once, before anything uses the lock.
         unsafe { CHANNEL.init() };
         let port = module_parameters::doorbell_port.value();
-        let channel = Channel::open(port);
+        let channel = status_alloc().and_then(|_| Channel::open(port));
         let ok = match channel {
             Ok(c) => {
                 let h = &c.page().header;
@@ -270,7 +361,10 @@ impl kernel::InPlaceModule for VpmModule {
                 *CHANNEL.lock() = Some(c);
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                status_free();
+                Err(e)
+            }
         };
         let debugfs = Dir::new(c"vpm");
         try_pin_init!(Self {
@@ -281,15 +375,31 @@ impl kernel::InPlaceModule for VpmModule {
             _stats <- debugfs.read_only_file(c"stats", CountersView),
             _debugfs: debugfs,
         })
+        .pin_chain(|me| {
+            let misc = me._misc.as_raw();
+            // SAFETY: the device is registered: `misc` is valid, its `fops` are this driver's
+            // for as long as the module is loaded.
+            FOPS.store(unsafe { (*misc).fops } as usize, Ordering::Release);
+            // SAFETY: `this_device` is valid while registered, and SIZE_ATTR is a static
+            // attribute with a name and a show callback; it is removed in `drop`.
+            let rc = unsafe { bindings::device_create_file((*misc).this_device, SIZE_ATTR.0.get()) };
+            kernel::error::to_result(rc)
+        })
     }
 }
 
 #[pinned_drop]
 impl PinnedDrop for VpmModule {
     fn drop(self: Pin<&mut Self>) {
+        // SAFETY: the device is still registered (fields drop after this); removing an attribute
+        // that was never created is a no-op.
+        unsafe {
+            bindings::device_remove_file((*self._misc.as_raw()).this_device, SIZE_ATTR.0.get())
+        };
         // Unregister from the host and free the shared page; ioctls racing with the unload see
         // no channel and get ENODEV.
         drop(CHANNEL.lock().take());
+        status_free();
         let c = &COUNTERS;
         pr_info!(
             "unloaded: {} persists, {} flushes, {} drains, {} doorbells, {} errors\n",
@@ -302,21 +412,9 @@ impl PinnedDrop for VpmModule {
     }
 }
 
-/// One mapping of `/dev/vpm` in a process.
-#[derive(Clone, Copy)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    /// Guest-physical address of `start`.
-    gpa: u64,
-}
-
-/// Per-open state: the file's mappings, to translate user addresses.
+/// Per-open state: none (translation goes through the caller's page tables).
 #[pin_data]
-struct VpmFile {
-    #[pin]
-    maps: Mutex<KVec<Mapping>>,
-}
+struct VpmFile {}
 
 fn region() -> Result<(u64, u64)> {
     with_channel(|c| {
@@ -325,58 +423,167 @@ fn region() -> Result<(u64, u64)> {
     })
 }
 
-impl VpmFile {
-    /// Translates a user range into a guest-physical range inside one mapping.
-    fn translate(&self, r: &VpmRange) -> Result<(u64, u64)> {
-        if r.len == 0 {
-            return Err(EINVAL);
-        }
-        let end = r.addr.checked_add(r.len).ok_or(EINVAL)?;
-        let maps = self.maps.lock();
-        let m = maps.iter().find(|m| r.addr >= m.start && end <= m.end).ok_or(EFAULT)?;
-        Ok((m.gpa + (r.addr - m.start), r.len))
+/// A counted reference to the calling process's address space.
+///
+/// Taken with `get_task_mm` rather than read from `current` in Rust: in this kernel build the
+/// generated `task_struct` layout does not match C's (its `mm` offset reads another field).
+struct CurrentMm(*mut bindings::mm_struct);
+
+impl CurrentMm {
+    fn get() -> Option<CurrentMm> {
+        // SAFETY: `get_current()` is the running task; `get_task_mm` takes a reference on its mm
+        // (null for kernel threads), released in `Drop`.
+        let mm = unsafe { bindings::get_task_mm(bindings::get_current()) };
+        (!mm.is_null()).then_some(CurrentMm(mm))
     }
 
-    fn range_op(&self, op: Op, arg: usize) -> Result<isize> {
-        let r: VpmRange = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<VpmRange>())
-            .reader()
-            .read()?;
-        let (gpa, len) = self.translate(&r)?;
-        if matches!(op, Op::SetTransient | Op::SetPersistent) && (gpa % PAGE != 0 || len % PAGE != 0) {
-            return Err(EINVAL);
+    fn mm(&self) -> &MmWithUser {
+        // SAFETY: we hold a reference that keeps mm_users non-zero for as long as `self` lives.
+        unsafe { MmWithUser::from_raw(self.0) }
+    }
+}
+
+impl Drop for CurrentMm {
+    fn drop(&mut self) {
+        // SAFETY: dropping the reference `get_task_mm` took.
+        unsafe { bindings::mmput(self.0) };
+    }
+}
+
+/// This driver's `file_operations` (set once the device is registered): a VMA is a `/dev/vpm`
+/// mapping when its file has them.
+static FOPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Translates a user range of the calling process into a guest-physical vPM range: the range
+/// must lie in one `/dev/vpm` mapping of vPM (made through any descriptor of this device).
+fn translate(r: &VpmRange) -> Result<(u64, u64)> {
+    if r.len == 0 {
+        return Err(EINVAL);
+    }
+    let end = r.addr.checked_add(r.len).ok_or(EINVAL)?;
+    let (base, size) = region()?;
+    let mm = CurrentMm::get().ok_or(EFAULT)?;
+    let lock = mm.mm().mmap_read_lock();
+    let vma = lock.vma_lookup(r.addr as usize).ok_or(EFAULT)?;
+    if (vma.start() as u64) > r.addr || end > vma.end() as u64 {
+        return Err(EFAULT);
+    }
+    let raw = vma.as_ptr();
+    let fops = FOPS.load(Ordering::Acquire);
+    // SAFETY: the VMA is valid and its file is stable while we hold the mmap lock.
+    let ours = unsafe {
+        let vm_file = (*raw).vm_file;
+        fops != 0 && !vm_file.is_null() && (*vm_file).f_op as usize == fops
+    };
+    if !ours {
+        return Err(EFAULT);
+    }
+    // SAFETY: as above.
+    let pgoff = unsafe { (*raw).vm_pgoff } as u64;
+    let off = pgoff
+        .checked_mul(PAGE)
+        .and_then(|o| o.checked_add(r.addr - vma.start() as u64))
+        .ok_or(EFAULT)?;
+    // The status page's offset is far beyond vPM: it fails here.
+    if off.checked_add(r.len).map_or(true, |e| e > size) {
+        return Err(EFAULT);
+    }
+    Ok((base + off, r.len))
+}
+
+/// Maps the read-only status page.
+fn map_status(vma: &VmaNew) -> Result {
+    if vma.end() - vma.start() != PAGE as usize {
+        return Err(EINVAL);
+    }
+    if vma.writable() {
+        return Err(EACCES);
+    }
+    vma.try_clear_maywrite()?;
+    vma.set_dontexpand();
+    let addr = STATUS_PAGE.load(Ordering::Acquire);
+    if addr == 0 {
+        return Err(ENODEV);
+    }
+    // SAFETY: `addr` is a direct-map address of the status page we own.
+    let phys = unsafe { bindings::slow_virt_to_phys(addr as *mut core::ffi::c_void) };
+    // SAFETY: maps the status page, read-only (VM_WRITE and VM_MAYWRITE are clear), into the VMA
+    // being created, which is one page long.
+    let rc = unsafe {
+        bindings::remap_pfn_range(
+            vma.as_ptr(),
+            vma.start() as _,
+            (phys / PAGE) as _,
+            PAGE as _,
+            (*vma.as_ptr()).vm_page_prot,
+        )
+    };
+    kernel::error::to_result(rc)
+}
+
+/// Maps `[off, off + len)` of vPM.
+fn map_vpm(vma: &VmaNew, off: u64) -> Result {
+    let (base, size) = region()?;
+    let len = (vma.end() - vma.start()) as u64;
+    if off.checked_add(len).map_or(true, |e| e > size) {
+        return Err(EINVAL);
+    }
+    vma.set_dontexpand();
+    // SAFETY: maps the physical vPM pages [base + off, + len), reserved memory the host gave
+    // this guest, into the VMA being created; the VMA is `len` bytes long.
+    let rc = unsafe {
+        bindings::remap_pfn_range(
+            vma.as_ptr(),
+            vma.start() as _,
+            ((base + off) / PAGE) as _,
+            len as _,
+            (*vma.as_ptr()).vm_page_prot,
+        )
+    };
+    kernel::error::to_result(rc)?;
+    bump_map_generation();
+    Ok(())
+}
+
+fn range_op(op: Op, arg: usize) -> Result<isize> {
+    let r: VpmRange = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<VpmRange>())
+        .reader()
+        .read()?;
+    let (gpa, len) = translate(&r)?;
+    if matches!(op, Op::SetTransient | Op::SetPersistent) && (gpa % PAGE != 0 || len % PAGE != 0) {
+        return Err(EINVAL);
+    }
+    with_channel(|c| match op {
+        Op::Flush => {
+            c.push(Op::Flush, gpa, len);
+            COUNTERS.flushes.fetch_add(1, Ordering::Relaxed);
+            Ok(0)
         }
-        with_channel(|c| match op {
-            Op::Flush => {
-                c.push(Op::Flush, gpa, len);
-                COUNTERS.flushes.fetch_add(1, Ordering::Relaxed);
-                Ok(0)
+        _ => {
+            if op == Op::Persist {
+                COUNTERS.persists.fetch_add(1, Ordering::Relaxed);
             }
-            _ => {
-                if op == Op::Persist {
-                    COUNTERS.persists.fetch_add(1, Ordering::Relaxed);
-                }
-                c.call(op, gpa, len).map(|_| 0)
-            }
+            c.call(op, gpa, len).map(|_| 0)
+        }
+    })
+}
+
+fn info(arg: usize) -> Result<isize> {
+    let info = with_channel(|c| {
+        let h = &c.page().header;
+        Ok(VpmInfo {
+            vpm_base: h.vpm_base.load(Ordering::Relaxed),
+            vpm_size: h.vpm_size.load(Ordering::Relaxed),
+            features: h.host_features.load(Ordering::Relaxed),
+            abi_version: h.version.load(Ordering::Relaxed),
+            epoch: h.epoch.load(Ordering::Relaxed),
+            served: h.served.load(Ordering::Relaxed),
+            rejected: h.rejected.load(Ordering::Relaxed),
         })
-    }
-
-    fn info(&self, arg: usize) -> Result<isize> {
-        let info = with_channel(|c| {
-            let h = &c.page().header;
-            Ok(VpmInfo {
-                vpm_base: h.vpm_base.load(Ordering::Relaxed),
-                vpm_size: h.vpm_size.load(Ordering::Relaxed),
-                features: h.host_features.load(Ordering::Relaxed),
-                abi_version: h.version.load(Ordering::Relaxed),
-                epoch: h.epoch.load(Ordering::Relaxed),
-                served: h.served.load(Ordering::Relaxed),
-                rejected: h.rejected.load(Ordering::Relaxed),
-            })
-        })?;
-        let mut w = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<VpmInfo>()).writer();
-        w.write(&info)?;
-        Ok(0)
-    }
+    })?;
+    let mut w = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<VpmInfo>()).writer();
+    w.write(&info)?;
+    Ok(0)
 }
 
 // SAFETY: VpmRange and VpmInfo are repr(C) integers without padding; any bytes are valid.
@@ -389,50 +596,27 @@ impl MiscDevice for VpmFile {
     type Ptr = Pin<KBox<Self>>;
 
     fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
-        KBox::try_pin_init(
-            try_pin_init!(VpmFile { maps <- new_mutex!(KVec::new()) }),
-            GFP_KERNEL,
-        )
+        KBox::try_pin_init(try_pin_init!(VpmFile {}), GFP_KERNEL)
     }
 
-    fn mmap(me: Pin<&VpmFile>, _file: &File, vma: &VmaNew) -> Result {
-        let (base, size) = region()?;
-        let len = (vma.end() - vma.start()) as u64;
+    fn mmap(_me: Pin<&VpmFile>, _file: &File, vma: &VmaNew) -> Result {
         // SAFETY: reading vm_pgoff of the VMA being set up, which we have exclusive access to.
         let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff } as u64;
         let off = pgoff.checked_mul(PAGE).ok_or(EINVAL)?;
-        if off.checked_add(len).map_or(true, |e| e > size) {
-            return Err(EINVAL);
+        if off == VPM_STATUS_OFFSET {
+            map_status(vma)
+        } else {
+            map_vpm(vma, off)
         }
-        vma.set_dontexpand();
-        // SAFETY: maps the physical vPM pages [base + off, + len), reserved memory the host gave
-        // this guest, into the VMA being created; the VMA is at least `len` bytes long.
-        let rc = unsafe {
-            bindings::remap_pfn_range(
-                vma.as_ptr(),
-                vma.start() as _,
-                ((base + off) / PAGE) as _,
-                len as _,
-                (*vma.as_ptr()).vm_page_prot,
-            )
-        };
-        if rc != 0 {
-            return Err(Error::from_errno(rc));
-        }
-        me.maps.lock().push(
-            Mapping { start: vma.start() as u64, end: vma.end() as u64, gpa: base + off },
-            GFP_KERNEL,
-        )?;
-        Ok(())
     }
 
-    fn ioctl(me: Pin<&VpmFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+    fn ioctl(_me: Pin<&VpmFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
-            VPM_IOC_INFO => me.info(arg),
-            VPM_IOC_PERSIST => me.range_op(Op::Persist, arg),
-            VPM_IOC_FLUSH => me.range_op(Op::Flush, arg),
-            VPM_IOC_SET_TRANSIENT => me.range_op(Op::SetTransient, arg),
-            VPM_IOC_SET_PERSISTENT => me.range_op(Op::SetPersistent, arg),
+            VPM_IOC_INFO => info(arg),
+            VPM_IOC_PERSIST => range_op(Op::Persist, arg),
+            VPM_IOC_FLUSH => range_op(Op::Flush, arg),
+            VPM_IOC_SET_TRANSIENT => range_op(Op::SetTransient, arg),
+            VPM_IOC_SET_PERSISTENT => range_op(Op::SetPersistent, arg),
             VPM_IOC_DRAIN => with_channel(|c| {
                 COUNTERS.drains.fetch_add(1, Ordering::Relaxed);
                 c.call(Op::Drain, 0, 0).map(|_| 0)

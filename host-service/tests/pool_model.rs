@@ -263,10 +263,15 @@ proptest! {
                     w.pool.set_persistent(w.ids[t], vpn, 1).unwrap();
                     let m = &mut models[t];
                     if m.transient.remove(&vpn) {
-                        // The page has no home now: zeros (its content as of the last epoch), or
-                        // anything written since that epoch, transient or not (P2).
-                        for l in 0..64 {
-                            m.lines[vpn as usize * 64 + l].anchor = [0; 8];
+                        // The page has no home now: it recovers as zeros, or as what the guest
+                        // holds in it at the mark (that content may reach a home from now on,
+                        // e.g. when a persist gives the page its first home), or anything
+                        // written later (P2).
+                        for l in vpn as usize * 64..(vpn as usize + 1) * 64 {
+                            let held: Vec<u64> = (0..8).map(|w| m.word(l, w)).collect();
+                            let line = &mut m.lines[l];
+                            line.anchor = [0; 8];
+                            line.since.extend(held);
                         }
                         m.dirty.insert(vpn);
                     }

@@ -200,6 +200,62 @@ fn a_libpmem_program_on_dev_vpm_gets_pv_persistence() {
     }
 }
 
+/// The last `VPM-STATS` line of a console as a map (the driver's counters and the host's).
+fn guest_stats(console: &str) -> HashMap<String, u64> {
+    let line = console
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("VPM-STATS "))
+        .unwrap_or_else(|| panic!("no VPM-STATS line:\n{console}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .chunks(2)
+        .filter_map(|kv| Some((kv[0].to_string(), kv.get(1)?.parse().ok()?)))
+        .collect()
+}
+
+#[test]
+fn debian_fio_on_pv_libpmem_sends_hints_and_its_data_survives_a_host_crash() {
+    let s = State::new("fio");
+    let mut child = qemu_cmd_with(
+        &s,
+        "INITRAMFS_FIO",
+        "hold",
+        &["--fresh", "--append", "vpmprog=fio"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .process_group(0)
+    .spawn()
+    .expect("start vpm qemu");
+    let console_path = s.0.join("linux.console");
+    let start = Instant::now();
+    let console = loop {
+        let text = std::fs::read_to_string(&console_path).unwrap_or_default();
+        if text.contains("FIO holding") || text.contains("VPM-INIT done") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "fio never finished:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // SAFETY: kill(2) on the process group we created for the child (vpm and its QEMU).
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+    assert!(console.contains("FIO rc=0"), "fio failed:\n{console}");
+    // 8 MiB in 4 KiB pmem_memcpy_persist calls: one persist hint each, counted by the host.
+    let stats = guest_stats(&console);
+    assert!(
+        stats["persists"] >= 2048 && stats["host_served"] >= 2048 && stats["host_rejected"] == 0,
+        "too few hints from fio: {stats:?}"
+    );
+    // Restarted from the pool: the acknowledged 8 MiB hold fio's pattern.
+    let out = run(&s, "pattern,8388608,0x5a", &[]);
+    assert!(out.contains("VPMTEST pattern OK"), "{out}");
+}
+
 #[test]
 fn the_driver_holds_no_copy_of_the_protocol() {
     let src = std::fs::read_to_string(repo().join("guest-driver/vpm/vpm.rs")).unwrap();

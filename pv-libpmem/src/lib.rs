@@ -8,11 +8,13 @@
 //! - PV mode (ranges of a `/dev/vpm` mapping): `pmem_flush` queues the range in the driver's ring
 //!   (a syscall, no VM exit), `pmem_drain` makes every queued range durable with one doorbell,
 //!   `pmem_persist` does both. The `vpm.h` extensions mark transient ranges and request epochs.
+//!   Mappings of `/dev/vpm` the program made itself are found too (the `discover` module).
 //!
 //! The C ABI lives in [`capi`]; Rust programs use the functions re-exported here.
 
 pub mod capi;
 mod cpu;
+mod discover;
 mod err;
 mod mapfile;
 mod memops;

@@ -37,16 +37,20 @@ pub fn flush(addr: *const u8, len: usize) {
     flush_lines(Config::get().flush, addr, len);
 }
 
-/// `pmem_drain`: one doorbell for queued PV ranges, then `sfence`.
+/// `pmem_drain`: `sfence` (so non-temporal stores are visible to the host too), then one
+/// doorbell for the queued PV ranges.
 pub fn drain() {
-    vpmdev::drain();
     if Config::get().flush != Flush::Clflush {
         fence();
     }
+    vpmdev::drain();
 }
 
-/// `pmem_persist`.
+/// `pmem_persist`: one driver call for a single `/dev/vpm` range, else flush + drain.
 pub fn persist(addr: *const u8, len: usize) {
+    if vpmdev::persist(addr as usize, len) {
+        return;
+    }
     flush(addr, len);
     drain();
 }
@@ -70,6 +74,9 @@ fn nontemporal_wanted(len: usize, flags: MemFlags) -> bool {
 
 fn finish(dst: *mut u8, len: usize, flags: MemFlags, nt: bool) {
     if flags.has(MemFlags::NOFLUSH) {
+        return;
+    }
+    if !flags.has(MemFlags::NODRAIN) && vpmdev::persist(dst as usize, len) {
         return;
     }
     if nt {

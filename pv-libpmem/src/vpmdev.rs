@@ -4,11 +4,11 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use vpm_abi::proto::uapi::{
-    VpmInfo, VpmRange, VPM_IOC_DRAIN, VPM_IOC_FLUSH, VPM_IOC_INFO, VPM_IOC_REQUEST_EPOCH,
-    VPM_IOC_SET_PERSISTENT, VPM_IOC_SET_TRANSIENT,
+    VpmInfo, VpmRange, VPM_IOC_DRAIN, VPM_IOC_FLUSH, VPM_IOC_INFO, VPM_IOC_PERSIST,
+    VPM_IOC_REQUEST_EPOCH, VPM_IOC_SET_PERSISTENT, VPM_IOC_SET_TRANSIENT,
 };
 
-use crate::ranges;
+use crate::{discover, ranges};
 
 /// The descriptor kept open for ioctls once `/dev/vpm` has been mapped (-1 before).
 static FD: AtomicI32 = AtomicI32::new(-1);
@@ -77,19 +77,61 @@ fn plain_ioctl(cmd: u32) -> Result<(), i32> {
     Ok(())
 }
 
-/// Queues the `/dev/vpm` parts of a range; returns whether the whole range was PV (else the
-/// caller flushes it from the CPU caches as well).
-pub fn flush(addr: usize, len: usize) -> bool {
-    if !ranges::any_vpm() {
-        return false;
+/// The `/dev/vpm` parts of `[addr, addr + len)` and whether they cover all of it, looking for
+/// mappings the program made itself when they do not.
+fn pv_parts(addr: usize, len: usize) -> (Vec<(usize, usize)>, bool) {
+    if !ranges::had_vpm() && !discover::available() {
+        return (Vec::new(), false);
+    }
+    let whole = |p: &[(usize, usize)]| p.iter().map(|p| p.1).sum::<usize>() == len;
+    let parts = ranges::vpm_parts(addr, len);
+    if whole(&parts) || !discover::refresh() {
+        let all = whole(&parts);
+        return (parts, all);
     }
     let parts = ranges::vpm_parts(addr, len);
+    let all = whole(&parts);
+    (parts, all)
+}
+
+/// Queues the `/dev/vpm` parts of a range; returns whether the whole range was queued (else the
+/// caller flushes it from the CPU caches as well).
+pub fn flush(addr: usize, len: usize) -> bool {
+    if len == 0 {
+        return false;
+    }
+    let (parts, mut all) = pv_parts(addr, len);
     for &(a, l) in &parts {
-        if range_ioctl(VPM_IOC_FLUSH, a, l).is_ok() {
-            PENDING.store(true, Ordering::Release);
+        match range_ioctl(VPM_IOC_FLUSH, a, l) {
+            Ok(()) => PENDING.store(true, Ordering::Release),
+            Err(_) => {
+                // A mapping gone since it was listed: list again next time; this range is
+                // flushed natively.
+                discover::invalidate();
+                all = false;
+            }
         }
     }
-    parts.iter().map(|p| p.1).sum::<usize>() == len
+    all
+}
+
+/// Persists `[addr, addr + len)` with one call and one hint when it is one `/dev/vpm` range
+/// and nothing else is queued; false when the caller must take the flush + drain path.
+pub fn persist(addr: usize, len: usize) -> bool {
+    if len == 0 || PENDING.load(Ordering::Acquire) {
+        return false;
+    }
+    let (parts, all) = pv_parts(addr, len);
+    if !all || parts.len() != 1 {
+        return false;
+    }
+    // Non-temporal stores of a copy must be visible before the host reads the range.
+    crate::cpu::fence();
+    if range_ioctl(VPM_IOC_PERSIST, addr, len).is_err() {
+        discover::invalidate();
+        return false;
+    }
+    true
 }
 
 /// Makes every queued range durable: one doorbell for the whole batch.
@@ -101,12 +143,7 @@ pub fn drain() {
 
 /// Whether `[addr, addr + len)` lies wholly in `/dev/vpm` mappings.
 pub fn vpm_active(addr: *const u8, len: usize) -> bool {
-    len != 0
-        && ranges::vpm_parts(addr as usize, len)
-            .iter()
-            .map(|p| p.1)
-            .sum::<usize>()
-            == len
+    len != 0 && pv_parts(addr as usize, len).1
 }
 
 /// Marks whole pages transient (DRAM only, zero after a host crash).

@@ -59,6 +59,28 @@ pub const VPM_IOC_SET_PERSISTENT: u32 = ioc(WRITE, 6, core::mem::size_of::<VpmRa
 /// Asks the host for an epoch.
 pub const VPM_IOC_REQUEST_EPOCH: u32 = ioc(NONE, 7, 0);
 
+/// Byte offset in `/dev/vpm` of the status page: mapped read-only, one page long, it holds a
+/// [`VpmStatus`]. vPM itself is mapped from offset 0; no vPM is this large.
+pub const VPM_STATUS_OFFSET: u64 = 1 << 44;
+
+/// `VpmStatus::magic`: "VPMSTAT1".
+pub const VPM_STATUS_MAGIC: u64 = u64::from_le_bytes(*b"VPMSTAT1");
+
+/// The status page: what user space can read without a system call. The driver writes the fields
+/// with atomic stores; readers load them atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VpmStatus {
+    /// [`VPM_STATUS_MAGIC`] once the page is set up.
+    pub magic: u64,
+    /// Bumped by every mapping of vPM through the driver, by any process: a library that listed a
+    /// process's `/dev/vpm` mappings while this read `g` need not list them again while it reads
+    /// `g` (no new mapping can have appeared).
+    pub map_generation: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<VpmStatus>() == 16);
+const _: () = assert!(VPM_STATUS_OFFSET % 4096 == 0);
 const _: () = assert!(core::mem::size_of::<VpmRange>() == 16);
 const _: () = assert!(core::mem::size_of::<VpmInfo>() == 48);
 const _: () = assert!(VPM_IOC_PERSIST == 0x4010_5602);
