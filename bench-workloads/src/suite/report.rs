@@ -379,9 +379,10 @@ fn markdown(doc: &Value, lat: &[Value], tput: &[Value], cons: &[Value], rec: &[V
 - Every PV persist pays one VM exit; here that is {exit_us:.0} µs (PVM), which dominates the 4 KiB copy+flush ({:.1} µs). \
 On VMX the exit is a few µs, hence the projection: host work per persist = the mode's p50 minus `direct`'s p50 \
 (same exit and ring, nothing to do), plus an assumed {VMX_EXIT_US} µs VMX exit.\n\
-- `full` and `direct` run the same guest code; `full` additionally pauses the vCPU for each epoch (see pause per MiB dirtied) \
-and takes write faults on pages that KVM re-protects after each epoch (~20 µs per page on PVM, notes/kvm-poc.md §3). \
-Workloads that touch many distinct pages per epoch pay that per page; it is a property of dirty logging on this host.\n\
+- `full` and `direct` run the same guest code; `full` additionally pauses the vCPU for each epoch (see pause per MiB dirtied). \
+Dirty logging write-protects pages, and each first write after a protection costs a fault (~20 µs on PVM, notes/kvm-poc.md §3); \
+VPM leaves recently changed pages writable and diffs them at each epoch instead (ski rental, `host-service/src/vmm/hot.rs`), \
+so the pause grows with the pages written recently while the faults mostly disappear. Short runs take one or two epochs only.\n\
 - PM bytes per persisted byte above 1 come from pages getting their first home (written whole, 4 KiB) and from \
 persists smaller than a line (64 B is the unit written).\n", floor(4096));
     m

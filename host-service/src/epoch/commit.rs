@@ -68,6 +68,18 @@ impl Pool {
         dirty: &[u64],
         source: &(impl PageSource + ?Sized),
     ) -> Result<CommitStats, PoolError> {
+        self.commit_epoch_changed(tenant, dirty, source)
+            .map(|(stats, _)| stats)
+    }
+
+    /// [`Pool::commit_epoch`], also returning the pages whose content changed (ascending): the
+    /// dirty pages that were not transient and differed from their homes.
+    pub fn commit_epoch_changed(
+        &mut self,
+        tenant: u32,
+        dirty: &[u64],
+        source: &(impl PageSource + ?Sized),
+    ) -> Result<(CommitStats, Vec<u64>), PoolError> {
         let start = Instant::now();
         let mut dirty = dirty.to_vec();
         dirty.sort_unstable();
@@ -125,7 +137,7 @@ impl Pool {
             pages = stats.changed_pages,
             "committed epoch"
         );
-        Ok(stats)
+        Ok((stats, log.records.iter().map(|(h, _)| h.vpn).collect()))
     }
 
     /// Step 1: the redo log, the homes newly taken for it, and what was written to them.

@@ -81,6 +81,11 @@ fn masked_lines(page: &[u8], mask: u64) -> Vec<u8> {
 
 /// Bit mask of the lines in which pages `a` and `b` differ.
 pub(crate) fn diff_mask(a: &[u8], b: &[u8]) -> u64 {
+    // Unchanged pages are common (pages left writable across epochs): the library's vectorised
+    // comparison settles them fastest.
+    if a == b {
+        return 0;
+    }
     let line = LINE_SIZE as usize;
     let mut mask = 0u64;
     for (i, (la, lb)) in a.chunks_exact(line).zip(b.chunks_exact(line)).enumerate() {

@@ -32,8 +32,15 @@ pub struct Move {
     pub to: Placement,
 }
 
-/// Heat at or above which a page is worth DRAM.
-pub const HOT: u16 = 96;
+/// Heat at or above which a PM page is worth moving to DRAM: written in each of the last three
+/// epochs (128 + 64 + 32). A page written now and then (a sequential pass, one of many uniformly
+/// random writes) is not: a move costs a copy and a remap (~20 µs here), and another to go back.
+pub const HOT: u16 = 224;
+/// Heat below which a DRAM page goes back to PM (about two quiet epochs after its last write).
+pub const COLD: u16 = 48;
+/// Most pages moved each way per epoch for heat (transient pages are not counted): bounds the
+/// pause when writes spread over more pages than the budget holds, where no placement helps.
+pub const MAX_MOVES_EACH_WAY: usize = 32;
 
 /// All pages of one VM.
 #[derive(Clone, Debug)]
@@ -106,20 +113,28 @@ impl TierTable {
         }
     }
 
-    /// Plans moves: transient pages to DRAM; cold DRAM pages back to PM; then the hottest PM pages
-    /// to DRAM while the budget allows. Never plans past the budget except for transient pages,
-    /// which have nowhere else to live.
+    /// Plans moves: transient pages to DRAM; the coldest DRAM pages back to PM; then the hottest
+    /// PM pages to DRAM while the budget allows, at most [`MAX_MOVES_EACH_WAY`] of each. Never
+    /// plans past the budget except for transient pages, which have nowhere else to live.
     pub fn plan(&self) -> Vec<Move> {
         let mut moves = Vec::new();
         let mut dram = self.dram_pages;
-        for (vpn, p) in self.pages.iter().enumerate() {
-            if p.placement == Placement::Dram && !p.transient && p.heat < HOT / 2 && !p.dirty {
-                moves.push(Move {
-                    vpn: vpn as u64,
-                    to: Placement::Pm,
-                });
-                dram -= 1;
-            }
+        let mut cold: Vec<(u16, u64)> = self
+            .pages
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                p.placement == Placement::Dram && !p.transient && p.heat < COLD && !p.dirty
+            })
+            .map(|(vpn, p)| (p.heat, vpn as u64))
+            .collect();
+        cold.sort_unstable();
+        for &(_, vpn) in cold.iter().take(MAX_MOVES_EACH_WAY) {
+            moves.push(Move {
+                vpn,
+                to: Placement::Pm,
+            });
+            dram -= 1;
         }
         for (vpn, p) in self.pages.iter().enumerate() {
             if p.placement == Placement::Pm && p.transient {
@@ -138,7 +153,7 @@ impl TierTable {
             .map(|(vpn, p)| (p.heat, vpn as u64))
             .collect();
         hot.sort_unstable_by(|a, b| b.cmp(a));
-        for (_, vpn) in hot {
+        for (_, vpn) in hot.into_iter().take(MAX_MOVES_EACH_WAY) {
             if dram >= self.budget {
                 break;
             }
@@ -178,6 +193,23 @@ mod tests {
         }
         apply(&mut t);
         assert_eq!(t.dram_pages(), 0, "cold pages went back to PM");
+    }
+
+    #[test]
+    fn moves_per_epoch_are_capped() {
+        let n = 10 * MAX_MOVES_EACH_WAY as u64;
+        let mut t = TierTable::new(n, n);
+        for _ in 0..3 {
+            (0..n).for_each(|v| t.note_write(v));
+            t.end_epoch();
+        }
+        apply(&mut t);
+        assert_eq!(t.dram_pages(), MAX_MOVES_EACH_WAY as u64);
+        // Written once only: not hot enough to move.
+        let mut t = TierTable::new(4, 4);
+        t.note_write(1);
+        t.end_epoch();
+        assert!(t.plan().is_empty());
     }
 
     #[test]

@@ -31,14 +31,14 @@ impl Shared {
     /// Commits an epoch and rebalances the tiers. The vCPU must not run meanwhile.
     pub fn take_epoch(&self) -> Result<(), VmmError> {
         let start = Instant::now();
-        let dirty = match &self.dirty {
-            Some(log) => log.collect_and_clear(&self.vm)?,
-            None => return Ok(()),
+        let Some(log) = &self.dirty else {
+            return Ok(());
         };
+        let dirty = log.collect(&self.vm)?;
         let mut core = self.core.lock().expect("core");
-        let commit = {
+        let (commit, changed) = {
             let mut pool = self.pool.lock().expect("pool");
-            match pool.commit_epoch(self.tenant, &dirty, core.memory.bytes()) {
+            match pool.commit_epoch_changed(self.tenant, &dirty, core.memory.bytes()) {
                 Ok(c) => c,
                 Err(PoolError::LogFull { need, have }) => {
                     return Err(VmmError::Config(format!(
@@ -48,17 +48,24 @@ impl Shared {
                 Err(e) => return Err(e.into()),
             }
         };
-        for &vpn in &dirty {
+        // Re-protect before the vCPU runs again (it is paused): writes from now on are seen.
+        let core = &mut *core;
+        let plan = core
+            .hot
+            .plan(&dirty, &changed, |vpn| core.tiers.page(vpn).transient);
+        log.protect(&self.vm, &plan.protect)?;
+        for &vpn in &changed {
             core.tiers.note_write(vpn);
         }
         core.tiers.end_epoch();
         let moves = core.tiers.plan();
-        self.apply_moves(&mut core, moves)?;
+        self.apply_moves(core, moves)?;
         let pause = start.elapsed().as_micros() as u64;
         let mut s = self.stats.lock().expect("stats");
         s.epochs += 1;
         s.epoch = commit.epoch;
         s.dirty_pages += dirty.len() as u64;
+        s.writable_pages_last = plan.writable;
         s.committed_pages += commit.changed_pages;
         s.pause_us_last = pause;
         s.pause_us_max = s.pause_us_max.max(pause);

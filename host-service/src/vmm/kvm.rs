@@ -69,6 +69,16 @@ pub fn add_slot(
         .map_err(|e| VmmError::Kvm(format!("KVM_SET_USER_MEMORY_REGION slot {slot}: {e}")))
 }
 
+/// Estimated cost of one write-protection fault on this host (µs): PVM (nested, shadow paging)
+/// pays a guest exit, ~20 µs (notes/kvm-poc.md §3); hardware virtualization a few µs.
+pub fn protection_fault_us() -> f64 {
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        20.0
+    } else {
+        2.0
+    }
+}
+
 /// The dirty log of one memslot, with manual protection: reading it does not re-protect; the
 /// pages read are re-protected by an explicit clear, while the vCPUs are paused.
 pub struct DirtyLog {
@@ -89,9 +99,10 @@ impl DirtyLog {
         Ok(DirtyLog { slot, size })
     }
 
-    /// Page numbers written since the last call, and re-protects them.
-    pub fn collect_and_clear(&self, vm: &VmFd) -> Result<Vec<u64>, VmmError> {
-        let mut bitmap = vm
+    /// Page numbers KVM saw written since they were last protected (pages left writable are
+    /// listed every time). Protects nothing: see [`DirtyLog::protect`].
+    pub fn collect(&self, vm: &VmFd) -> Result<Vec<u64>, VmmError> {
+        let bitmap = vm
             .get_dirty_log(self.slot, self.size as usize)
             .map_err(|e| VmmError::Kvm(format!("KVM_GET_DIRTY_LOG: {e}")))?;
         let mut pages = Vec::new();
@@ -102,12 +113,22 @@ impl DirtyLog {
                 bits &= bits - 1;
             }
         }
+        Ok(pages)
+    }
+
+    /// Clears the dirty bits of `pages` and write-protects them again (one ioctl).
+    pub fn protect(&self, vm: &VmFd, pages: &[u64]) -> Result<(), VmmError> {
         if pages.is_empty() {
-            return Ok(pages);
+            return Ok(());
+        }
+        let npages = self.size / 4096;
+        let mut bitmap = vec![0u64; npages.div_ceil(64) as usize];
+        for &vpn in pages.iter().filter(|&&v| v < npages) {
+            bitmap[(vpn / 64) as usize] |= 1 << (vpn % 64);
         }
         let clear = kvm_clear_dirty_log {
             slot: self.slot,
-            num_pages: (self.size / 4096) as u32,
+            num_pages: npages as u32,
             first_page: 0,
             __bindgen_anon_1: kvm_clear_dirty_log__bindgen_ty_1 {
                 dirty_bitmap: bitmap.as_mut_ptr() as *mut libc::c_void,
@@ -122,6 +143,6 @@ impl DirtyLog {
                 std::io::Error::last_os_error()
             )));
         }
-        Ok(pages)
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod epoch;
 pub mod hints;
+pub mod hot;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
@@ -30,6 +31,7 @@ use crate::pool::layout::Home;
 use crate::pool::{Pool, PoolError};
 use crate::tier::{Move, Placement, TierTable};
 use hints::HintService;
+use hot::HotPages;
 use kvm::DirtyLog;
 use layout::{BOOT_PARAMS_GPA, GUEST_RAM_SIZE, REPORT_GPA, VPM_BASE_GPA, VPM_MAX_SIZE};
 use memory::{MemoryError, VpmMemory};
@@ -154,6 +156,8 @@ pub struct Core {
     pub memory: VpmMemory,
     /// Placement and heat of every page (tiered modes).
     pub tiers: TierTable,
+    /// Pages left writable across epochs (tiered modes).
+    pub hot: HotPages,
 }
 
 /// State shared by the vCPU thread and the controller.
@@ -232,10 +236,19 @@ impl hints::HintTarget for Shared {
 impl Shared {
     /// Persists vPM byte ranges (PV): one pool batch, one drain.
     pub fn persist(&self, ranges: &[(u64, u64)]) -> Result<HintResult, VmmError> {
-        let core = self.core.lock().expect("core");
+        let mut core = self.core.lock().expect("core");
         let mut pool = self.pool.lock().expect("pool");
         let result = match pool.persist(self.tenant, ranges, core.memory.bytes()) {
-            Ok(_) => HintResult::Ok,
+            Ok(_) => {
+                // Written this epoch, though the epoch will find the homes up to date.
+                for &(off, len) in ranges.iter().filter(|r| r.1 > 0) {
+                    for vpn in off / 4096..=(off + len - 1) / 4096 {
+                        core.hot.note_persisted(vpn);
+                        core.tiers.note_write(vpn);
+                    }
+                }
+                HintResult::Ok
+            }
             Err(PoolError::LogFull { .. }) => HintResult::NoSpace,
             Err(e) => {
                 tracing::error!(error = %e, "persist failed");
@@ -440,7 +453,11 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
         mode: spec.mode,
         tenant,
         pool,
-        core: Mutex::new(Core { memory, tiers }),
+        core: Mutex::new(Core {
+            memory,
+            tiers,
+            hot: HotPages::new(vpm_size / 4096, kvm::protection_fault_us()),
+        }),
         stats: Mutex::new(VmStats {
             dram_budget_pages: budget,
             pm_pages: pages,
@@ -646,7 +663,8 @@ fn control_loop(
             }
             if epoch_due {
                 vm.take_epoch()?;
-                next_epoch = spec.epoch_interval.map(|d| now + d);
+                // The interval runs from the end of the pause: the guest always gets it.
+                next_epoch = spec.epoch_interval.map(|d| Instant::now() + d);
             }
             Ok(())
         })();

@@ -19,6 +19,8 @@ pub struct VmStats {
     pub committed_pages: u64,
     /// Dirty pages reported by KVM.
     pub dirty_pages: u64,
+    /// Dirty pages the last epoch left writable (hot or transient; see `vmm::hot`).
+    pub writable_pages_last: u64,
     /// Pages in DRAM now.
     pub dram_pages: u64,
     /// Most pages in DRAM seen at any sample.

@@ -1,0 +1,166 @@
+//! Which dirty pages to write-protect again after an epoch.
+//!
+//! Dirty logging finds written pages by write-protecting them: the first write after each epoch
+//! takes a fault (about 20 µs on this PVM host, notes/kvm-poc.md §3; a few µs on VMX). With
+//! manual protection VPM chooses what to re-protect. A page left writable is reported dirty by
+//! every epoch, which then diffs it against its home: a read and a compare (~0.5 µs), no PM write
+//! when nothing changed. That is ski rental: keeping a page writable for one more epoch "rents"
+//! at the diff cost, protecting it "buys" one fault the next time it is written. The policy keeps
+//! a page writable until it has been quiet (unchanged and not persisted) for as many epochs as a
+//! fault costs diffs, then protects it: never more than about twice the overhead of the best
+//! choice made with hindsight. A cap on writable pages bounds the diff work inside the pause.
+//! Transient pages never reach PM, so protecting them would only add faults: they stay writable
+//! (and, still reported dirty, are committed by the first epoch after they turn persistent).
+
+/// Microseconds to diff one unchanged 4 KiB page against its home (read both, compare).
+const DIFF_US: f64 = 0.5;
+/// Most pages left writable at once: bounds the extra diff work per epoch (~4 ms).
+pub const MAX_WRITABLE: u64 = 8192;
+/// `last_changed` value of a page that never changed.
+const NEVER: u32 = u32::MAX;
+
+/// Per page: the epoch it last changed in; and the pages persisted (PV) in this epoch.
+#[derive(Debug)]
+pub struct HotPages {
+    last_changed: Vec<u32>,
+    persisted_now: Vec<u64>,
+    epoch: u32,
+    quiet_epochs: u32,
+}
+
+/// What [`HotPages::plan`] decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProtectPlan {
+    /// Dirty pages to write-protect again (ascending).
+    pub protect: Vec<u64>,
+    /// Dirty pages left writable (recently changed, or transient).
+    pub writable: u64,
+}
+
+impl HotPages {
+    /// No page hot, for a region of `pages` pages, on a host where a write-protection fault
+    /// costs `fault_us` microseconds.
+    pub fn new(pages: u64, fault_us: f64) -> HotPages {
+        HotPages {
+            last_changed: vec![NEVER; pages as usize],
+            persisted_now: vec![0; pages.div_ceil(64) as usize],
+            epoch: 0,
+            quiet_epochs: (fault_us / DIFF_US).ceil().clamp(1.0, 256.0) as u32,
+        }
+    }
+
+    /// How many quiet epochs a page stays writable.
+    pub fn quiet_epochs(&self) -> u32 {
+        self.quiet_epochs
+    }
+
+    /// Records that a persist hint wrote `vpn` to its home in this epoch: the page was written
+    /// although the epoch will find it equal to its home.
+    pub fn note_persisted(&mut self, vpn: u64) {
+        if let Some(w) = self.persisted_now.get_mut((vpn / 64) as usize) {
+            *w |= 1 << (vpn % 64);
+        }
+    }
+
+    fn persisted(&self, vpn: u64) -> bool {
+        self.persisted_now
+            .get((vpn / 64) as usize)
+            .is_some_and(|w| w & (1 << (vpn % 64)) != 0)
+    }
+
+    /// Decides for an epoch's `dirty` pages, given those whose content `changed` (both ascending)
+    /// and which pages are transient now.
+    pub fn plan(
+        &mut self,
+        dirty: &[u64],
+        changed: &[u64],
+        transient: impl Fn(u64) -> bool,
+    ) -> ProtectPlan {
+        self.epoch = self.epoch.wrapping_add(1);
+        let mut plan = ProtectPlan::default();
+        let mut changed_iter = changed.iter().peekable();
+        for &vpn in dirty {
+            while changed_iter.next_if(|&&c| c < vpn).is_some() {}
+            let changed_now = changed_iter.next_if(|&&c| c == vpn).is_some() || self.persisted(vpn);
+            let Some(last) = self.last_changed.get_mut(vpn as usize) else {
+                plan.protect.push(vpn);
+                continue;
+            };
+            if changed_now {
+                *last = self.epoch;
+            }
+            let recent = *last != NEVER && self.epoch.wrapping_sub(*last) < self.quiet_epochs;
+            if transient(vpn) || (recent && plan.writable < MAX_WRITABLE) {
+                plan.writable += 1;
+            } else {
+                plan.protect.push(vpn);
+            }
+        }
+        self.persisted_now.fill(0);
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: fn(u64) -> bool = |_| false;
+
+    #[test]
+    fn a_changed_page_stays_writable_until_quiet_long_enough() {
+        // Fault = 2 diffs: writable for 2 epochs after its last change.
+        let mut hot = HotPages::new(128, 2.0 * DIFF_US);
+        assert_eq!(hot.quiet_epochs(), 2);
+        let p = hot.plan(&[1, 70], &[1, 70], NONE);
+        assert_eq!((p.protect, p.writable), (vec![], 2));
+        // Reported dirty again (writable), unchanged: one quiet epoch, still writable.
+        let p = hot.plan(&[1, 70], &[70], NONE);
+        assert_eq!((p.protect, p.writable), (vec![], 2));
+        // Second quiet epoch for page 1: protected; 70 changed last epoch, still writable.
+        let p = hot.plan(&[1, 70], &[], NONE);
+        assert_eq!((p.protect, p.writable), (vec![1], 1));
+    }
+
+    #[test]
+    fn a_dirty_page_that_did_not_change_is_protected() {
+        let mut hot = HotPages::new(64, 20.0);
+        assert_eq!(hot.plan(&[3], &[], NONE).protect, vec![3]);
+    }
+
+    #[test]
+    fn a_page_persisted_every_epoch_stays_writable() {
+        let mut hot = HotPages::new(64, 1.0);
+        for _ in 0..5 {
+            hot.note_persisted(9);
+            // Persisted, so the commit finds it equal to its home.
+            assert!(hot.plan(&[9], &[], NONE).protect.is_empty());
+        }
+        hot.plan(&[9], &[], NONE);
+        assert_eq!(hot.plan(&[9], &[], NONE).protect, vec![9]);
+    }
+
+    #[test]
+    fn transient_pages_are_never_protected() {
+        let mut hot = HotPages::new(64, 20.0);
+        let p = hot.plan(&[5, 6], &[], |v| v == 5);
+        assert_eq!((p.protect, p.writable), (vec![6], 1));
+    }
+
+    #[test]
+    fn writable_pages_are_capped() {
+        let n = MAX_WRITABLE + 10;
+        let mut hot = HotPages::new(n, 20.0);
+        let all: Vec<u64> = (0..n).collect();
+        let p = hot.plan(&all, &all, NONE);
+        assert_eq!(p.writable, MAX_WRITABLE);
+        assert_eq!(p.protect.len(), 10);
+    }
+
+    #[test]
+    fn out_of_range_pages_are_protected_not_panicking() {
+        let mut hot = HotPages::new(64, 20.0);
+        hot.note_persisted(1000);
+        assert_eq!(hot.plan(&[1000], &[1000], NONE).protect, vec![1000]);
+    }
+}
