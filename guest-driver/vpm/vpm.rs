@@ -333,6 +333,42 @@ impl core::fmt::Debug for CountersView {
     }
 }
 
+/// The host side of the driver: the status page and the registered hint channel. Set up first
+/// and torn down last (after `/dev/vpm` is gone), also when a later step of loading fails.
+struct HostLink;
+
+impl HostLink {
+    fn open(port: u16) -> Result<HostLink> {
+        status_alloc()?;
+        let channel = match Channel::open(port) {
+            Ok(c) => c,
+            Err(e) => {
+                status_free();
+                return Err(e);
+            }
+        };
+        let h = &channel.page().header;
+        pr_info!(
+            "VPM host found on port {:#x}: vPM {:#x}+{:#x}, features {:#x}\n",
+            port,
+            h.vpm_base.load(Ordering::Relaxed),
+            h.vpm_size.load(Ordering::Relaxed),
+            h.host_features.load(Ordering::Relaxed)
+        );
+        *CHANNEL.lock() = Some(channel);
+        Ok(HostLink)
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        // Unregister from the host and free the shared page, then the status page.
+        drop(CHANNEL.lock().take());
+        status_free();
+    }
+}
+
+/// Fields drop in this order at unload: the debugfs files, `/dev/vpm`, then the host link.
 #[pin_data(PinnedDrop)]
 struct VpmModule {
     _debugfs: Dir,
@@ -340,6 +376,7 @@ struct VpmModule {
     _stats: DebugFile<CountersView>,
     #[pin]
     _misc: MiscDeviceRegistration<VpmFile>,
+    _host: HostLink,
 }
 
 impl kernel::InPlaceModule for VpmModule {
@@ -347,31 +384,10 @@ impl kernel::InPlaceModule for VpmModule {
         // SAFETY: called once, before anything uses the lock.
         unsafe { CHANNEL.init() };
         let port = module_parameters::doorbell_port.value();
-        let channel = status_alloc().and_then(|_| Channel::open(port));
-        let ok = match channel {
-            Ok(c) => {
-                let h = &c.page().header;
-                pr_info!(
-                    "VPM host found on port {:#x}: vPM {:#x}+{:#x}, features {:#x}\n",
-                    port,
-                    h.vpm_base.load(Ordering::Relaxed),
-                    h.vpm_size.load(Ordering::Relaxed),
-                    h.host_features.load(Ordering::Relaxed)
-                );
-                *CHANNEL.lock() = Some(c);
-                Ok(())
-            }
-            Err(e) => {
-                status_free();
-                Err(e)
-            }
-        };
         let debugfs = Dir::new(c"vpm");
         try_pin_init!(Self {
-            _misc <- {
-                ok?;
-                MiscDeviceRegistration::register(MiscDeviceOptions { name: c"vpm" })
-            },
+            _host: HostLink::open(port)?,
+            _misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"vpm" }),
             _stats <- debugfs.read_only_file(c"stats", CountersView),
             _debugfs: debugfs,
         })
@@ -396,10 +412,6 @@ impl PinnedDrop for VpmModule {
         unsafe {
             bindings::device_remove_file((*self._misc.as_raw()).this_device, SIZE_ATTR.0.get())
         };
-        // Unregister from the host and free the shared page; ioctls racing with the unload see
-        // no channel and get ENODEV.
-        drop(CHANNEL.lock().take());
-        status_free();
         let c = &COUNTERS;
         pr_info!(
             "unloaded: {} persists, {} flushes, {} drains, {} doorbells, {} errors\n",
