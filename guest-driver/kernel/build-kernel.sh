@@ -42,7 +42,16 @@ print_paths() {
   echo "KERNEL_BUILD_DIR=$tree"
 }
 
+# Rust bindings must agree with C on the structures the driver reads (checked once per build).
+check_layout() {
+  [ -f "$out/.layout-ok" ] && return 0
+  log "checking the Rust bindings' structure layouts against C"
+  bash "$here/check-layout.sh" "$tree" || die "Rust bindings disagree with C (see above)"
+  touch "$out/.layout-ok"
+}
+
 if [ -f "$out/.complete" ]; then
+  check_layout
   log "cached kernel $KVER ($key) at $out"
   print_paths
   exit 0
@@ -79,5 +88,6 @@ done
 wait "$pid" || { tail -40 "$out/build.log" >&2; die "kernel build failed"; }
 log "kernel built in $(( $(date +%s) - start ))s"
 [ -f arch/x86/boot/bzImage ] || die "bzImage missing after build"
+check_layout
 touch "$out/.complete"
 print_paths

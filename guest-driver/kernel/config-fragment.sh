@@ -3,6 +3,9 @@
 # Run from the kernel build directory. Every option here is checked to be `=y` afterwards.
 set -e
 C=scripts/config
+# SCHEDSTATS: without it `struct sched_statistics` is empty but cacheline-aligned, and bindgen lays
+# the empty struct out without that alignment: Rust's `task_struct` then puts every field after
+# `stats` 48 bytes early (`mm` among them, so `current!().mm()` reads the wrong field).
 ENABLE="
 64BIT
 PRINTK PRINTK_TIME EARLY_PRINTK TTY SERIAL_8250 SERIAL_8250_CONSOLE
@@ -14,7 +17,7 @@ HYPERVISOR_GUEST PARAVIRT KVM_GUEST
 BLOCK BLK_DEV SPARSEMEM_VMEMMAP MEMORY_HOTPLUG MEMORY_HOTREMOVE TRANSPARENT_HUGEPAGE ZONE_DEVICE
 LIBNVDIMM BLK_DEV_PMEM X86_PMEM_LEGACY DAX FS_DAX DEV_DAX DEV_DAX_PMEM EXT4_FS
 PCI VIRTIO_MENU VIRTIO VIRTIO_MMIO VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_PCI VIRTIO_PMEM VIRTIO_BLK
-DEBUG_FS
+DEBUG_FS SCHEDSTATS
 "
 DISABLE="MODVERSIONS"
 for opt in $ENABLE; do $C --enable "$opt"; done

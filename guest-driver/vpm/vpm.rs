@@ -17,7 +17,7 @@ use kernel::{
     debugfs::{Dir, File as DebugFile},
     fs::File,
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
-    mm::{virt::VmaNew, MmWithUser},
+    mm::virt::VmaNew,
     prelude::*,
     sync::global_lock,
     time::{delay::fsleep, Delta},
@@ -435,33 +435,6 @@ fn region() -> Result<(u64, u64)> {
     })
 }
 
-/// A counted reference to the calling process's address space.
-///
-/// Taken with `get_task_mm` rather than read from `current` in Rust: in this kernel build the
-/// generated `task_struct` layout does not match C's (its `mm` offset reads another field).
-struct CurrentMm(*mut bindings::mm_struct);
-
-impl CurrentMm {
-    fn get() -> Option<CurrentMm> {
-        // SAFETY: `get_current()` is the running task; `get_task_mm` takes a reference on its mm
-        // (null for kernel threads), released in `Drop`.
-        let mm = unsafe { bindings::get_task_mm(bindings::get_current()) };
-        (!mm.is_null()).then_some(CurrentMm(mm))
-    }
-
-    fn mm(&self) -> &MmWithUser {
-        // SAFETY: we hold a reference that keeps mm_users non-zero for as long as `self` lives.
-        unsafe { MmWithUser::from_raw(self.0) }
-    }
-}
-
-impl Drop for CurrentMm {
-    fn drop(&mut self) {
-        // SAFETY: dropping the reference `get_task_mm` took.
-        unsafe { bindings::mmput(self.0) };
-    }
-}
-
 /// This driver's `file_operations` (set once the device is registered): a VMA is a `/dev/vpm`
 /// mapping when its file has them.
 static FOPS: AtomicUsize = AtomicUsize::new(0);
@@ -474,8 +447,9 @@ fn translate(r: &VpmRange) -> Result<(u64, u64)> {
     }
     let end = r.addr.checked_add(r.len).ok_or(EINVAL)?;
     let (base, size) = region()?;
-    let mm = CurrentMm::get().ok_or(EFAULT)?;
-    let lock = mm.mm().mmap_read_lock();
+    let task = kernel::current!();
+    let mm = task.mm().ok_or(EFAULT)?;
+    let lock = mm.mmap_read_lock();
     let vma = lock.vma_lookup(r.addr as usize).ok_or(EFAULT)?;
     if (vma.start() as u64) > r.addr || end > vma.end() as u64 {
         return Err(EFAULT);
