@@ -127,17 +127,35 @@ fn without_a_host_the_driver_refuses_to_load() {
     );
 }
 
+/// A host crash in a test: `vpm qemu` started in a process group of its own, so that
+/// [`HostRun::kill`] takes QEMU down with it.
+struct HostRun(std::process::Child);
+
+impl HostRun {
+    fn start(mut cmd: Command) -> HostRun {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start vpm qemu");
+        HostRun(child)
+    }
+
+    /// SIGKILL to the host service and its QEMU.
+    fn kill(mut self) {
+        // SAFETY: kill(2) on the process group we created for the child (vpm and its QEMU).
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `prog writer` under `vpm qemu`, kills QEMU and the host service with SIGKILL once
 /// records are acknowledged, restarts with `prog check,N` and returns that console.
 fn crash_trial(name: &str, prog: &str, wait_ms: u64) -> (u64, String) {
     let s = State::new(name);
     let append = format!("vpmprog={prog}");
-    let mut child = qemu_cmd(&s, "writer", &["--fresh", "--append", &append])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("start vpm qemu");
+    let host = HostRun::start(qemu_cmd(&s, "writer", &["--fresh", "--append", &append]));
     let console = s.0.join("linux.console");
     let start = Instant::now();
     let acked_now = || {
@@ -159,9 +177,7 @@ fn crash_trial(name: &str, prog: &str, wait_ms: u64) -> (u64, String) {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(wait_ms));
-    // SAFETY: kill(2) on the process group we created for the child (vpm and its QEMU).
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-    let _ = child.wait();
+    host.kill();
     let acked = acked_now();
     (
         acked,
@@ -217,17 +233,12 @@ fn guest_stats(console: &str) -> HashMap<String, u64> {
 #[test]
 fn debian_fio_on_pv_libpmem_sends_hints_and_its_data_survives_a_host_crash() {
     let s = State::new("fio");
-    let mut child = qemu_cmd_with(
+    let host = HostRun::start(qemu_cmd_with(
         &s,
         "INITRAMFS_FIO",
         "hold",
         &["--fresh", "--append", "vpmprog=fio"],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .process_group(0)
-    .spawn()
-    .expect("start vpm qemu");
+    ));
     let console_path = s.0.join("linux.console");
     let start = Instant::now();
     let console = loop {
@@ -241,9 +252,7 @@ fn debian_fio_on_pv_libpmem_sends_hints_and_its_data_survives_a_host_crash() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    // SAFETY: kill(2) on the process group we created for the child (vpm and its QEMU).
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-    let _ = child.wait();
+    host.kill();
     assert!(console.contains("FIO rc=0"), "fio failed:\n{console}");
     // 8 MiB in 4 KiB pmem_memcpy_persist calls: one persist hint each, counted by the host.
     let stats = guest_stats(&console);
