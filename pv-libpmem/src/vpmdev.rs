@@ -84,12 +84,10 @@ fn pv_parts(addr: usize, len: usize) -> (Vec<(usize, usize)>, bool) {
         return (Vec::new(), false);
     }
     let whole = |p: &[(usize, usize)]| p.iter().map(|p| p.1).sum::<usize>() == len;
-    let parts = ranges::vpm_parts(addr, len);
-    if whole(&parts) || !discover::refresh() {
-        let all = whole(&parts);
-        return (parts, all);
+    let mut parts = ranges::vpm_parts(addr, len);
+    if !whole(&parts) && discover::refresh() {
+        parts = ranges::vpm_parts(addr, len);
     }
-    let parts = ranges::vpm_parts(addr, len);
     let all = whole(&parts);
     (parts, all)
 }
