@@ -91,6 +91,26 @@ static void mappings(void)
 	munmap(other, 2 * PAGE);
 	close(fd2);
 	expect("unmapped range", call(VPM_IOC_PERSIST, other, 64), EFAULT);
+	/* A mapping split by mprotect: one range over the three parts. */
+	expect("mprotect", mprotect(vpm + 16 * PAGE, PAGE, PROT_READ) ? errno : 0, 0);
+	expect("persist over a split mapping", call(VPM_IOC_PERSIST, vpm + 15 * PAGE, 3 * PAGE), 0);
+	mprotect(vpm + 16 * PAGE, PAGE, PROT_READ | PROT_WRITE);
+	/* Two neighbouring mappings of distant vPM offsets, and one with an anonymous page. */
+	uint8_t *pair = mmap(NULL, 3 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *a = mmap(pair, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 10 * PAGE);
+	void *b = mmap(pair + PAGE, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 20 * PAGE);
+	void *c = mmap(pair + 2 * PAGE, PAGE, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	if (pair == MAP_FAILED || a == MAP_FAILED || b == MAP_FAILED || c == MAP_FAILED) {
+		fail("neighbouring mappings", errno, 0);
+	} else {
+		expect("persist over two mappings", call(VPM_IOC_PERSIST, pair + PAGE - 64, 128), 0);
+		expect("flush over two mappings", call(VPM_IOC_FLUSH, pair, 2 * PAGE), 0);
+		expect("drain", ioctl(fd, VPM_IOC_DRAIN) == 0 ? 0 : errno, 0);
+		expect("range into an anonymous page", call(VPM_IOC_PERSIST, pair + 2 * PAGE - 64, 128),
+		       EFAULT);
+	}
+	munmap(pair, 3 * PAGE);
 	char path[64], text[32] = "";
 	struct stat sb;
 	fstat(fd, &sb);

@@ -196,16 +196,29 @@ impl Channel {
 
     /// Publishes `op` and waits for its result.
     fn call(&mut self, op: Op, gpa: u64, len: u64) -> Result {
-        let t = self.push(op, gpa, len);
-        self.ring();
-        match self.producer.result(t) {
-            Some(0) => Ok(()),
-            Some(r) => {
-                COUNTERS.errors.fetch_add(1, Ordering::Relaxed);
-                Err(errno(r))
-            }
-            None => Err(ETIMEDOUT),
+        self.call_all(op, &[(gpa, len)])
+    }
+
+    /// Publishes `op` for every range, rings once and waits; the first error wins.
+    fn call_all(&mut self, op: Op, ranges: &[(u64, u64)]) -> Result {
+        let mut tickets = [None; MAX_SEGMENTS];
+        for (slot, &(gpa, len)) in tickets.iter_mut().zip(ranges) {
+            *slot = Some(self.push(op, gpa, len));
         }
+        self.ring();
+        let mut result = Ok(());
+        for t in tickets.iter().flatten() {
+            let r = match self.producer.result(*t) {
+                Some(0) => Ok(()),
+                Some(r) => {
+                    COUNTERS.errors.fetch_add(1, Ordering::Relaxed);
+                    Err(errno(r))
+                }
+                None => Err(ETIMEDOUT),
+            };
+            result = result.and(r);
+        }
+        result
     }
 }
 
@@ -439,9 +452,39 @@ fn region() -> Result<(u64, u64)> {
 /// mapping when its file has them.
 static FOPS: AtomicUsize = AtomicUsize::new(0);
 
-/// Translates a user range of the calling process into a guest-physical vPM range: the range
-/// must lie in one `/dev/vpm` mapping of vPM (made through any descriptor of this device).
-fn translate(r: &VpmRange) -> Result<(u64, u64)> {
+/// Most mappings one range may span (neighbouring mappings, or one split by `mprotect`).
+const MAX_SEGMENTS: usize = 8;
+
+/// The guest-physical pieces of a user range, in order.
+struct Segments {
+    items: [(u64, u64); MAX_SEGMENTS],
+    count: usize,
+}
+
+impl Segments {
+    fn as_slice(&self) -> &[(u64, u64)] {
+        &self.items[..self.count]
+    }
+
+    /// Appends a piece, merged with the previous one where they are contiguous.
+    fn push(&mut self, gpa: u64, len: u64) -> Result {
+        if let Some(last) = self.items[..self.count].last_mut() {
+            if last.0 + last.1 == gpa {
+                last.1 += len;
+                return Ok(());
+            }
+        }
+        let slot = self.items.get_mut(self.count).ok_or(EINVAL)?;
+        *slot = (gpa, len);
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// Translates a user range of the calling process into guest-physical vPM ranges: every byte
+/// must lie in a `/dev/vpm` mapping of vPM (made through any descriptor of this device); the
+/// range may span up to [`MAX_SEGMENTS`] such mappings without gaps.
+fn translate(r: &VpmRange) -> Result<Segments> {
     if r.len == 0 {
         return Err(EINVAL);
     }
@@ -450,31 +493,39 @@ fn translate(r: &VpmRange) -> Result<(u64, u64)> {
     let task = kernel::current!();
     let mm = task.mm().ok_or(EFAULT)?;
     let lock = mm.mmap_read_lock();
-    let vma = lock.vma_lookup(r.addr as usize).ok_or(EFAULT)?;
-    if (vma.start() as u64) > r.addr || end > vma.end() as u64 {
-        return Err(EFAULT);
-    }
-    let raw = vma.as_ptr();
     let fops = FOPS.load(Ordering::Acquire);
-    // SAFETY: the VMA is valid and its file is stable while we hold the mmap lock.
-    let ours = unsafe {
-        let vm_file = (*raw).vm_file;
-        fops != 0 && !vm_file.is_null() && (*vm_file).f_op as usize == fops
+    let mut segments = Segments {
+        items: [(0, 0); MAX_SEGMENTS],
+        count: 0,
     };
-    if !ours {
-        return Err(EFAULT);
+    let mut at = r.addr;
+    while at < end {
+        let vma = lock.vma_lookup(at as usize).ok_or(EFAULT)?;
+        let raw = vma.as_ptr();
+        // SAFETY: the VMA is valid and its file and offset are stable while we hold the mmap
+        // lock.
+        let (ours, pgoff) = unsafe {
+            let vm_file = (*raw).vm_file;
+            let ours = fops != 0 && !vm_file.is_null() && (*vm_file).f_op as usize == fops;
+            (ours, (*raw).vm_pgoff as u64)
+        };
+        let start = vma.start() as u64;
+        if !ours || start > at {
+            return Err(EFAULT);
+        }
+        let piece_end = end.min(vma.end() as u64);
+        let off = pgoff
+            .checked_mul(PAGE)
+            .and_then(|o| o.checked_add(at - start))
+            .ok_or(EFAULT)?;
+        // The status page's offset is far beyond vPM: it fails here.
+        if off.checked_add(piece_end - at).map_or(true, |e| e > size) {
+            return Err(EFAULT);
+        }
+        segments.push(base + off, piece_end - at)?;
+        at = piece_end;
     }
-    // SAFETY: as above.
-    let pgoff = unsafe { (*raw).vm_pgoff } as u64;
-    let off = pgoff
-        .checked_mul(PAGE)
-        .and_then(|o| o.checked_add(r.addr - vma.start() as u64))
-        .ok_or(EFAULT)?;
-    // The status page's offset is far beyond vPM: it fails here.
-    if off.checked_add(r.len).map_or(true, |e| e > size) {
-        return Err(EFAULT);
-    }
-    Ok((base + off, r.len))
+    Ok(segments)
 }
 
 /// Maps the read-only status page.
@@ -535,13 +586,17 @@ fn range_op(op: Op, arg: usize) -> Result<isize> {
     let r: VpmRange = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<VpmRange>())
         .reader()
         .read()?;
-    let (gpa, len) = translate(&r)?;
-    if matches!(op, Op::SetTransient | Op::SetPersistent) && (gpa % PAGE != 0 || len % PAGE != 0) {
+    let segments = translate(&r)?;
+    let pieces = segments.as_slice();
+    let whole_pages = pieces.iter().all(|&(gpa, len)| gpa % PAGE == 0 && len % PAGE == 0);
+    if matches!(op, Op::SetTransient | Op::SetPersistent) && !whole_pages {
         return Err(EINVAL);
     }
     with_channel(|c| match op {
         Op::Flush => {
-            c.push(Op::Flush, gpa, len);
+            for &(gpa, len) in pieces {
+                c.push(Op::Flush, gpa, len);
+            }
             COUNTERS.flushes.fetch_add(1, Ordering::Relaxed);
             Ok(0)
         }
@@ -549,7 +604,7 @@ fn range_op(op: Op, arg: usize) -> Result<isize> {
             if op == Op::Persist {
                 COUNTERS.persists.fetch_add(1, Ordering::Relaxed);
             }
-            c.call(op, gpa, len).map(|_| 0)
+            c.call_all(op, pieces).map(|_| 0)
         }
     })
 }
