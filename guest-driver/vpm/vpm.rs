@@ -368,6 +368,8 @@ impl HostLink {
             h.vpm_size.load(Ordering::Relaxed),
             h.host_features.load(Ordering::Relaxed)
         );
+        VPM_BASE.store(h.vpm_base.load(Ordering::Relaxed), Ordering::Relaxed);
+        VPM_SIZE.store(h.vpm_size.load(Ordering::Relaxed), Ordering::Release);
         *CHANNEL.lock() = Some(channel);
         Ok(HostLink)
     }
@@ -376,6 +378,7 @@ impl HostLink {
 impl Drop for HostLink {
     fn drop(&mut self) {
         // Unregister from the host and free the shared page, then the status page.
+        VPM_SIZE.store(0, Ordering::Release);
         drop(CHANNEL.lock().take());
         status_free();
     }
@@ -441,11 +444,16 @@ impl PinnedDrop for VpmModule {
 #[pin_data]
 struct VpmFile {}
 
+/// vPM base and size as the host registered them (size 0 while there is no host link): fixed
+/// for the link's lifetime, so translations, mmap and sysfs read them without the channel lock.
+static VPM_BASE: AtomicU64 = AtomicU64::new(0);
+static VPM_SIZE: AtomicU64 = AtomicU64::new(0);
+
 fn region() -> Result<(u64, u64)> {
-    with_channel(|c| {
-        let h = &c.page().header;
-        Ok((h.vpm_base.load(Ordering::Relaxed), h.vpm_size.load(Ordering::Relaxed)))
-    })
+    match VPM_SIZE.load(Ordering::Acquire) {
+        0 => Err(ENODEV),
+        size => Ok((VPM_BASE.load(Ordering::Relaxed), size)),
+    }
 }
 
 /// This driver's `file_operations` (set once the device is registered): a VMA is a `/dev/vpm`

@@ -1,7 +1,7 @@
 //! Flush, drain, persist, and the persistent copy and set functions (PMDK's dispatch).
 
 use crate::cpu::{fence, flush_lines, Config, Flush};
-use crate::vpmdev;
+use crate::vpmdev::{self, PvOutcome};
 
 /// `PMEM_F_MEM_*` flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,10 +48,11 @@ pub fn drain() {
 
 /// `pmem_persist`: one driver call for a single `/dev/vpm` range, else flush + drain.
 pub fn persist(addr: *const u8, len: usize) {
-    if vpmdev::persist(addr as usize, len) {
-        return;
+    match vpmdev::persist(addr as usize, len) {
+        PvOutcome::Durable => return,
+        PvOutcome::Native if len != 0 => flush_lines(Config::get().flush, addr, len),
+        _ => {}
     }
-    flush(addr, len);
     drain();
 }
 
@@ -76,18 +77,24 @@ fn finish(dst: *mut u8, len: usize, flags: MemFlags, nt: bool) {
     if flags.has(MemFlags::NOFLUSH) {
         return;
     }
-    if !flags.has(MemFlags::NODRAIN) && vpmdev::persist(dst as usize, len) {
-        return;
-    }
-    if nt {
-        // Non-temporal stores bypass the caches; the PV parts still need their hint. With plain
-        // clflush the drain has no fence, so order the stores here (as PMDK does).
-        vpmdev::flush(dst as usize, len);
-        if Config::get().flush == Flush::Clflush {
-            fence();
+    let pv = if flags.has(MemFlags::NODRAIN) {
+        if vpmdev::flush(dst as usize, len) {
+            PvOutcome::Queued
+        } else {
+            PvOutcome::Native
         }
     } else {
-        flush(dst, len);
+        vpmdev::persist(dst as usize, len)
+    };
+    match pv {
+        PvOutcome::Durable => return,
+        // Non-temporal stores bypassed the caches; the PV parts are queued either way.
+        PvOutcome::Native if !nt && len != 0 => flush_lines(Config::get().flush, dst, len),
+        _ => {}
+    }
+    // With plain clflush the drain has no fence: order the non-temporal stores here (as PMDK).
+    if nt && Config::get().flush == Flush::Clflush {
+        fence();
     }
     if !flags.has(MemFlags::NODRAIN) {
         drain();

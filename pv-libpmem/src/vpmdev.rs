@@ -92,14 +92,30 @@ fn pv_parts(addr: usize, len: usize) -> (Vec<(usize, usize)>, bool) {
     (parts, all)
 }
 
+/// What a persist did on the PV side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PvOutcome {
+    /// Durable already (one call, one hint).
+    Durable,
+    /// Every byte queued for the next drain.
+    Queued,
+    /// Some or all of the range must be flushed from the CPU caches (its PV parts are queued).
+    Native,
+}
+
 /// Queues the `/dev/vpm` parts of a range; returns whether the whole range was queued (else the
 /// caller flushes it from the CPU caches as well).
 pub fn flush(addr: usize, len: usize) -> bool {
     if len == 0 {
         return false;
     }
-    let (parts, mut all) = pv_parts(addr, len);
-    for &(a, l) in &parts {
+    let (parts, all) = pv_parts(addr, len);
+    queue(&parts, all)
+}
+
+/// Queues `parts`; `all` stays true only if they cover the range and the driver took each.
+fn queue(parts: &[(usize, usize)], mut all: bool) -> bool {
+    for &(a, l) in parts {
         match range_ioctl(VPM_IOC_FLUSH, a, l) {
             Ok(()) => PENDING.store(true, Ordering::Release),
             Err(_) => {
@@ -113,23 +129,27 @@ pub fn flush(addr: usize, len: usize) -> bool {
     all
 }
 
-/// Persists `[addr, addr + len)` with one call and one hint when it is one `/dev/vpm` range
-/// and nothing else is queued; false when the caller must take the flush + drain path.
-pub fn persist(addr: usize, len: usize) -> bool {
-    if len == 0 || PENDING.load(Ordering::Acquire) {
-        return false;
+/// The PV side of a persist: one `/dev/vpm` range with nothing else queued is made durable with
+/// one call and one hint; otherwise the PV parts are queued (the caller drains).
+pub fn persist(addr: usize, len: usize) -> PvOutcome {
+    if len == 0 {
+        return PvOutcome::Native;
     }
     let (parts, all) = pv_parts(addr, len);
-    if !all || parts.len() != 1 {
-        return false;
-    }
-    // Non-temporal stores of a copy must be visible before the host reads the range.
-    crate::cpu::fence();
-    if range_ioctl(VPM_IOC_PERSIST, addr, len).is_err() {
+    if all && parts.len() == 1 && !PENDING.load(Ordering::Acquire) {
+        // Non-temporal stores of a copy must be visible before the host reads the range.
+        crate::cpu::fence();
+        if range_ioctl(VPM_IOC_PERSIST, addr, len).is_ok() {
+            return PvOutcome::Durable;
+        }
         discover::invalidate();
-        return false;
+        return PvOutcome::Native;
     }
-    true
+    if queue(&parts, all) {
+        PvOutcome::Queued
+    } else {
+        PvOutcome::Native
+    }
 }
 
 /// Makes every queued range durable: one doorbell for the whole batch.
