@@ -52,6 +52,7 @@ GUEST OPTIONS:
   --hints on|off       persistence hints (default: on except in full mode)
   --transient-hints    mark transient scratch with hints
   --witness FILE       append acknowledged drain sequences to FILE
+  --epoch-witness FILE append `epoch record` to FILE after each committed epoch (seq-writer)
   --doorbell K         exit (default: the vCPU waits in the I/O exit) | ioeventfd (no
                        userspace exit; a host thread serves the ring, the guest polls)
 ";
@@ -76,6 +77,7 @@ struct GuestOpts {
     hints: Option<bool>,
     transient_hints: bool,
     witness: Option<PathBuf>,
+    epoch_witness: Option<PathBuf>,
     doorbell: DoorbellKind,
 }
 
@@ -100,6 +102,7 @@ impl Default for GuestOpts {
             hints: None,
             transient_hints: false,
             witness: None,
+            epoch_witness: None,
             doorbell: DoorbellKind::Exit,
         }
     }
@@ -164,6 +167,7 @@ fn parse_guest(args: &[String]) -> Result<GuestOpts, String> {
             "--hints" => o.hints = Some(val()? == "on"),
             "--transient-hints" => o.transient_hints = true,
             "--witness" => o.witness = Some(PathBuf::from(val()?)),
+            "--epoch-witness" => o.epoch_witness = Some(PathBuf::from(val()?)),
             "--doorbell" => {
                 o.doorbell = match val()?.as_str() {
                     "exit" => DoorbellKind::Exit,
@@ -287,6 +291,7 @@ fn spec_for(o: &GuestOpts) -> VmSpec {
             ..BootParams::default()
         },
         witness: o.witness.clone(),
+        epoch_witness: o.epoch_witness.clone(),
         work_dir: o.state.clone(),
         time_limit: o.seconds.map(Duration::from_secs_f64),
         doorbell: o.doorbell,

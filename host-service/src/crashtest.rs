@@ -38,7 +38,7 @@ pub struct TrialConfig {
     pub dir: PathBuf,
     /// What to test.
     pub kind: TrialKind,
-    /// Kill between these many milliseconds after start.
+    /// Kill between these many milliseconds after the writer's first committed epoch.
     pub kill_after_ms: (u64, u64),
     /// vPM size in MiB.
     pub vpm_mib: u64,
@@ -53,6 +53,9 @@ pub struct TrialResult {
     pub found: u64,
     /// The acknowledged sequence from the witness (P1), else 0.
     pub acked: u64,
+    /// The newest record in the last epoch the host committed before the kill, from the epoch
+    /// witness (F1: recovery must not go back past it).
+    pub committed: u64,
     /// The checker's error count.
     pub errors: u64,
     /// The checker's first error message.
@@ -106,6 +109,7 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
     let _ = std::fs::remove_dir_all(&cfg.dir);
     std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
     let witness = cfg.dir.join("witness");
+    let epochs = cfg.dir.join("epochs");
     let (mode, mut writer) = match cfg.kind {
         TrialKind::FullPrefix => ("full", vec!["--workload", "seq-writer", "--epoch-ms", "5"]),
         TrialKind::PvPersisted => (
@@ -136,6 +140,8 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
     if cfg.kind == TrialKind::PvPersisted {
         writer.extend(["--witness", &witness_arg]);
     }
+    let epochs_arg = epochs.to_string_lossy().into_owned();
+    writer.extend(["--epoch-witness", &epochs_arg]);
     let mut args = common(cfg, mode);
     args.push("--fresh".into());
     args.extend(writer.iter().map(|s| s.to_string()));
@@ -148,16 +154,15 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
         .map_err(|e| format!("start {}: {e}", cfg.vpm.display()))?;
     let (lo, hi) = cfg.kill_after_ms;
     let wait = lo + splitmix(seed) % (hi - lo + 1);
+    // The kill moment counts from the first committed epoch, so a slow VM start (a loaded
+    // machine) cannot turn a trial into one that tests nothing.
+    wait_for_first_epoch(&mut child, &epochs)?;
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(wait));
     if let Ok(Some(status)) = child.try_wait() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
         return Err(format!(
-            "the writer stopped by itself ({status}) before the kill: {err}"
+            "the writer stopped by itself ({status}) before the kill: {}",
+            child_stderr(&mut child)
         ));
     }
     child.kill().map_err(|e| format!("kill -9: {e}"))?;
@@ -168,6 +173,7 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
         .ok()
         .and_then(|w| w.lines().filter_map(|l| l.trim().parse::<u64>().ok()).max())
         .unwrap_or(0);
+    let committed = last_committed_record(&epochs);
     let mut check = common(cfg, mode);
     let check_args = match cfg.kind {
         TrialKind::FullPrefix => vec![
@@ -200,16 +206,70 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
     let js = run_json(&cfg.vpm, &check)?;
     let recover_ms = t0.elapsed().as_millis() as u64;
     let report = &js["report"];
+    let found = report["values"][0]
+        .as_u64()
+        .unwrap_or(report["ops"].as_u64().unwrap_or(0));
+    let mut errors = report["errors"].as_u64().unwrap_or(u64::MAX);
+    let mut message = report["message"].as_str().unwrap_or("").to_string();
+    if cfg.kind == TrialKind::FullPrefix && found < committed && errors == 0 {
+        errors = 1;
+        message = format!(
+            "recovered to record {found}, older than record {committed} of the last committed epoch"
+        );
+    }
     Ok(TrialResult {
         killed_after_ms,
-        found: report["values"][0]
-            .as_u64()
-            .unwrap_or(report["ops"].as_u64().unwrap_or(0)),
+        found,
         acked,
-        errors: report["errors"].as_u64().unwrap_or(u64::MAX),
-        message: report["message"].as_str().unwrap_or("").to_string(),
+        committed,
+        errors,
+        message,
         recover_ms,
     })
+}
+
+/// Waits until the writer's host has committed its first epoch (a line in the epoch witness).
+fn wait_for_first_epoch(child: &mut std::process::Child, epochs: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if std::fs::read_to_string(epochs).is_ok_and(|w| w.lines().next().is_some()) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the writer stopped ({status}) before its first epoch: {}",
+                child_stderr(child)
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the writer committed no epoch within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The record of the last complete line of the epoch witness (`epoch record`), else 0.
+fn last_committed_record(epochs: &Path) -> u64 {
+    let text = std::fs::read_to_string(epochs).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let _epoch: u64 = words.next()?.parse().ok()?;
+            words.next()?.parse().ok()
+        })
+        .last()
+        .unwrap_or(0)
+}
+
+fn child_stderr(child: &mut std::process::Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    err
 }
 
 /// A well-mixed 64-bit hash of `x`.

@@ -136,6 +136,7 @@ pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, 
             ..BootParams::default()
         },
         witness: None,
+        epoch_witness: None,
         work_dir: dir.to_path_buf(),
         time_limit: Some(Duration::from_secs(600)),
         doorbell: DoorbellKind::Exit,

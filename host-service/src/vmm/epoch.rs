@@ -70,6 +70,8 @@ impl Shared {
         s.pause_us_last = pause;
         s.pause_us_max = s.pause_us_max.max(pause);
         s.pause_us_total += pause;
+        drop(s);
+        self.witness_epoch(commit.epoch);
         Ok(())
     }
 

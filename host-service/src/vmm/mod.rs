@@ -105,6 +105,9 @@ pub struct VmSpec {
     pub params: BootParams,
     /// File to which acknowledged drains are appended (crash tests' witness).
     pub witness: Option<PathBuf>,
+    /// File to which each committed epoch appends `epoch record`, the guest's newest complete
+    /// record (report value 2) at the pause that epoch committed (crash tests' F1 witness).
+    pub epoch_witness: Option<PathBuf>,
     /// Directory of the PM working-copy file.
     pub work_dir: PathBuf,
     /// Stop the guest after this long.
@@ -184,6 +187,7 @@ pub struct Shared {
     pause: PauseGate,
     stop: AtomicBool,
     witness: Mutex<Option<std::fs::File>>,
+    epoch_witness: Mutex<Option<std::fs::File>>,
 }
 
 impl hints::HintTarget for Shared {
@@ -267,6 +271,19 @@ impl Shared {
             let off = std::mem::offset_of!(GuestReport, values) as u64 + 8;
             if let Ok(seq) = self.ram.read_obj::<u64>(GuestAddress(REPORT_GPA + off)) {
                 let _ = writeln!(f, "{seq}");
+            }
+        }
+    }
+
+    /// Appends `epoch record` to the epoch witness: the guest's newest complete record (report
+    /// value 2), read while the vCPU is paused, is in the image epoch `epoch` committed.
+    pub fn witness_epoch(&self, epoch: u64) {
+        let mut w = self.epoch_witness.lock().expect("epoch witness");
+        if let Some(f) = w.as_mut() {
+            let off = std::mem::offset_of!(GuestReport, values) as u64 + 16;
+            if let Ok(record) = self.ram.read_obj::<u64>(GuestAddress(REPORT_GPA + off)) {
+                // A crash test's witness: a lost line only weakens the check, never fakes a pass.
+                let _ = writeln!(f, "{epoch} {record}");
             }
         }
     }
@@ -437,16 +454,8 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
     let cpuid = kvm::supported_cpuid(&kvm)?;
     let vcpu = vcpu::create(&vm, &cpuid, entry)?;
 
-    let witness = match &spec.witness {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| VmmError::Config(format!("witness {}: {e}", p.display())))?,
-        ),
-        None => None,
-    };
+    let witness = open_witness(spec.witness.as_deref())?;
+    let epoch_witness = open_witness(spec.epoch_witness.as_deref())?;
     // Direct modes map every page to its home: "PM" throughout, no DRAM.
     let tiers = TierTable::new(pages, if spec.mode.tiered() { budget } else { 0 });
     let shared = Arc::new(Shared {
@@ -474,6 +483,7 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
         pause: PauseGate::default(),
         stop: AtomicBool::new(false),
         witness: Mutex::new(witness),
+        epoch_witness: Mutex::new(epoch_witness),
     });
     let start = Instant::now();
     let ring_thread = match spec.doorbell {
@@ -702,4 +712,16 @@ impl GuestReportExt for GuestReport {
 pub trait GuestReportExt {
     /// The report's message as text.
     fn message_text(&self) -> String;
+}
+
+/// Opens a crash-test witness file for appending.
+fn open_witness(path: Option<&std::path::Path>) -> Result<Option<std::fs::File>, VmmError> {
+    path.map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| VmmError::Config(format!("witness {}: {e}", p.display())))
+    })
+    .transpose()
 }

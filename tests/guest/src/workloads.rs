@@ -124,6 +124,7 @@ fn write_record(vpm: Vpm, slots: u64, seq: u64) -> u64 {
 }
 
 /// Sequence-numbered records, forever or `arg[0]` of them; PV: flush each, drain every `arg[1]`.
+/// `values[2]` holds the newest complete record (read by the host's epoch witness).
 fn seq_writer(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let slots = vpm.size / REC;
     let limit = p.arg[0];
@@ -132,6 +133,8 @@ fn seq_writer(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     loop {
         seq += 1;
         let off = write_record(vpm, slots, seq);
+        // The newest complete record: the host's epoch witness reads it while the vCPU is paused.
+        set_value(2, seq);
         if let Some(h) = hints.as_deref_mut() {
             h.flush(vpm.gpa(off), REC);
             if seq % batch == 0 {
