@@ -55,6 +55,7 @@ int main(int argc, char **argv)
 		CHECK(pmem_vpm_set_transient(p + len - (16 << 12), 16 << 12) == 0, "set transient");
 		CHECK(pmem_vpm_set_persistent(p + len - (16 << 12), 16 << 12) == 0, "set persistent");
 		CHECK(pmem_vpm_request_epoch() == 0, "request epoch");
+		CHECK(pmem_vpm_failures() == 0, "no lost PV persist");
 		CHECK(pmem_unmap(p, len) == 0, "unmap");
 	} else if (!strcmp(mode, "writer")) {
 		for (uint64_t seq = 1;; seq++) {

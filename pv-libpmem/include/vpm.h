@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: BSD-3-Clause OR MIT */
-/* vpm.h -- pv-libpmem's VPM extensions (symbol version VPM_1.0). */
+/* vpm.h -- pv-libpmem's VPM extensions (symbol versions VPM_1.0 and VPM_1.1). */
 #ifndef VPM_H
 #define VPM_H 1
 #include <stddef.h>
@@ -14,6 +14,12 @@ int pmem_vpm_set_transient(void *addr, size_t len);
 int pmem_vpm_set_persistent(void *addr, size_t len);
 /* Asks the host to commit an epoch. 0 or -1 with errno (ENODEV without /dev/vpm). */
 int pmem_vpm_request_epoch(void);
+/* VPM_1.1: PV hints the host refused (quota, no space, stale mapping) that pv-libpmem made durable by
+ * requesting an epoch instead, since the program started. */
+unsigned long long pmem_vpm_refusals(void);
+/* PV hints the host refused whose fallback epoch failed too: that data was NOT durable when the
+ * call returned (pmem_errormsg() and errno said why; pmem_msync/pmem_deep_* returned -1). */
+unsigned long long pmem_vpm_failures(void);
 #ifdef __cplusplus
 }
 #endif

@@ -77,10 +77,11 @@ pub extern "C" fn pmem_flush(addr: *const c_void, len: usize) {
     memops::flush(addr as *const u8, len)
 }
 
-/// `pmem_drain`.
+/// `pmem_drain` (a PV range that could not be made durable is reported through
+/// `pmem_errormsg`, errno and `pmem_vpm_failures`, since the function returns nothing).
 #[no_mangle]
 pub extern "C" fn pmem_drain() {
-    memops::drain()
+    memops::drain();
 }
 
 /// `pmem_msync`.
@@ -90,9 +91,13 @@ pub extern "C" fn pmem_msync(addr: *const c_void, len: usize) -> c_int {
     let len = len + (addr as usize - start);
     // A PV range is made durable by its hints (msync would not reach the host's PM, and the
     // driver's mapping has no fsync).
-    if vpmdev::flush(addr as usize, len) {
-        vpmdev::drain();
-        return 0;
+    match vpmdev::flush(addr as usize, len) {
+        vpmdev::FlushOutcome::Pv => return if vpmdev::drain() { 0 } else { -1 },
+        vpmdev::FlushOutcome::Failed => {
+            vpmdev::drain();
+            return -1;
+        }
+        vpmdev::FlushOutcome::Native => {}
     }
     // SAFETY: msync validates the range itself.
     let rc = unsafe { libc::msync(start as *mut c_void, len, libc::MS_SYNC) };
@@ -139,8 +144,7 @@ pub extern "C" fn pmem_deep_drain(addr: *const c_void, len: usize) -> c_int {
     }
     fence();
     if vpmdev::vpm_active(addr as *const u8, len) {
-        vpmdev::drain();
-        return 0;
+        return if vpmdev::drain() { 0 } else { -1 };
     }
     pmem_msync(addr, len)
 }
@@ -347,4 +351,17 @@ pub extern "C" fn pmem_vpm_set_persistent(addr: *mut c_void, len: usize) -> c_in
 #[no_mangle]
 pub extern "C" fn pmem_vpm_request_epoch() -> c_int {
     errno_result(vpmdev::request_epoch())
+}
+
+/// `pmem_vpm_refusals`: PV hints the host refused that a fallback epoch made durable.
+#[no_mangle]
+pub extern "C" fn pmem_vpm_refusals() -> u64 {
+    vpmdev::refusals()
+}
+
+/// `pmem_vpm_failures`: PV hints the host refused whose fallback epoch failed as well (the data
+/// was not durable on return; `pmem_errormsg` said so on the thread that saw it).
+#[no_mangle]
+pub extern "C" fn pmem_vpm_failures() -> u64 {
+    vpmdev::failures()
 }

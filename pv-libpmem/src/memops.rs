@@ -1,7 +1,7 @@
 //! Flush, drain, persist, and the persistent copy and set functions (PMDK's dispatch).
 
 use crate::cpu::{fence, flush_lines, Config, Flush};
-use crate::vpmdev::{self, PvOutcome};
+use crate::vpmdev::{self, FlushOutcome, PvOutcome};
 
 /// `PMEM_F_MEM_*` flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,26 +31,29 @@ pub fn flush(addr: *const u8, len: usize) {
     if len == 0 {
         return;
     }
-    if vpmdev::flush(addr as usize, len) {
+    if vpmdev::flush(addr as usize, len) == FlushOutcome::Pv {
         return;
     }
     flush_lines(Config::get().flush, addr, len);
 }
 
 /// `pmem_drain`: `sfence` (so non-temporal stores are visible to the host too), then one
-/// doorbell for the queued PV ranges.
-pub fn drain() {
+/// doorbell for the queued PV ranges. False if a PV range of this thread is not durable (see
+/// [`vpmdev::drain`]; errormsg and errno say why).
+pub fn drain() -> bool {
     if Config::get().flush != Flush::Clflush {
         fence();
     }
-    vpmdev::drain();
+    vpmdev::drain()
 }
 
 /// `pmem_persist`: one driver call for a single `/dev/vpm` range, else flush + drain.
 pub fn persist(addr: *const u8, len: usize) {
     match vpmdev::persist(addr as usize, len) {
         PvOutcome::Durable => return,
-        PvOutcome::Native if len != 0 => flush_lines(Config::get().flush, addr, len),
+        PvOutcome::Native | PvOutcome::Failed if len != 0 => {
+            flush_lines(Config::get().flush, addr, len)
+        }
         _ => {}
     }
     drain();
@@ -78,10 +81,10 @@ fn finish(dst: *mut u8, len: usize, flags: MemFlags, nt: bool) {
         return;
     }
     let pv = if flags.has(MemFlags::NODRAIN) {
-        if vpmdev::flush(dst as usize, len) {
-            PvOutcome::Queued
-        } else {
-            PvOutcome::Native
+        match vpmdev::flush(dst as usize, len) {
+            FlushOutcome::Pv => PvOutcome::Queued,
+            FlushOutcome::Native => PvOutcome::Native,
+            FlushOutcome::Failed => PvOutcome::Failed,
         }
     } else {
         vpmdev::persist(dst as usize, len)
@@ -89,7 +92,9 @@ fn finish(dst: *mut u8, len: usize, flags: MemFlags, nt: bool) {
     match pv {
         PvOutcome::Durable => return,
         // Non-temporal stores bypassed the caches; the PV parts are queued either way.
-        PvOutcome::Native if !nt && len != 0 => flush_lines(Config::get().flush, dst, len),
+        PvOutcome::Native | PvOutcome::Failed if !nt && len != 0 => {
+            flush_lines(Config::get().flush, dst, len)
+        }
         _ => {}
     }
     // With plain clflush the drain has no fence: order the non-temporal stores here (as PMDK).

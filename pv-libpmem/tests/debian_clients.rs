@@ -102,6 +102,13 @@ fn the_library_exports_libpmem_1_0_with_soname_libpmem_so_1() {
             .count(),
         4
     );
+    // Added later in their own version node: the refusal counters.
+    assert_eq!(
+        t.lines()
+            .filter(|l| l.contains("VPM_1.1") && l.contains(" pmem_vpm_"))
+            .count(),
+        2
+    );
     assert!(!t.contains("rust_"), "Rust internals leak out:\n{t}");
     let d = text(&run(Command::new("readelf").arg("-d").arg(&so)));
     assert!(d.contains("Library soname: [libpmem.so.1]"), "{d}");
