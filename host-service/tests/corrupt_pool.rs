@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use vpm_host::pm::file::FileDevice;
 use vpm_host::pm::mapped::{FlushPolicy, MappedFile};
-use vpm_host::pool::layout::{APPLIED_WORD_OFF, COMMIT_RECORD_SIZE};
+use vpm_host::pool::media::{APPLIED_WORD_OFF, COMMIT_RECORD_SIZE};
 use vpm_host::pool::{Pool, PoolConfig, PoolError, TenantConfig};
 
 const SIZE: u64 = 4 << 20;
@@ -55,7 +55,7 @@ fn build(dir: &Path) -> (u64, u64) {
         }
         pool.persist(t, &[(9 * PAGE as u64, 100)], &img).unwrap();
     }
-    let d = &pool.tenant(1).unwrap().desc;
+    let d = pool.tenant(1).unwrap().desc();
     (d.commit_off, d.map_off)
 }
 

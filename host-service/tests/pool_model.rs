@@ -17,7 +17,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use vpm_host::pm::sim::{CrashSpace, SimClock, SimPm};
-use vpm_host::pool::layout::Home;
+use vpm_host::pool::Home;
 use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
 
 const PAGE: usize = 4096;

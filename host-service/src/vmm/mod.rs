@@ -27,7 +27,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vpm_abi::harness::{BootParams, GuestExit, GuestReport, CONTROL_PORT, PROGRESS_PORT};
 use vpm_abi::{HintResult, DOORBELL_PORT, PROBE_REPLY};
 
-use crate::pool::layout::Home;
+use crate::pool::Home;
 use crate::pool::{Pool, PoolError};
 use crate::tier::{Move, Placement, TierTable};
 use hints::HintService;

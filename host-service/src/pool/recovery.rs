@@ -4,15 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vpm_abi::PAGE_SIZE;
-
-use super::alloc::SlotAllocator;
-use super::layout::{
+use super::error::PoolError;
+use super::homes::HomeStore;
+use super::media::{
     CommitRecord, Home, LayoutError, PoolHeader, TenantDesc, APPLIED_WORD_OFF, COMMIT_RECORD_SIZE,
     HEADER_BYTES, LOG_NEW_HOME, TENANT_DESC_SIZE,
 };
-use super::{Pool, PoolError, Tenant};
-use crate::epoch::log::{apply, RedoLog};
+use super::redo_log::{apply, RedoLog};
+use super::table::TenantTable;
+use super::tenant::Tenant;
 use crate::pm::{write_durable, PmDevice, PmError};
 
 /// What recovery found and did, per tenant.
@@ -63,10 +63,24 @@ struct Checked {
     report: TenantRecovery,
 }
 
-pub(super) fn open(
+/// A pool verified and recovered, in pieces for [`super::Pool`].
+pub(super) struct Recovered {
+    /// The pool's geometry.
+    pub(super) header: PoolHeader,
+    /// The devices, with every home in a page map claimed.
+    pub(super) homes: HomeStore,
+    /// The tenants at their committed epochs.
+    pub(super) tenants: TenantTable,
+    /// What recovery found and did.
+    pub(super) report: RecoveryReport,
+}
+
+/// Verifies the pool on `pm` (refusing a damaged pool without writing anything), then finishes
+/// any committed epoch whose redo log was not yet applied.
+pub(super) fn recover(
     pm: Arc<dyn PmDevice>,
     cap: Arc<dyn PmDevice>,
-) -> Result<(Pool, RecoveryReport), PoolError> {
+) -> Result<Recovered, PoolError> {
     let start = Instant::now();
     if pm.size() < HEADER_BYTES as u64 {
         return Err(PoolError::NotAPool(LayoutError::Truncated {
@@ -81,89 +95,70 @@ pub(super) fn open(
         header.table_off,
         header.max_tenants as u64 * TENANT_DESC_SIZE,
     )?;
-    let mut pm_slots = SlotAllocator::new(header.data_pages);
-    let mut cap_slots = SlotAllocator::new(cap.size() / PAGE_SIZE);
+    let mut homes = HomeStore::new(pm, cap, &header);
     let mut checked = Vec::new();
     for slot in 0..header.max_tenants {
         let at = (slot as u64 * TENANT_DESC_SIZE) as usize;
         let bytes = &table[at..at + TENANT_DESC_SIZE as usize];
         if let Some(desc) = TenantDesc::decode(slot, bytes, &header)? {
-            checked.push(check_tenant(&*pm, desc, &mut pm_slots, &mut cap_slots)?);
+            checked.push(check_tenant(&mut homes, desc)?);
         }
     }
     check_disjoint(&checked)?;
 
     // Everything verified: from here on the pool may be written.
-    let mut tenants: Vec<Option<Tenant>> = (0..header.max_tenants).map(|_| None).collect();
+    let mut tenants = TenantTable::empty(header.max_tenants);
     let mut report = RecoveryReport::default();
     for mut c in checked {
         if let Some(log) = c.pending_log.take() {
-            let applied = apply(&*pm, &*cap, header.data_off, &mut c.tenant, &log)?;
+            let applied = apply(&homes, &mut c.tenant, &log)?;
             for old in applied.released {
-                match old {
-                    Home::Pm(s) => {
-                        pm_slots.release(s);
-                        c.tenant.pm_homes -= 1;
-                    }
-                    Home::Capacity(s) => {
-                        cap_slots.release(s);
-                        c.tenant.capacity_homes -= 1;
-                    }
-                    Home::None | Home::Transient => {}
-                }
+                homes.unalloc(&mut c.tenant, old);
             }
-            let applied_off = c.tenant.desc.commit_off + APPLIED_WORD_OFF;
-            write_durable(&*pm, applied_off, &c.tenant.seq.to_le_bytes())?;
-            c.report.replayed_records = log.records.len();
+            let applied_off = c.tenant.desc().commit_off + APPLIED_WORD_OFF;
+            write_durable(&**homes.pm(), applied_off, &c.tenant.seq().to_le_bytes())?;
+            c.report.replayed_records = log.count();
             tracing::info!(
-                tenant = c.tenant.desc.id,
-                records = log.records.len(),
+                tenant = c.tenant.id(),
+                records = log.count(),
                 "replayed redo log"
             );
         }
-        c.report.homes = (c.tenant.pm_homes, c.tenant.capacity_homes);
+        c.report.homes = c.tenant.home_counts();
         report.tenants.push(c.report);
-        let id = c.tenant.desc.id as usize;
-        tenants[id] = Some(c.tenant);
+        tenants.insert(c.tenant);
     }
     report.elapsed = start.elapsed();
-    Ok((
-        Pool {
-            pm,
-            cap,
-            header,
-            tenants,
-            pm_slots,
-            cap_slots,
-        },
+    Ok(Recovered {
+        header,
+        homes,
+        tenants,
         report,
-    ))
+    })
 }
 
-/// Verifies one tenant's commit records, page map and (if not applied) redo log.
-fn check_tenant(
-    pm: &dyn PmDevice,
-    desc: TenantDesc,
-    pm_slots: &mut SlotAllocator,
-    cap_slots: &mut SlotAllocator,
-) -> Result<Checked, PoolError> {
+/// Verifies one tenant's commit records, page map and (if not applied) redo log, claiming the
+/// homes it names.
+fn check_tenant(homes: &mut HomeStore, desc: TenantDesc) -> Result<Checked, PoolError> {
     let id = desc.id;
     let mut report = TenantRecovery {
         id,
         name: desc.name_str(),
         ..Default::default()
     };
-    let commit = read_vec(pm, desc.commit_off, APPLIED_WORD_OFF + 8)?;
+    let pm = homes.pm().clone();
+    let commit = read_vec(&*pm, desc.commit_off, APPLIED_WORD_OFF + 8)?;
     let applied = u64::from_le_bytes(commit[APPLIED_WORD_OFF as usize..].try_into().expect("8"));
     let latest = choose_record(&commit, desc.log_bytes, applied, id, &mut report.notes)?;
 
     let mut tenant = Tenant::fresh(desc);
-    let map = read_vec(pm, tenant.desc.map_off, tenant.desc.vpm_pages * 8)?;
+    let map = read_vec(&*pm, tenant.map_word_off(0), tenant.pages() * 8)?;
     for (vpn, word) in map.chunks_exact(8).enumerate() {
+        let vpn = vpn as u64;
         let word = u64::from_le_bytes(word.try_into().expect("8"));
-        let home = Home::decode(word, id, vpn as u64)?;
-        claim(home, id, vpn as u64, &mut tenant, pm_slots, cap_slots)?;
-        tenant.homes[vpn] = home;
+        let home = Home::decode(word, id, vpn)?;
+        claim(homes, &mut tenant, vpn, home)?;
+        tenant.set_home(vpn, home);
         if home == Home::Transient {
             report.transient_pages += 1;
         }
@@ -171,32 +166,26 @@ fn check_tenant(
 
     let mut pending_log = None;
     if let Some((record, slot)) = latest {
-        tenant.epoch = record.epoch;
-        tenant.seq = record.seq;
-        tenant.latest_slot = slot;
+        tenant.set_committed(record.seq, record.epoch, slot);
         if applied != record.seq {
-            let bytes = read_vec(pm, tenant.desc.log_off, record.log_bytes)?;
+            let bytes = read_vec(&*pm, tenant.desc().log_off, record.log_bytes)?;
             let log = RedoLog::parse(
                 bytes,
                 record.log_count,
                 record.log_crc,
                 id,
-                tenant.desc.vpm_pages,
+                tenant.pages(),
             )?;
-            for (h, _) in log
-                .records
-                .iter()
-                .filter(|(h, _)| h.flags & LOG_NEW_HOME != 0)
-            {
+            for h in log.headers().filter(|h| h.flags & LOG_NEW_HOME != 0) {
                 let home = Home::decode(h.home_word, id, h.vpn)?;
-                if tenant.homes[h.vpn as usize] != home {
-                    claim(home, id, h.vpn, &mut tenant, pm_slots, cap_slots)?;
+                if tenant.home(h.vpn) != home {
+                    claim(homes, &mut tenant, h.vpn, home)?;
                 }
             }
             pending_log = Some(log);
         }
     }
-    report.epoch = tenant.epoch;
+    report.epoch = tenant.epoch();
     Ok(Checked {
         tenant,
         pending_log,
@@ -248,28 +237,10 @@ fn choose_record(
 }
 
 /// Claims a home's slot for page `vpn`, refusing slots out of range or claimed twice.
-fn claim(
-    home: Home,
-    tenant_id: u32,
-    vpn: u64,
-    tenant: &mut Tenant,
-    pm_slots: &mut SlotAllocator,
-    cap_slots: &mut SlotAllocator,
-) -> Result<(), PoolError> {
-    let ok = match home {
-        Home::Pm(s) => {
-            tenant.pm_homes += 1;
-            pm_slots.claim(s)
-        }
-        Home::Capacity(s) => {
-            tenant.capacity_homes += 1;
-            cap_slots.claim(s)
-        }
-        Home::None | Home::Transient => true,
-    };
-    if !ok {
+fn claim(homes: &mut HomeStore, tenant: &mut Tenant, vpn: u64, home: Home) -> Result<(), PoolError> {
+    if !homes.claim(tenant, home) {
         return Err(corrupt(
-            format!("tenant {tenant_id} page {vpn}"),
+            format!("tenant {} page {vpn}", tenant.id()),
             format!("home {home:?} is out of range or already used by another page"),
         ));
     }
@@ -281,8 +252,8 @@ fn check_disjoint(checked: &[Checked]) -> Result<(), PoolError> {
     let mut ranges: Vec<(u64, u64, u32)> = checked
         .iter()
         .map(|c| {
-            let (a, b) = c.tenant.desc.meta_range();
-            (a, b, c.tenant.desc.id)
+            let (a, b) = c.tenant.desc().meta_range();
+            (a, b, c.tenant.id())
         })
         .collect();
     ranges.sort_unstable();
