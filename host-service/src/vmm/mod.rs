@@ -249,10 +249,9 @@ impl Shared {
                 }
                 HintResult::Ok
             }
-            Err(PoolError::LogFull { .. }) => HintResult::NoSpace,
             Err(e) => {
                 tracing::error!(error = %e, "persist failed");
-                HintResult::Io
+                e.hint_result()
             }
         };
         let requested: u64 = ranges.iter().map(|r| r.1).sum();
@@ -308,7 +307,7 @@ impl Shared {
         };
         if let Err(e) = r {
             tracing::error!(error = %e, "transient mark failed");
-            return Ok(HintResult::Io);
+            return Ok(e.hint_result());
         }
         for vpn in first..first + count {
             core.tiers.set_transient(vpn, on);
