@@ -20,7 +20,7 @@ use vpm_host::pm::sim::{CrashSpace, SimClock, SimPm};
 use vpm_host::pool::Home;
 use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
 
-const PAGE: usize = 4096;
+const PAGE: usize = vpm_abi::PAGE_SIZE as usize;
 const PAGES: u64 = 6;
 const TENANTS: usize = 3;
 const FULL: usize = 0;

@@ -167,7 +167,11 @@ impl LogBuilder<'_> {
     /// is written whole into a fresh home of the same tier, copy-on-write, and logged without
     /// payload; a page with few changed lines logs just those lines. Either way each changed
     /// byte reaches PM about once, and the old home stays intact until the commit point.
-    fn collect(&mut self, dirty: &[u64], source: &(impl PageSource + ?Sized)) -> Result<(), PoolError> {
+    fn collect(
+        &mut self,
+        dirty: &[u64],
+        source: &(impl PageSource + ?Sized),
+    ) -> Result<(), PoolError> {
         for (i, &vpn) in dirty.iter().enumerate() {
             self.t.check_vpn(vpn)?;
             let home = self.t.home(vpn);
@@ -178,7 +182,9 @@ impl LogBuilder<'_> {
             let reserve = (dirty.len() - i - 1) as u64 * LOG_HEADER_SIZE as u64;
             let mut result = Ok(());
             source
-                .with_page(vpn, &mut |page| result = self.page(vpn, home, page, reserve))
+                .with_page(vpn, &mut |page| {
+                    result = self.page(vpn, home, page, reserve)
+                })
                 .map_err(|source| PoolError::Source { vpn, source })?;
             result?;
         }

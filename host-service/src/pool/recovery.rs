@@ -169,13 +169,7 @@ fn check_tenant(homes: &mut HomeStore, desc: TenantDesc) -> Result<Checked, Pool
         tenant.set_committed(record.seq, record.epoch, slot);
         if applied != record.seq {
             let bytes = read_vec(&*pm, tenant.desc().log_off, record.log_bytes)?;
-            let log = RedoLog::parse(
-                bytes,
-                record.log_count,
-                record.log_crc,
-                id,
-                tenant.pages(),
-            )?;
+            let log = RedoLog::parse(bytes, record.log_count, record.log_crc, id, tenant.pages())?;
             for h in log.headers().filter(|h| h.flags & LOG_NEW_HOME != 0) {
                 let home = Home::decode(h.home_word, id, h.vpn)?;
                 if tenant.home(h.vpn) != home {
@@ -237,7 +231,12 @@ fn choose_record(
 }
 
 /// Claims a home's slot for page `vpn`, refusing slots out of range or claimed twice.
-fn claim(homes: &mut HomeStore, tenant: &mut Tenant, vpn: u64, home: Home) -> Result<(), PoolError> {
+fn claim(
+    homes: &mut HomeStore,
+    tenant: &mut Tenant,
+    vpn: u64,
+    home: Home,
+) -> Result<(), PoolError> {
     if !homes.claim(tenant, home) {
         return Err(corrupt(
             format!("tenant {} page {vpn}", tenant.id()),
@@ -266,4 +265,142 @@ fn check_disjoint(checked: &[Checked]) -> Result<(), PoolError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vpm_abi::PAGE_SIZE;
+
+    use super::*;
+    use crate::pm::sim::SimPm;
+    use crate::pool::{Pool, PoolConfig, TenantConfig};
+
+    const PAGE: usize = PAGE_SIZE as usize;
+    const POOL: u64 = 64 * PAGE_SIZE;
+
+    struct Committed {
+        pm: Arc<SimPm>,
+        cap: Arc<SimPm>,
+        desc: TenantDesc,
+        /// Page 1 before and after epoch 2.
+        old: Vec<u8>,
+        new: Vec<u8>,
+        /// Page 1's home offset in the pool file.
+        home_off: u64,
+    }
+
+    /// A pool with one tenant of 4 pages after two epochs: the first writes every page whole, the
+    /// second changes two lines of page 1 (a redo record with payload).
+    fn committed() -> Committed {
+        let pm = Arc::new(SimPm::new(POOL));
+        let cap = Arc::new(SimPm::new(0));
+        let cfg = PoolConfig {
+            size: POOL,
+            max_tenants: 2,
+            meta_bytes: 16 * PAGE_SIZE,
+            pool_id: 1,
+        };
+        let mut pool = Pool::create(pm.clone(), cap.clone(), &cfg).unwrap();
+        let t = pool
+            .add_tenant(&TenantConfig {
+                name: "t".into(),
+                vpm_bytes: 4 * PAGE_SIZE,
+                pm_quota_bytes: 8 * PAGE_SIZE,
+                dram_budget_bytes: 0,
+                log_bytes: 4 * PAGE_SIZE,
+            })
+            .unwrap();
+        let mut img: Vec<u8> = (0..4 * PAGE).map(|i| (i % 253) as u8 | 1).collect();
+        pool.commit_epoch(t, &[0, 1, 2, 3], &img).unwrap();
+        let old = img[PAGE..2 * PAGE].to_vec();
+        img[PAGE + 5] = 0;
+        img[PAGE + 700] = 0;
+        let stats = pool.commit_epoch(t, &[1], &img).unwrap();
+        assert_eq!((stats.epoch, stats.changed_lines), (2, 2));
+        let Home::Pm(slot) = pool.tenant(t).unwrap().home(1) else {
+            panic!("page 1 has a PM home");
+        };
+        Committed {
+            home_off: pool.pm_home_offset(slot),
+            desc: pool.tenant(t).unwrap().desc().clone(),
+            pm,
+            cap,
+            old,
+            new: img[PAGE..2 * PAGE].to_vec(),
+        }
+    }
+
+    impl Committed {
+        /// As if power failed after epoch 2's commit point, before its apply reached PM.
+        fn unapply(&self) {
+            self.pm.write(self.home_off, &self.old).unwrap();
+            let applied = self.desc.commit_off + APPLIED_WORD_OFF;
+            self.pm.write(applied, &1u64.to_le_bytes()).unwrap();
+        }
+
+        fn open(&self) -> Result<(Pool, RecoveryReport), PoolError> {
+            Pool::open(self.pm.clone(), self.cap.clone())
+        }
+
+        fn page1(&self, pool: &Pool) -> Vec<u8> {
+            let mut buf = vec![0u8; PAGE];
+            pool.read_home(self.desc.id, 1, &mut buf).unwrap();
+            buf
+        }
+    }
+
+    #[test]
+    fn a_committed_unapplied_log_is_replayed_once() {
+        let c = committed();
+        c.unapply();
+        let (pool, report) = c.open().unwrap();
+        assert_eq!(report.tenants[0].replayed_records, 1);
+        assert_eq!(report.tenants[0].epoch, 2);
+        assert_eq!(c.page1(&pool), c.new);
+        drop(pool);
+        let (pool, report) = c.open().unwrap();
+        assert_eq!(report.tenants[0].replayed_records, 0);
+        assert_eq!(c.page1(&pool), c.new);
+    }
+
+    #[test]
+    fn a_torn_committed_log_is_refused_without_writing() {
+        let c = committed();
+        c.unapply();
+        let at = c.desc.log_off + 70;
+        let mut byte = [0u8; 1];
+        c.pm.read(at, &mut byte).unwrap();
+        c.pm.write(at, &[byte[0] ^ 0x10]).unwrap();
+        let before = c.pm.current();
+        let err = c.open().expect_err("torn committed log accepted");
+        assert!(matches!(err, PoolError::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains("redo log"), "{err}");
+        assert_eq!(c.pm.current(), before, "the refused pool was changed");
+    }
+
+    #[test]
+    fn a_torn_log_of_an_applied_epoch_is_ignored() {
+        let c = committed();
+        let at = c.desc.log_off + 70;
+        c.pm.write(at, &[0xff; 8]).unwrap();
+        let (pool, report) = c.open().unwrap();
+        assert_eq!(report.tenants[0].replayed_records, 0);
+        assert_eq!(report.tenants[0].epoch, 2);
+        assert_eq!(c.page1(&pool), c.new);
+    }
+
+    #[test]
+    fn a_torn_newer_commit_record_is_an_interrupted_commit() {
+        let c = committed();
+        // Epoch 2's record is in slot 1 (epoch 1's in slot 0); tear it and say epoch 1 is applied.
+        let rec = c.desc.commit_off + COMMIT_RECORD_SIZE as u64;
+        c.pm.write(rec + 8, &[0xff; 4]).unwrap();
+        c.unapply();
+        let (pool, report) = c.open().unwrap();
+        assert_eq!(report.tenants[0].epoch, 1);
+        assert_eq!(report.tenants[0].notes.len(), 1);
+        assert_eq!(c.page1(&pool), c.old);
+    }
 }

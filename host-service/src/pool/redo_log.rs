@@ -189,8 +189,14 @@ mod tests {
         let log = sample_log(&page);
         assert_eq!(log.len(), 2 * LOG_HEADER_SIZE as u64 + 2 * LINE_SIZE);
         let back = RedoLog::parse(log.bytes().to_vec(), 2, log.crc(), 3, 8).unwrap();
-        assert_eq!(back.headers().collect::<Vec<_>>(), log.headers().collect::<Vec<_>>());
-        assert_eq!(back.payload(0), &[&page[LINE..2 * LINE], &page[3 * LINE..4 * LINE]].concat()[..]);
+        assert_eq!(
+            back.headers().collect::<Vec<_>>(),
+            log.headers().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            back.payload(0),
+            &[&page[LINE..2 * LINE], &page[3 * LINE..4 * LINE]].concat()[..]
+        );
         assert!(back.payload(1).is_empty());
     }
 
@@ -272,7 +278,10 @@ mod tests {
         assert_eq!(diff_of(&got), 0b1010);
         let mut word = [0u8; 8];
         homes.pm().read(t.map_word_off(2), &mut word).unwrap();
-        assert_eq!(Home::decode(u64::from_le_bytes(word), 3, 2), Ok(Home::Pm(1)));
+        assert_eq!(
+            Home::decode(u64::from_le_bytes(word), 3, 2),
+            Ok(Home::Pm(1))
+        );
 
         // A crash during apply: recovery applies the whole log again, to the same result; the
         // home already installed is not released twice.

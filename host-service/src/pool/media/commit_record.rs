@@ -79,5 +79,4 @@ mod tests {
         assert!(CommitRecord::decode(&torn, 1 << 20).is_err());
         assert!(CommitRecord::decode(&r.encode(), 100).is_err());
     }
-
 }

@@ -3,7 +3,9 @@
 
 use vpm_abi::PAGE_SIZE;
 
-use super::{check_crc, invalid, need, Fields, LayoutError, POOL_MAGIC, POOL_VERSION, TENANT_DESC_SIZE};
+use super::{
+    check_crc, invalid, need, Fields, LayoutError, POOL_MAGIC, POOL_VERSION, TENANT_DESC_SIZE,
+};
 
 /// Where everything is in a pool file; fixed at creation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +137,6 @@ mod tests {
         }
     }
 
-
     #[test]
     fn header_round_trips_and_refuses_damage() {
         let h = header();
@@ -162,5 +163,4 @@ mod tests {
             Err(LayoutError::Version { found: 2 })
         );
     }
-
 }

@@ -108,7 +108,11 @@ pub(super) fn need(what: &'static str, bytes: &[u8], n: usize) -> Result<(), Lay
     Ok(())
 }
 
-pub(super) fn check_crc(what: impl Into<String>, covered: &[u8], stored: u32) -> Result<(), LayoutError> {
+pub(super) fn check_crc(
+    what: impl Into<String>,
+    covered: &[u8],
+    stored: u32,
+) -> Result<(), LayoutError> {
     let computed = crc32fast::hash(covered);
     if computed != stored {
         return Err(LayoutError::Checksum {
@@ -119,4 +123,3 @@ pub(super) fn check_crc(what: impl Into<String>, covered: &[u8], stored: u32) ->
     }
     Ok(())
 }
-
