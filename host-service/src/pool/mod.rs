@@ -6,15 +6,16 @@
 //! transient marks ([`Pool::set_transient`]), and crash recovery when a pool opens
 //! ([`Pool::open`]).
 //!
-//! Its parts, each using only those listed before it:
-//! - `media`: the on-PM layout (header, tenant table, commit records, page-map words, redo-log
-//!   records) and its checks; `alloc`: slot bitmaps; `source`: [`PageSource`]; `lines`:
-//!   line-granular diffs and writes;
-//! - `error`: [`PoolError`];
-//! - `tenant`: [`Tenant`] and its page map in DRAM; `homes`: home allocation and location;
-//!   `table`: the tenant table;
-//! - `redo_log`: an epoch's redo log and its apply;
-//! - `commit`, `persist`, `transient`, `recovery`: the durability operations.
+//! Its parts, each using only parts listed before it (no import cycles; outside tests none uses this file):
+//! 1. `media` (the on-PM layout: header, tenant table, commit records, page-map words, redo-log
+//!    records, and their checks), `alloc` (slot bitmaps), `source` ([`PageSource`]), `lines`
+//!    (line-granular diffs and writes);
+//! 2. `error` ([`PoolError`], [`PoolError::hint_result`]);
+//! 3. `tenant` ([`Tenant`] and its page map in DRAM);
+//! 4. `homes` (home allocation and location), `table` (the tenant table);
+//! 5. `redo_log` (an epoch's redo log and its apply);
+//! 6. `commit`, `persist`, `transient`, `recovery`: the durability operations, which this file
+//!    serves as [`Pool`] methods.
 
 pub mod alloc;
 mod commit;
