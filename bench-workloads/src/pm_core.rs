@@ -270,8 +270,12 @@ struct OffsetSource<'a> {
     img: &'a [u8],
 }
 
-impl vpm_host::epoch::PageSource for OffsetSource<'_> {
-    fn with_page(&self, vpn: u64, f: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+impl vpm_host::pool::PageSource for OffsetSource<'_> {
+    fn with_page(
+        &self,
+        vpn: u64,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), vpm_host::pool::SourceError> {
         self.img.with_page(vpn - self.base, f)
     }
 }

@@ -345,7 +345,7 @@ fn pool_info(args: &[String]) -> Result<(), String> {
         let (pm, cap) = t.home_counts();
         println!(
             "  tenant {id} {:<12} vPM {:>5} MiB  epoch {:>6}  homes: {pm} PM, {cap} capacity",
-            t.desc.name_str(),
+            t.desc().name_str(),
             t.pages() / 256,
             t.epoch()
         );

@@ -3,9 +3,9 @@
 //! The modules follow a vPM page's data path, bottom up:
 //! - [`pm`]: the PM devices a pool lives on (mapped file, DAX, or the power-failure simulator) and
 //!   the flush primitives (clwb, clflushopt, non-temporal copy, msync).
-//! - [`pool`]: the pool's durable layout (header, tenants, page maps, commit records, redo log) and
-//!   home allocation across PM and the capacity file.
-//! - [`epoch`]: epoch commits, persist ranges, transient marks, and crash recovery.
+//! - [`pool`]: the pool and everything durable: its on-media layout (header, tenants, page maps,
+//!   commit records, redo log), home allocation across PM and the capacity file, epoch commits,
+//!   persist ranges, transient marks, and crash recovery.
 //! - [`tier`]: the in-DRAM view of each page (placement, dirty state, write counts).
 //! - `vmm` (feature `vmm`): the KVM VMM that runs the VPM test guest on top of all this;
 //!   `qemu`: serving a Linux guest under QEMU; `crashtest`: kill -9 crash trials.
@@ -13,7 +13,6 @@
 
 #[cfg(feature = "vmm")]
 pub mod crashtest;
-pub mod epoch;
 pub mod pm;
 pub mod pool;
 #[cfg(feature = "vmm")]

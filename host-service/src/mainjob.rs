@@ -118,7 +118,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let (pm, cap) = t.home_counts();
         println!(
             "  {:<13} epoch {:>5}, {pm} PM homes, {cap} capacity homes",
-            t.desc.name_str(),
+            t.desc().name_str(),
             t.epoch()
         );
     }

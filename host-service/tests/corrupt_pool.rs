@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use vpm_host::pm::file::FileDevice;
 use vpm_host::pm::mapped::{FlushPolicy, MappedFile};
-use vpm_host::pool::layout::{APPLIED_WORD_OFF, COMMIT_RECORD_SIZE};
+use vpm_host::pool::media::{APPLIED_WORD_OFF, COMMIT_RECORD_SIZE};
 use vpm_host::pool::{Pool, PoolConfig, PoolError, TenantConfig};
 
 const SIZE: u64 = 4 << 20;
-const PAGE: usize = 4096;
+const PAGE: usize = vpm_abi::PAGE_SIZE as usize;
 
 fn open(dir: &Path) -> Result<Pool, PoolError> {
     let pm = Arc::new(MappedFile::open(
@@ -55,7 +55,7 @@ fn build(dir: &Path) -> (u64, u64) {
         }
         pool.persist(t, &[(9 * PAGE as u64, 100)], &img).unwrap();
     }
-    let d = &pool.tenant(1).unwrap().desc;
+    let d = pool.tenant(1).unwrap().desc();
     (d.commit_off, d.map_off)
 }
 
@@ -96,8 +96,8 @@ fn flipped_bits_in_metadata_are_refused_and_nothing_changes() {
         (0, "header magic"),
         (16, "header size field"),
         (60, "header data pages"),
-        (4096 + 256 + 3, "tenant 1 state word"),
-        (4096 + 256 + 8 + 40, "tenant 1 descriptor body"),
+        (PAGE as u64 + 256 + 3, "tenant 1 state word"),
+        (PAGE as u64 + 256 + 8 + 40, "tenant 1 descriptor body"),
         (latest + 9, "latest commit record"),
         (commit_off + APPLIED_WORD_OFF, "applied word"),
         (map_off + 2, "page-map entry check bits"),
@@ -127,7 +127,7 @@ fn truncated_foreign_and_future_files_are_refused() {
     build(dir.path());
     let path = dir.path().join("pool");
     let bytes = std::fs::read(&path).unwrap();
-    for len in [0usize, 10, 4096, 1 << 20, bytes.len() - 4096] {
+    for len in [0usize, 10, PAGE, 1 << 20, bytes.len() - PAGE] {
         std::fs::write(&path, &bytes[..len]).unwrap();
         let err = match open(dir.path()) {
             Ok(_) => panic!("pool truncated to {len} bytes opened"),

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use vpm_host::pm::sim::{CrashSpace, SimClock, SimOp, SimPm};
 use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
 
-const PAGE: usize = 4096;
+const PAGE: usize = vpm_abi::PAGE_SIZE as usize;
 const PAGES: u64 = 8;
 const POOL: u64 = 192 << 10;
 const EXHAUSTIVE: u128 = 4096;

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use vpm_host::pm::sim::{CrashSpace, SimClock, SimPm};
-use vpm_host::pool::layout::Home;
+use vpm_host::pool::Home;
 use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
 
-const PAGE: usize = 4096;
+const PAGE: usize = vpm_abi::PAGE_SIZE as usize;
 const PAGES: u64 = 6;
 const TENANTS: usize = 3;
 const FULL: usize = 0;

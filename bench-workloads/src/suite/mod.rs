@@ -261,7 +261,7 @@ fn consolidation(quick: bool) -> Result<Vec<Value>, String> {
 /// home).
 fn recovery(quick: bool) -> Result<Vec<Value>, String> {
     use std::process::{Command, Stdio};
-    use vpm_host::epoch::PageSource;
+    use vpm_host::pool::{PageSource, SourceError};
     let vpm_exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vpm");
     if !vpm_exe.exists() {
         return Err(format!(
@@ -291,7 +291,11 @@ fn recovery(quick: bool) -> Result<Vec<Value>, String> {
                 img[0] = first as u8 | 1;
                 struct At<'a>(u64, &'a [u8]);
                 impl PageSource for At<'_> {
-                    fn with_page(&self, vpn: u64, f: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+                    fn with_page(
+                        &self,
+                        vpn: u64,
+                        f: &mut dyn FnMut(&[u8]),
+                    ) -> Result<(), SourceError> {
                         self.1.with_page(vpn - self.0, f)
                     }
                 }

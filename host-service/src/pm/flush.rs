@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn flushing_keeps_content() {
-        let buf = vec![5u8; 4096];
+        let buf = vec![5u8; vpm_abi::PAGE_SIZE as usize];
         // SAFETY: buf is mapped for its whole length.
         unsafe { flush_lines(cpu_flush_method(), buf.as_ptr().wrapping_add(3), 4000) };
         store_fence();

@@ -154,7 +154,7 @@ impl MappedFile {
     fn msync_pending(&self) -> Result<(), PmError> {
         let mut ranges = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
         ranges.sort_unstable();
-        let page = 4096u64;
+        let page = vpm_abi::PAGE_SIZE;
         let mut merged: Vec<(u64, u64)> = Vec::new();
         for (off, len) in ranges {
             let (start, end) = (off & !(page - 1), (off + len).div_ceil(page) * page);
@@ -325,6 +325,8 @@ impl PmDevice for MappedFile {
 
 #[cfg(test)]
 mod tests {
+    use vpm_abi::PAGE_SIZE;
+
     use super::*;
 
     #[test]
@@ -333,13 +335,16 @@ mod tests {
         let path = dir.path().join("pool");
         for policy in [FlushPolicy::Auto, FlushPolicy::CpuFlush] {
             let dev = MappedFile::open(&path, 1 << 20, policy, true).unwrap();
-            dev.write(4096, b"hello pm").unwrap();
+            dev.write(PAGE_SIZE, b"hello pm").unwrap();
             dev.write_u64(8192, 0xfeed).unwrap();
-            dev.flush(4096, 8).unwrap();
+            dev.flush(PAGE_SIZE, 8).unwrap();
             dev.flush(8192, 8).unwrap();
             dev.drain().unwrap();
             let bytes = std::fs::read(&path).unwrap();
-            assert_eq!(&bytes[4096..4104], b"hello pm");
+            assert_eq!(
+                &bytes[PAGE_SIZE as usize..PAGE_SIZE as usize + 8],
+                b"hello pm"
+            );
             assert_eq!(&bytes[8192..8200], &0xfeedu64.to_le_bytes());
             assert_eq!(dev.stats().bytes_written, 16);
         }

@@ -326,11 +326,13 @@ impl CrashSpace {
 
 #[cfg(test)]
 mod tests {
+    use vpm_abi::PAGE_SIZE;
+
     use super::*;
 
     #[test]
     fn flushed_and_drained_lines_are_certain_others_are_not() {
-        let dev = SimPm::new(4096);
+        let dev = SimPm::new(PAGE_SIZE);
         dev.write(0, &[1u8; 64]).unwrap();
         dev.write(64, &[2u8; 64]).unwrap();
         dev.flush(0, 64).unwrap();
@@ -347,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_crash_before_the_drain_leaves_every_version_possible() {
-        let dev = SimPm::new(4096);
+        let dev = SimPm::new(PAGE_SIZE);
         dev.write_u64(0, 7).unwrap();
         dev.write_u64(0, 8).unwrap();
         dev.flush(0, 8).unwrap();
@@ -363,7 +365,7 @@ mod tests {
 
     #[test]
     fn writes_after_a_flush_stay_uncertain_after_the_drain() {
-        let dev = SimPm::new(4096);
+        let dev = SimPm::new(PAGE_SIZE);
         dev.write_u64(0, 1).unwrap();
         dev.flush(0, 8).unwrap();
         dev.write_u64(0, 2).unwrap();

@@ -1,85 +1,57 @@
 //! The PM pool: one file of host PM shared by several VMs (tenants), plus a capacity file on disk
-//! for homes beyond the PM. This module creates pools, adds and removes tenants, and keeps the
-//! in-DRAM copy of every tenant's page map; `crate::epoch` commits, persists and recovers.
+//! for homes beyond the PM, and everything that makes tenants' vPM durable.
+//!
+//! [`Pool`] creates and opens pools, adds and removes tenants, and serves the durability
+//! operations: epoch commits ([`Pool::commit_epoch`]), persist ranges ([`Pool::persist`]),
+//! transient marks ([`Pool::set_transient`]), and crash recovery when a pool opens
+//! ([`Pool::open`]).
+//!
+//! Its parts, each using only parts listed before it (no import cycles; outside tests none uses this file):
+//! 1. `media` (the on-PM layout: header, tenant table, commit records, page-map words, redo-log
+//!    records, and their checks), `alloc` (slot bitmaps), `source` ([`PageSource`]), `lines`
+//!    (line-granular diffs and writes);
+//! 2. `error` ([`PoolError`], [`PoolError::hint_result`]);
+//! 3. `tenant` ([`Tenant`] and its page map in DRAM);
+//! 4. `homes` (home allocation and location), `table` (the tenant table);
+//! 5. `redo_log` (an epoch's redo log and its apply);
+//! 6. `commit`, `persist`, `transient`, `recovery`: the durability operations, which this file
+//!    serves as [`Pool`] methods.
 
 pub mod alloc;
-pub mod layout;
-mod verify;
+mod commit;
+mod error;
+mod homes;
+mod lines;
+pub mod media;
+mod persist;
+mod recovery;
+mod redo_log;
+mod source;
+mod table;
+mod tenant;
+mod transient;
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use vpm_abi::PAGE_SIZE;
 
-use crate::pm::{write_durable, PmDevice, PmError};
-use alloc::SlotAllocator;
-use layout::{Home, LayoutError, PoolHeader, TenantDesc, NAME_LEN, TENANT_DESC_SIZE};
+use crate::pm::{write_durable, PmDevice};
+use homes::HomeStore;
+use media::{PoolHeader, TENANT_DESC_SIZE};
+use table::TenantTable;
 
-pub use verify::RecoveryReport;
+pub use commit::CommitStats;
+pub use error::{ConfigError, PoolError};
+pub use media::Home;
+pub use persist::PersistStats;
+pub use recovery::{RecoveryReport, TenantRecovery};
+pub use source::{PageSource, SourceError};
+pub use table::TenantConfig;
+pub use tenant::{Tenant, TenantStats};
 
-/// Errors of the pool and the epoch machinery.
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    /// A device failed.
-    #[error(transparent)]
-    Device(#[from] PmError),
-    /// The pool's metadata is damaged; nothing was changed.
-    #[error("corrupt pool, refusing to open it (nothing was changed): {0}")]
-    Corrupt(LayoutError),
-    /// The pool was written by another format version.
-    #[error("{0}")]
-    Version(LayoutError),
-    /// The file is not a VPM pool.
-    #[error("{0}")]
-    NotAPool(LayoutError),
-    /// Bad creation or tenant parameters.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// Every tenant slot is taken.
-    #[error("the pool has no free tenant slot (max {0})")]
-    NoTenantSlot(u32),
-    /// The metadata region has no room for the tenant's page map and log.
-    #[error("the pool's metadata region has no room for {0} more bytes")]
-    NoMetaSpace(u64),
-    /// No tenant with this id.
-    #[error("no tenant {0}")]
-    UnknownTenant(u32),
-    /// A page number beyond the tenant's vPM.
-    #[error("page {vpn} is outside tenant {tenant}'s vPM of {pages} pages")]
-    PageOutOfRange {
-        /// Tenant id.
-        tenant: u32,
-        /// Page asked for.
-        vpn: u64,
-        /// vPM pages.
-        pages: u64,
-    },
-    /// The epoch's changes do not fit in the tenant's redo log; nothing was committed.
-    #[error("epoch needs {need} bytes of redo log, tenant has {have}: commit more often")]
-    LogFull {
-        /// Bytes needed.
-        need: u64,
-        /// Log size.
-        have: u64,
-    },
-    /// The source of guest pages failed.
-    #[error("reading guest page {vpn}: {why}")]
-    Source {
-        /// Page.
-        vpn: u64,
-        /// Reason.
-        why: String,
-    },
-}
-
-impl From<LayoutError> for PoolError {
-    fn from(e: LayoutError) -> Self {
-        match e {
-            LayoutError::NotAPool(_) => PoolError::NotAPool(e),
-            LayoutError::Version { .. } => PoolError::Version(e),
-            _ => PoolError::Corrupt(e),
-        }
-    }
-}
+/// Most tenant slots a pool may have.
+const MAX_TENANTS: u32 = 1024;
 
 /// Geometry of a new pool.
 #[derive(Clone, Debug)]
@@ -94,103 +66,12 @@ pub struct PoolConfig {
     pub pool_id: u64,
 }
 
-/// Parameters of a new tenant.
-#[derive(Clone, Debug)]
-pub struct TenantConfig {
-    /// Name for reports (at most 32 bytes).
-    pub name: String,
-    /// vPM size in bytes (whole pages).
-    pub vpm_bytes: u64,
-    /// PM homes the tenant may hold, in bytes; pages beyond get capacity homes.
-    pub pm_quota_bytes: u64,
-    /// DRAM the VMM may use for the tenant's working set, in bytes.
-    pub dram_budget_bytes: u64,
-    /// Redo-log size in bytes: the most changed data one epoch may commit.
-    pub log_bytes: u64,
-}
-
-/// Counters of one tenant's durability work.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TenantStats {
-    /// Epochs committed.
-    pub epochs: u64,
-    /// Pages whose changes an epoch committed.
-    pub committed_pages: u64,
-    /// Bytes of redo log written.
-    pub log_bytes: u64,
-    /// Persist batches served.
-    pub persists: u64,
-    /// Bytes the guest asked to persist.
-    pub persist_requested_bytes: u64,
-    /// Bytes written to homes in PM.
-    pub pm_home_bytes: u64,
-    /// Bytes written to homes in the capacity file.
-    pub capacity_home_bytes: u64,
-    /// Pages marked transient (cumulative).
-    pub transient_marks: u64,
-}
-
-/// A tenant as the running pool knows it.
-#[derive(Debug)]
-pub struct Tenant {
-    /// The durable descriptor.
-    pub desc: TenantDesc,
-    /// Every page's home (the DRAM copy of the page map).
-    pub(crate) homes: Vec<Home>,
-    /// Lines written to each page's home so far (endurance).
-    pub(crate) write_lines: Vec<u32>,
-    /// Last committed epoch.
-    pub(crate) epoch: u64,
-    /// Sequence of the latest commit record.
-    pub(crate) seq: u64,
-    /// Which record slot (0 or 1) holds the latest commit record.
-    pub(crate) latest_slot: u64,
-    pub(crate) pm_homes: u64,
-    pub(crate) capacity_homes: u64,
-    pub(crate) stats: TenantStats,
-}
-
-impl Tenant {
-    /// Last committed epoch.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-    /// vPM pages.
-    pub fn pages(&self) -> u64 {
-        self.desc.vpm_pages
-    }
-    /// Home of page `vpn` (callers check the range).
-    pub fn home(&self, vpn: u64) -> Home {
-        self.homes[vpn as usize]
-    }
-    /// Lines written to page `vpn`'s home so far.
-    pub fn write_lines(&self, vpn: u64) -> u32 {
-        self.write_lines[vpn as usize]
-    }
-    /// Homes held in PM and in the capacity file.
-    pub fn home_counts(&self) -> (u64, u64) {
-        (self.pm_homes, self.capacity_homes)
-    }
-    /// Counters.
-    pub fn stats(&self) -> TenantStats {
-        self.stats
-    }
-}
-
 /// An open pool.
 #[derive(Debug)]
 pub struct Pool {
-    pub(crate) pm: Arc<dyn PmDevice>,
-    pub(crate) cap: Arc<dyn PmDevice>,
-    pub(crate) header: PoolHeader,
-    pub(crate) tenants: Vec<Option<Tenant>>,
-    pub(crate) pm_slots: SlotAllocator,
-    pub(crate) cap_slots: SlotAllocator,
-}
-
-/// Page-aligned size of a tenant's page map.
-pub(crate) fn map_bytes(vpm_pages: u64) -> u64 {
-    (vpm_pages * 8).div_ceil(PAGE_SIZE) * PAGE_SIZE
+    header: PoolHeader,
+    homes: HomeStore,
+    tenants: TenantTable,
 }
 
 impl Pool {
@@ -200,13 +81,14 @@ impl Pool {
         cap: Arc<dyn PmDevice>,
         cfg: &PoolConfig,
     ) -> Result<Pool, PoolError> {
-        if cfg.size > pm.size() || cfg.max_tenants == 0 || cfg.max_tenants > 1024 {
-            return Err(PoolError::Config(format!(
-                "pool of {} bytes with {} tenants on a device of {} bytes",
-                cfg.size,
-                cfg.max_tenants,
-                pm.size()
-            )));
+        if cfg.size > pm.size() || cfg.max_tenants == 0 || cfg.max_tenants > MAX_TENANTS {
+            return Err(ConfigError::PoolGeometry {
+                size: cfg.size,
+                max_tenants: cfg.max_tenants,
+                max_allowed: MAX_TENANTS,
+                device: pm.size(),
+            }
+            .into());
         }
         let table_bytes =
             (cfg.max_tenants as u64 * TENANT_DESC_SIZE).div_ceil(PAGE_SIZE) * PAGE_SIZE;
@@ -214,10 +96,11 @@ impl Pool {
         let meta_bytes = cfg.meta_bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let data_off = meta_off + meta_bytes;
         if data_off >= cfg.size {
-            return Err(PoolError::Config(format!(
-                "metadata ({meta_bytes} bytes) leaves no room for data in {} bytes",
-                cfg.size
-            )));
+            return Err(ConfigError::NoDataRoom {
+                meta_bytes,
+                size: cfg.size,
+            }
+            .into());
         }
         let header = PoolHeader {
             total_bytes: cfg.size,
@@ -239,11 +122,8 @@ impl Pool {
             "created PM pool"
         );
         Ok(Pool {
-            pm_slots: SlotAllocator::new(header.data_pages),
-            cap_slots: SlotAllocator::new(cap.size() / PAGE_SIZE),
-            tenants: (0..cfg.max_tenants).map(|_| None).collect(),
-            pm,
-            cap,
+            homes: HomeStore::new(pm, cap, &header),
+            tenants: TenantTable::empty(cfg.max_tenants),
             header,
         })
     }
@@ -255,7 +135,13 @@ impl Pool {
         pm: Arc<dyn PmDevice>,
         cap: Arc<dyn PmDevice>,
     ) -> Result<(Pool, RecoveryReport), PoolError> {
-        verify::open(pm, cap)
+        let r = recovery::recover(pm, cap)?;
+        let pool = Pool {
+            header: r.header,
+            homes: r.homes,
+            tenants: r.tenants,
+        };
+        Ok((pool, r.report))
     }
 
     /// The pool's geometry.
@@ -265,282 +151,128 @@ impl Pool {
 
     /// The PM device.
     pub fn pm(&self) -> &Arc<dyn PmDevice> {
-        &self.pm
+        self.homes.pm()
     }
 
     /// The capacity device.
     pub fn capacity(&self) -> &Arc<dyn PmDevice> {
-        &self.cap
+        self.homes.cap()
     }
 
     /// PM homes free in the pool.
     pub fn free_pm_pages(&self) -> u64 {
-        self.pm_slots.free()
+        self.homes.free_pm()
     }
 
     /// Ids of the tenants present.
     pub fn tenant_ids(&self) -> Vec<u32> {
-        (0..self.tenants.len() as u32)
-            .filter(|&i| self.tenants[i as usize].is_some())
-            .collect()
+        self.tenants.ids()
     }
 
     /// The tenant with id `id`.
     pub fn tenant(&self, id: u32) -> Result<&Tenant, PoolError> {
-        self.tenants
-            .get(id as usize)
-            .and_then(Option::as_ref)
-            .ok_or(PoolError::UnknownTenant(id))
-    }
-
-    pub(crate) fn tenant_mut(&mut self, id: u32) -> Result<&mut Tenant, PoolError> {
-        self.tenants
-            .get_mut(id as usize)
-            .and_then(Option::as_mut)
-            .ok_or(PoolError::UnknownTenant(id))
+        self.tenants.get(id)
     }
 
     /// Finds a tenant by name.
     pub fn tenant_by_name(&self, name: &str) -> Option<u32> {
-        self.tenants
-            .iter()
-            .flatten()
-            .find(|t| t.desc.name_str() == name)
-            .map(|t| t.desc.id)
+        self.tenants.by_name(name)
     }
 
     /// Adds a tenant with an all-zero vPM at epoch 0.
     pub fn add_tenant(&mut self, cfg: &TenantConfig) -> Result<u32, PoolError> {
-        let desc = self.plan_tenant(cfg)?;
-        let map_len = map_bytes(desc.vpm_pages);
-        // Commit page and page map must read as "never written" before the tenant exists.
-        self.pm
-            .write(desc.commit_off, &vec![0u8; (PAGE_SIZE + map_len) as usize])?;
-        self.pm.flush(desc.commit_off, PAGE_SIZE + map_len)?;
-        let slot_off = self.header.table_off + desc.id as u64 * TENANT_DESC_SIZE;
-        let body = desc.encode_body();
-        self.pm.write(slot_off + 8, &body)?;
-        self.pm.flush(slot_off + 8, body.len() as u64)?;
-        self.pm.drain()?;
-        self.pm
-            .write_u64(slot_off, TenantDesc::active_word(&body))?;
-        self.pm.flush(slot_off, 8)?;
-        self.pm.drain()?;
-        tracing::info!(tenant = desc.id, name = %cfg.name, pages = desc.vpm_pages, "added tenant");
-        let id = desc.id;
-        self.tenants[id as usize] = Some(Tenant::fresh(desc));
-        Ok(id)
+        self.tenants.add(&**self.homes.pm(), &self.header, cfg)
     }
 
     /// Removes a tenant and frees its homes (its data is gone).
     pub fn remove_tenant(&mut self, id: u32) -> Result<(), PoolError> {
-        let slot_off = self.header.table_off + id as u64 * TENANT_DESC_SIZE;
-        self.tenant(id)?;
-        write_durable(&*self.pm, slot_off, &0u64.to_le_bytes())?;
-        let t = self.tenants[id as usize].take().expect("checked");
-        for home in t.homes {
-            self.release_home(home);
+        let t = self.tenants.remove(&**self.homes.pm(), &self.header, id)?;
+        for home in t.into_homes() {
+            self.homes.release(home);
         }
         Ok(())
-    }
-
-    fn plan_tenant(&self, cfg: &TenantConfig) -> Result<TenantDesc, PoolError> {
-        let bad = |why: String| Err(PoolError::Config(why));
-        if cfg.vpm_bytes == 0 || cfg.vpm_bytes % PAGE_SIZE != 0 {
-            return bad(format!("vPM size {} is not whole pages", cfg.vpm_bytes));
-        }
-        if cfg.name.len() > NAME_LEN || self.tenant_by_name(&cfg.name).is_some() {
-            return bad(format!("tenant name {:?} too long or taken", cfg.name));
-        }
-        let log_bytes = (cfg.log_bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE).max(2 * PAGE_SIZE);
-        let id = self
-            .tenants
-            .iter()
-            .position(Option::is_none)
-            .ok_or(PoolError::NoTenantSlot(self.header.max_tenants))? as u32;
-        let vpm_pages = cfg.vpm_bytes / PAGE_SIZE;
-        let need = TenantDesc::meta_pages(vpm_pages, log_bytes) * PAGE_SIZE;
-        let commit_off = self
-            .find_meta_gap(need)
-            .ok_or(PoolError::NoMetaSpace(need))?;
-        let mut name = [0u8; NAME_LEN];
-        name[..cfg.name.len()].copy_from_slice(cfg.name.as_bytes());
-        let map_off = commit_off + PAGE_SIZE;
-        Ok(TenantDesc {
-            id,
-            name,
-            vpm_pages,
-            pm_quota_pages: cfg.pm_quota_bytes / PAGE_SIZE,
-            dram_budget_pages: cfg.dram_budget_bytes / PAGE_SIZE,
-            commit_off,
-            map_off,
-            log_off: map_off + map_bytes(vpm_pages),
-            log_bytes,
-        })
-    }
-
-    /// First gap of `need` bytes in the metadata region between existing tenants.
-    fn find_meta_gap(&self, need: u64) -> Option<u64> {
-        let mut used: Vec<(u64, u64)> = self
-            .tenants
-            .iter()
-            .flatten()
-            .map(|t| t.desc.meta_range())
-            .collect();
-        used.sort_unstable();
-        let mut cursor = self.header.meta_off;
-        for (start, end) in used {
-            if start >= cursor + need {
-                return Some(cursor);
-            }
-            cursor = cursor.max(end);
-        }
-        let end = self.header.meta_off + self.header.meta_bytes;
-        (cursor + need <= end).then_some(cursor)
-    }
-
-    /// Device and byte offset of a home.
-    pub(crate) fn home_location(&self, home: Home) -> Option<(&dyn PmDevice, u64)> {
-        match home {
-            Home::Pm(s) => Some((&*self.pm, self.header.data_off + s * PAGE_SIZE)),
-            Home::Capacity(s) => Some((&*self.cap, s * PAGE_SIZE)),
-            Home::None | Home::Transient => None,
-        }
     }
 
     /// Byte offset in the pool file of a PM home (the VMM maps it into guests in direct mode).
     pub fn pm_home_offset(&self, slot: u64) -> u64 {
-        self.header.data_off + slot * PAGE_SIZE
-    }
-
-    /// Reads a page's durable content (zeros for pages without a home).
-    pub fn read_home(&self, tenant: u32, vpn: u64, buf: &mut [u8]) -> Result<(), PoolError> {
-        let t = self.tenant(tenant)?;
-        check_vpn(t, vpn)?;
-        match self.home_location(t.homes[vpn as usize]) {
-            Some((dev, off)) => dev.read(off, &mut buf[..PAGE_SIZE as usize])?,
-            None => buf[..PAGE_SIZE as usize].fill(0),
-        }
-        Ok(())
-    }
-
-    /// Takes a free home for a page of `tenant`: PM while its quota and the pool allow, else a
-    /// slot in the capacity file (grown as needed).
-    pub(crate) fn alloc_home(&mut self, tenant: u32) -> Result<Home, PoolError> {
-        let t = self.tenant(tenant)?;
-        if t.pm_homes < t.desc.pm_quota_pages {
-            if let Some(slot) = self.pm_slots.alloc() {
-                self.tenant_mut(tenant)?.pm_homes += 1;
-                return Ok(Home::Pm(slot));
-            }
-        }
-        if self.cap_slots.free() == 0 {
-            let grown = (self.cap_slots.slots() * 2).max(256);
-            self.cap.grow(grown * PAGE_SIZE)?;
-            self.cap_slots.grow(grown);
-        }
-        let slot = self.cap_slots.alloc().expect("grown above");
-        self.tenant_mut(tenant)?.capacity_homes += 1;
-        Ok(Home::Capacity(slot))
-    }
-
-    /// Returns a home to its allocator (tenant counters are the caller's).
-    pub(crate) fn release_home(&mut self, home: Home) {
-        match home {
-            Home::Pm(s) => {
-                self.pm_slots.release(s);
-            }
-            Home::Capacity(s) => {
-                self.cap_slots.release(s);
-            }
-            Home::None | Home::Transient => {}
-        }
-    }
-
-    /// Gives back a home taken by [`Pool::alloc_home`] that was never installed.
-    pub(crate) fn unalloc_home(&mut self, tenant: u32, home: Home) {
-        self.release_home(home);
-        if let Ok(t) = self.tenant_mut(tenant) {
-            match home {
-                Home::Pm(_) => t.pm_homes -= 1,
-                Home::Capacity(_) => t.capacity_homes -= 1,
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Checks `vpn` against the tenant's size.
-pub(crate) fn check_vpn(t: &Tenant, vpn: u64) -> Result<(), PoolError> {
-    if vpn >= t.desc.vpm_pages {
-        return Err(PoolError::PageOutOfRange {
-            tenant: t.desc.id,
-            vpn,
-            pages: t.desc.vpm_pages,
-        });
-    }
-    Ok(())
-}
-
-impl Tenant {
-    pub(crate) fn fresh(desc: TenantDesc) -> Tenant {
-        let pages = desc.vpm_pages as usize;
-        Tenant {
-            desc,
-            homes: vec![Home::None; pages],
-            write_lines: vec![0; pages],
-            epoch: 0,
-            seq: 0,
-            latest_slot: 1,
-            pm_homes: 0,
-            capacity_homes: 0,
-            stats: TenantStats::default(),
-        }
-    }
-}
-
-impl Pool {
-    /// Gives every page of `tenant` a home (for the direct modes, which map homes into the
-    /// guest): new homes are zeroed and installed durably. Returns each page's home.
-    pub fn ensure_homes(&mut self, tenant: u32) -> Result<Vec<Home>, PoolError> {
-        let pages = self.tenant(tenant)?.pages();
-        let zero = vec![0u8; PAGE_SIZE as usize];
-        let mut fresh = Vec::new();
-        for vpn in 0..pages {
-            if matches!(
-                self.tenant(tenant)?.homes[vpn as usize],
-                Home::None | Home::Transient
-            ) {
-                let home = self.alloc_home(tenant)?;
-                let (dev, off) = self.home_location(home).expect("allocated home");
-                dev.write_flush(off, &zero)?;
-                fresh.push((vpn, home));
-            }
-        }
-        self.pm.drain()?;
-        self.cap.drain()?;
-        let map_off = self.tenant(tenant)?.desc.map_off;
-        for &(vpn, home) in &fresh {
-            self.pm
-                .write_u64(map_off + vpn * 8, home.encode(tenant, vpn))?;
-        }
-        if !fresh.is_empty() {
-            self.pm.flush(map_off, pages * 8)?;
-            self.pm.drain()?;
-        }
-        let t = self.tenant_mut(tenant)?;
-        for (vpn, home) in fresh {
-            t.homes[vpn as usize] = home;
-        }
-        Ok(t.homes.clone())
+        self.homes.pm_offset(slot)
     }
 
     /// The file descriptor and file offset behind a home (to map it into a guest).
-    pub fn home_fd_offset(&self, home: Home) -> Option<(std::os::fd::RawFd, u64)> {
-        match home {
-            Home::Pm(s) => Some((self.pm.raw_fd()?, self.header.data_off + s * PAGE_SIZE)),
-            Home::Capacity(s) => Some((self.cap.raw_fd()?, s * PAGE_SIZE)),
-            Home::None | Home::Transient => None,
-        }
+    pub fn home_fd_offset(&self, home: Home) -> Option<(RawFd, u64)> {
+        self.homes.fd_offset(home)
+    }
+
+    /// Reads a page's durable content into `buf` (zeros for pages without a home).
+    pub fn read_home(&self, tenant: u32, vpn: u64, buf: &mut [u8]) -> Result<(), PoolError> {
+        let t = self.tenants.get(tenant)?;
+        t.check_vpn(vpn)?;
+        self.homes.read(t.home(vpn), buf)
+    }
+
+    /// Gives every page of `tenant` a home (for the direct modes, which map homes into the
+    /// guest): new homes are zeroed and installed durably. Returns each page's home.
+    pub fn ensure_homes(&mut self, tenant: u32) -> Result<Vec<Home>, PoolError> {
+        let t = self.tenants.get_mut(tenant)?;
+        self.homes.ensure_all(t)
+    }
+
+    /// Commits epoch k+1 of `tenant`: the content `source` shows for every page in `dirty` (pages
+    /// not listed are unchanged since epoch k). Transient pages are skipped. On any error nothing
+    /// is committed and the tenant stays at epoch k.
+    pub fn commit_epoch(
+        &mut self,
+        tenant: u32,
+        dirty: &[u64],
+        source: &(impl PageSource + ?Sized),
+    ) -> Result<CommitStats, PoolError> {
+        self.commit_epoch_changed(tenant, dirty, source)
+            .map(|(stats, _)| stats)
+    }
+
+    /// [`Pool::commit_epoch`], also returning the pages whose content changed (ascending): the
+    /// dirty pages that were not transient and differed from their homes.
+    pub fn commit_epoch_changed(
+        &mut self,
+        tenant: u32,
+        dirty: &[u64],
+        source: &(impl PageSource + ?Sized),
+    ) -> Result<(CommitStats, Vec<u64>), PoolError> {
+        let t = self.tenants.get_mut(tenant)?;
+        commit::commit_epoch(&mut self.homes, t, dirty, source)
+    }
+
+    /// Makes every range durable (P1) with one drain for the whole batch (P5). Ranges are byte
+    /// ranges `(offset, len)` of the tenant's vPM; the caller has checked them against the region
+    /// (`vpm_abi::VpmRegion`). Only lines that differ from the home are written. Lines of
+    /// transient pages are skipped: they never reach PM.
+    pub fn persist(
+        &mut self,
+        tenant: u32,
+        ranges: &[(u64, u64)],
+        source: &(impl PageSource + ?Sized),
+    ) -> Result<PersistStats, PoolError> {
+        let t = self.tenants.get_mut(tenant)?;
+        persist::persist(&mut self.homes, t, ranges, source)
+    }
+
+    /// Marks pages `[first, first + count)` transient (P3): their homes are freed, they never
+    /// reach PM, and they read as zeros after a crash. Durable when this returns. Returns the
+    /// pages whose mark changed.
+    pub fn set_transient(&mut self, tenant: u32, first: u64, count: u64) -> Result<u64, PoolError> {
+        let t = self.tenants.get_mut(tenant)?;
+        transient::mark_pages(&mut self.homes, t, first, count, Home::Transient)
+    }
+
+    /// Marks pages persistent again: they have no home until the next persist or epoch, so a
+    /// crash before that shows zeros (their last committed content).
+    pub fn set_persistent(
+        &mut self,
+        tenant: u32,
+        first: u64,
+        count: u64,
+    ) -> Result<u64, PoolError> {
+        let t = self.tenants.get_mut(tenant)?;
+        transient::mark_pages(&mut self.homes, t, first, count, Home::None)
     }
 }

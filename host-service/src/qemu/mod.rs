@@ -98,10 +98,9 @@ impl QemuTarget {
     fn pool_result(&self, r: Result<impl Sized, PoolError>) -> HintResult {
         match r {
             Ok(_) => HintResult::Ok,
-            Err(PoolError::LogFull { .. }) => HintResult::NoSpace,
             Err(e) => {
                 tracing::error!(error = %e, "pool operation failed");
-                HintResult::Io
+                e.hint_result()
             }
         }
     }

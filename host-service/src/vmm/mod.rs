@@ -27,7 +27,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vpm_abi::harness::{BootParams, GuestExit, GuestReport, CONTROL_PORT, PROGRESS_PORT};
 use vpm_abi::{HintResult, DOORBELL_PORT, PROBE_REPLY};
 
-use crate::pool::layout::Home;
+use crate::pool::Home;
 use crate::pool::{Pool, PoolError};
 use crate::tier::{Move, Placement, TierTable};
 use hints::HintService;
@@ -253,10 +253,9 @@ impl Shared {
                 }
                 HintResult::Ok
             }
-            Err(PoolError::LogFull { .. }) => HintResult::NoSpace,
             Err(e) => {
                 tracing::error!(error = %e, "persist failed");
-                HintResult::Io
+                e.hint_result()
             }
         };
         let requested: u64 = ranges.iter().map(|r| r.1).sum();
@@ -325,7 +324,7 @@ impl Shared {
         };
         if let Err(e) = r {
             tracing::error!(error = %e, "transient mark failed");
-            return Ok(HintResult::Io);
+            return Ok(e.hint_result());
         }
         for vpn in first..first + count {
             core.tiers.set_transient(vpn, on);

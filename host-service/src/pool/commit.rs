@@ -1,0 +1,285 @@
+//! Epoch commits (semantics F1): the redo log makes the commit of a tenant's epoch atomic under
+//! power failure.
+//!
+//! Commit protocol for epoch k+1 of a tenant:
+//! 1. diff every dirty page against its home, line by line; build the redo log in DRAM (changed
+//!    lines only; a page with many changed lines, or without a home, is written whole into a
+//!    fresh home and logged without payload);
+//! 2. write the log to the tenant's log area, flush, drain;
+//! 3. write commit record (seq+1, epoch k+1, log size/count/CRC) into the record slot that does
+//!    not hold the latest record, flush, drain — **the commit point**;
+//! 4. apply the log to the homes and install new homes in the page map, drain;
+//! 5. store the record's seq in the applied word, drain.
+//!
+//! A crash before 3 leaves epoch k (the log is ignored); after 3, recovery re-applies the log.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use vpm_abi::{LINE_SIZE, PAGE_SIZE};
+
+use super::error::PoolError;
+use super::homes::HomeStore;
+use super::lines::{diff_mask, mostly_changed};
+use super::media::{
+    CommitRecord, Home, LogRecordHeader, APPLIED_WORD_OFF, COMMIT_RECORD_SIZE, LOG_HEADER_SIZE,
+    LOG_NEW_HOME,
+};
+use super::redo_log::{apply, RedoLog};
+use super::source::PageSource;
+use super::tenant::Tenant;
+use crate::pm::write_durable;
+
+static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+
+/// Changed lines at or above which a page is written whole into a fresh home instead of logged.
+const COW_LINES: u32 = 32;
+
+/// What one commit did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// The epoch now committed.
+    pub epoch: u64,
+    /// Dirty pages examined.
+    pub dirty_pages: u64,
+    /// Pages with changed lines.
+    pub changed_pages: u64,
+    /// Changed lines.
+    pub changed_lines: u64,
+    /// Redo-log bytes written.
+    pub log_bytes: u64,
+    /// Bytes written to PM homes.
+    pub pm_home_bytes: u64,
+    /// Bytes written to capacity homes.
+    pub capacity_home_bytes: u64,
+    /// Microseconds until the commit point (the part a consistent snapshot must cover).
+    pub until_commit_us: u64,
+    /// Microseconds in total.
+    pub total_us: u64,
+}
+
+/// Commits epoch k+1 of tenant `t`: the content `source` shows for every page in `dirty` (pages
+/// not listed are unchanged since epoch k). Transient pages are skipped. On any error nothing is
+/// committed and the tenant stays at epoch k. Returns the pages whose content changed
+/// (ascending).
+pub(super) fn commit_epoch(
+    homes: &mut HomeStore,
+    t: &mut Tenant,
+    dirty: &[u64],
+    source: &(impl PageSource + ?Sized),
+) -> Result<(CommitStats, Vec<u64>), PoolError> {
+    let start = Instant::now();
+    let mut dirty = dirty.to_vec();
+    dirty.sort_unstable();
+    dirty.dedup();
+    let mut b = LogBuilder {
+        homes: &mut *homes,
+        t: &mut *t,
+        log: RedoLog::default(),
+        allocated: Vec::new(),
+        fresh: Fresh::default(),
+    };
+    let collected = b.collect(&dirty, source);
+    let LogBuilder {
+        log,
+        allocated,
+        fresh,
+        ..
+    } = b;
+    if let Err(e) = collected.and_then(|()| write_log_and_commit(homes, t, &log)) {
+        for home in allocated {
+            homes.unalloc(t, home);
+        }
+        return Err(e);
+    }
+    let until_commit = start.elapsed();
+
+    let mut applied = apply(homes, t, &log)?;
+    write_durable(
+        &**homes.pm(),
+        t.desc().commit_off + APPLIED_WORD_OFF,
+        &t.seq().to_le_bytes(),
+    )?;
+    for old in std::mem::take(&mut applied.released) {
+        homes.unalloc(t, old);
+    }
+    applied.pm_bytes += fresh.pm_bytes;
+    applied.capacity_bytes += fresh.capacity_bytes;
+
+    let stats = CommitStats {
+        epoch: t.epoch(),
+        dirty_pages: dirty.len() as u64,
+        changed_pages: log.count() as u64,
+        changed_lines: fresh.lines
+            + log
+                .headers()
+                .map(|h| h.mask.count_ones() as u64)
+                .sum::<u64>(),
+        log_bytes: log.len(),
+        pm_home_bytes: applied.pm_bytes,
+        capacity_home_bytes: applied.capacity_bytes,
+        until_commit_us: until_commit.as_micros() as u64,
+        total_us: start.elapsed().as_micros() as u64,
+    };
+    let s = t.stats_mut();
+    s.epochs += 1;
+    s.committed_pages += stats.changed_pages;
+    s.log_bytes += stats.log_bytes;
+    s.pm_home_bytes += applied.pm_bytes;
+    s.capacity_home_bytes += applied.capacity_bytes;
+    tracing::debug!(
+        tenant = t.id(),
+        epoch = stats.epoch,
+        pages = stats.changed_pages,
+        "committed epoch"
+    );
+    Ok((stats, log.headers().map(|h| h.vpn).collect()))
+}
+
+/// Bytes written to fresh homes while building the log.
+#[derive(Default)]
+struct Fresh {
+    pm_bytes: u64,
+    capacity_bytes: u64,
+    lines: u64,
+}
+
+impl Fresh {
+    fn count(&mut self, home: Home, mask: u64) {
+        match home {
+            Home::Pm(_) => self.pm_bytes += PAGE_SIZE,
+            _ => self.capacity_bytes += PAGE_SIZE,
+        }
+        self.lines += mask.count_ones() as u64;
+    }
+}
+
+/// Step 1: the redo log, the homes newly taken for it, and what was written to them.
+struct LogBuilder<'a> {
+    homes: &'a mut HomeStore,
+    t: &'a mut Tenant,
+    log: RedoLog,
+    allocated: Vec<Home>,
+    fresh: Fresh,
+}
+
+impl LogBuilder<'_> {
+    /// Diffs each dirty page against its home. A page with many changed lines (or no home yet)
+    /// is written whole into a fresh home of the same tier, copy-on-write, and logged without
+    /// payload; a page with few changed lines logs just those lines. Either way each changed
+    /// byte reaches PM about once, and the old home stays intact until the commit point.
+    fn collect(
+        &mut self,
+        dirty: &[u64],
+        source: &(impl PageSource + ?Sized),
+    ) -> Result<(), PoolError> {
+        for (i, &vpn) in dirty.iter().enumerate() {
+            self.t.check_vpn(vpn)?;
+            let home = self.t.home(vpn);
+            if home == Home::Transient {
+                continue;
+            }
+            // Room kept for the pages after this one, should they all need 64-byte records.
+            let reserve = (dirty.len() - i - 1) as u64 * LOG_HEADER_SIZE as u64;
+            let mut result = Ok(());
+            source
+                .with_page(vpn, &mut |page| {
+                    result = self.page(vpn, home, page, reserve)
+                })
+                .map_err(|source| PoolError::Source { vpn, source })?;
+            result?;
+        }
+        Ok(())
+    }
+
+    /// One page of [`LogBuilder::collect`].
+    fn page(&mut self, vpn: u64, home: Home, page: &[u8], reserve: u64) -> Result<(), PoolError> {
+        let page_len = PAGE_SIZE as usize;
+        let mask = match self.homes.location(home) {
+            Some((dev, off)) => {
+                let mut mask = 0;
+                dev.with_bytes(off, page_len, &mut |base| {
+                    mask = if mostly_changed(page, base) {
+                        u64::MAX
+                    } else {
+                        diff_mask(page, base)
+                    }
+                })?;
+                mask
+            }
+            None => diff_mask(page, &ZERO_PAGE),
+        };
+        if mask == 0 {
+            return Ok(());
+        }
+        let log_cap = self.t.desc().log_bytes;
+        let line_record = LOG_HEADER_SIZE as u64 + mask.count_ones() as u64 * LINE_SIZE;
+        let log_tight = self.log.len() + line_record + reserve > log_cap;
+        let target = match home {
+            Home::None => Some(self.homes.alloc(self.t)?),
+            _ if mask.count_ones() >= COW_LINES || log_tight => {
+                match self.homes.alloc_same_tier(self.t, home)? {
+                    // A full log takes whole pages copy-on-write (64-byte records) in any tier.
+                    None if log_tight => Some(self.homes.alloc(self.t)?),
+                    other => other,
+                }
+            }
+            _ => None,
+        };
+        let tenant = self.t.id();
+        let header = match target {
+            Some(new) => {
+                self.allocated.push(new);
+                let (dev, off) = self.homes.location(new).expect("allocated home");
+                dev.write_flush(off, page)?;
+                self.fresh.count(new, mask);
+                self.t.add_write_lines(vpn, (PAGE_SIZE / LINE_SIZE) as u32);
+                LogRecordHeader {
+                    vpn,
+                    home_word: new.encode(tenant, vpn),
+                    mask: 0,
+                    flags: LOG_NEW_HOME,
+                }
+            }
+            None => LogRecordHeader {
+                vpn,
+                home_word: home.encode(tenant, vpn),
+                mask,
+                flags: 0,
+            },
+        };
+        let need = self.log.len() + header.record_len() as u64;
+        if need > log_cap {
+            return Err(PoolError::LogFull {
+                need,
+                have: log_cap,
+            });
+        }
+        self.log.push(header, page);
+        Ok(())
+    }
+}
+
+/// Steps 2 and 3: the log, then the commit record.
+fn write_log_and_commit(homes: &HomeStore, t: &mut Tenant, log: &RedoLog) -> Result<(), PoolError> {
+    let pm = &**homes.pm();
+    if log.len() > 0 {
+        pm.write_flush(t.desc().log_off, log.bytes())?;
+    }
+    // Fresh homes (either device) and the log are durable before the commit record.
+    homes.drain()?;
+    let record = CommitRecord {
+        seq: t.seq() + 1,
+        epoch: t.epoch() + 1,
+        log_bytes: log.len(),
+        log_count: log.count() as u32,
+        log_crc: log.crc(),
+        time_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    };
+    let slot = t.latest_slot() ^ 1;
+    let off = t.desc().commit_off + slot * COMMIT_RECORD_SIZE as u64;
+    write_durable(pm, off, &record.encode())?;
+    t.set_committed(record.seq, record.epoch, slot);
+    Ok(())
+}
