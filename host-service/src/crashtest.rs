@@ -263,7 +263,7 @@ fn last_committed_record(epochs: &Path) -> u64 {
             let _epoch: u64 = words.next()?.parse().ok()?;
             words.next()?.parse().ok()
         })
-        .last()
+        .next_back()
         .unwrap_or(0)
 }
 

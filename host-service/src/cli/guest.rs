@@ -19,7 +19,7 @@ use super::values::{seconds, DoorbellArg, ModeArg, OnOff, WorkloadArg, MAX_ARGS,
 use super::CliError;
 
 /// Pages in a MiB.
-const PAGES_PER_MIB: u64 = (1 << 20) / PAGE_SIZE as u64;
+pub(super) const PAGES_PER_MIB: u64 = (1 << 20) / PAGE_SIZE;
 
 /// Workload arguments: up to [`MAX_ARGS`] numbers separated by commas.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

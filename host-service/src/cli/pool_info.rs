@@ -2,10 +2,9 @@
 
 use std::path::PathBuf;
 
-use vpm_abi::PAGE_SIZE;
 use vpm_host::state_dir::StateDir;
 
-use super::guest::open_existing_pool;
+use super::guest::{open_existing_pool, PAGES_PER_MIB};
 use super::CliError;
 
 /// `vpm pool-info` options.
@@ -30,7 +29,6 @@ pub fn run(a: &PoolInfoArgs) -> Result<(), CliError> {
         pool.free_pm_pages(),
         pool.pm().method().name()
     );
-    let pages_per_mib = (1u64 << 20) / PAGE_SIZE as u64;
     for id in pool.tenant_ids() {
         let t = pool.tenant(id).map_err(|source| CliError::Pool {
             what: format!("read tenant {id}"),
@@ -40,7 +38,7 @@ pub fn run(a: &PoolInfoArgs) -> Result<(), CliError> {
         println!(
             "  tenant {id} {:<12} vPM {:>5} MiB  epoch {:>6}  homes: {pm} PM, {cap} capacity",
             t.desc.name_str(),
-            t.pages() / pages_per_mib,
+            t.pages() / PAGES_PER_MIB,
             t.epoch()
         );
     }
