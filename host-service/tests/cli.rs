@@ -78,6 +78,19 @@ fn huge_sizes_are_refused() {
 }
 
 #[test]
+fn vm_names_that_are_not_plain_file_names_are_refused() {
+    refused(
+        &["guest", "--vm", "../escape"],
+        &["--vm", "must not start with '.'"],
+    );
+    refused(&["guest", "--vm", ""], &["--vm", "1 to 32 bytes"]);
+    refused(
+        &["guest", "--vm", &"x".repeat(33)],
+        &["--vm", "1 to 32 bytes"],
+    );
+}
+
+#[test]
 fn bad_enum_values_are_refused() {
     refused(&["guest", "--hints", "X"], &["--hints", "on, off"]);
     refused(

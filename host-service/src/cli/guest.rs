@@ -15,7 +15,9 @@ use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
 use vpm_host::state_dir::StateDir;
 use vpm_host::vmm::{run_vm, ExitKind, GuestReportExt, Mode, VmOutcome, VmSpec};
 
-use super::values::{seconds, DoorbellArg, ModeArg, OnOff, WorkloadArg, MAX_ARGS, MAX_MIB, MAX_MS};
+use super::values::{
+    seconds, vm_name, DoorbellArg, ModeArg, OnOff, WorkloadArg, MAX_ARGS, MAX_MIB, MAX_MS,
+};
 use super::CliError;
 
 /// Pages in a MiB.
@@ -70,8 +72,8 @@ pub struct GuestArgs {
     #[arg(long, value_name = "N", allow_hyphen_values = true, default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=MAX_MIB))]
     pub pool_mib: u64,
-    /// Tenant name.
-    #[arg(long, value_name = "NAME", default_value = "vm0")]
+    /// Tenant name (letters, digits, '.', '_', '-'; it also names the VM's files).
+    #[arg(long, value_name = "NAME", default_value = "vm0", value_parser = vm_name)]
     pub vm: String,
     /// Remove the tenant first (start from an empty vPM).
     #[arg(long)]

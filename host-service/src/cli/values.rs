@@ -3,6 +3,7 @@
 
 use clap::ValueEnum;
 use vpm_abi::harness::Workload;
+use vpm_host::pool::layout::NAME_LEN;
 use vpm_host::vmm::{DoorbellKind, Mode};
 
 /// The largest size option in MiB (1 TiB): sizes are turned into bytes and pages, and nothing
@@ -155,6 +156,30 @@ pub fn seconds(s: &str) -> Result<f64, SecondsError> {
     Ok(v)
 }
 
+/// Why a VM (tenant) name was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VmNameError {
+    /// Empty, or longer than the pool's tenant names.
+    #[error("must be 1 to {NAME_LEN} bytes long")]
+    Length,
+    /// A character that could leave the state directory or hide the VM's files.
+    #[error("may hold only letters, digits, '.', '_' and '-', and must not start with '.'")]
+    Character,
+}
+
+/// Parses a VM (tenant) name: it also names the VM's files in the state directory, so it is a
+/// plain file name (no `/`, no leading `.`) that fits the pool's tenant table.
+pub fn vm_name(s: &str) -> Result<String, VmNameError> {
+    if s.is_empty() || s.len() > NAME_LEN {
+        return Err(VmNameError::Length);
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if s.starts_with('.') || !s.chars().all(ok) {
+        return Err(VmNameError::Character);
+    }
+    Ok(s.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +196,16 @@ mod tests {
             seconds("1e300"),
             Err(SecondsError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn vm_names_are_plain_file_names() {
+        assert_eq!(vm_name("pv-transient").as_deref(), Ok("pv-transient"));
+        assert_eq!(vm_name(""), Err(VmNameError::Length));
+        assert_eq!(vm_name(&"a".repeat(NAME_LEN + 1)), Err(VmNameError::Length));
+        for bad in ["../x", "a/b", ".hidden", "a b", "é"] {
+            assert_eq!(vm_name(bad), Err(VmNameError::Character), "{bad}");
+        }
     }
 
     #[test]
