@@ -10,30 +10,70 @@ mod suite;
 
 use std::path::PathBuf;
 
+use clap::{Parser, Subcommand};
+
+/// vpm-bench — VPM benchmarks: ratios measured side by side in one run, JSON results.
+#[derive(Parser, Debug)]
+#[command(name = "vpm-bench", version)]
+struct Cli {
+    /// Which benchmark.
+    #[command(subcommand)]
+    command: Bench,
+}
+
+/// The benchmarks.
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// PV against full virtualization against today's baselines, consolidation and endurance
+    /// (results.json, CSV tables, SVG plots and report.md).
+    Suite(Common),
+    /// The PM core: commit throughput against the raw copy+flush floor, persist latency,
+    /// recovery time.
+    PmCore(Common),
+    /// pv-libpmem's pmem_memcpy_persist against Debian's libpmem, native mode.
+    Libpmem(Common),
+}
+
+/// Options every benchmark takes.
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// Directory for the results.
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    out: PathBuf,
+    /// A shorter run (fewer operations and sizes).
+    #[arg(long)]
+    quick: bool,
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let cmd = args.next().unwrap_or_default();
-    let mut out = PathBuf::from("results");
-    let mut quick = false;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--out" => out = PathBuf::from(args.next().expect("--out needs a directory")),
-            "--quick" => quick = true,
-            other => fail(&format!("unknown option {other}")),
-        }
-    }
-    let result = match cmd.as_str() {
-        "pm-core" => pm_core::run(&out, quick),
-        "libpmem" => libpmem::run(&out, quick),
-        "suite" => suite::run(&out, quick),
-        _ => fail("usage: vpm-bench suite|pm-core|libpmem [--out DIR] [--quick]"),
+    // Bad options end here with clap's message and exit status 2.
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Bench::PmCore(c) => pm_core::run(&c.out, c.quick),
+        Bench::Libpmem(c) => libpmem::run(&c.out, c.quick),
+        Bench::Suite(c) => suite::run(&c.out, c.quick),
     };
     if let Err(e) = result {
-        fail(&e);
+        eprintln!("vpm-bench: {e}");
+        std::process::exit(2)
     }
 }
 
-fn fail(msg: &str) -> ! {
-    eprintln!("vpm-bench: {msg}");
-    std::process::exit(2)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_parses_and_refuses() {
+        Cli::command().debug_assert();
+        let p =
+            |a: &[&str]| Cli::try_parse_from(std::iter::once("vpm-bench").chain(a.iter().copied()));
+        assert!(p(&["suite", "--quick", "--out", "r"]).is_ok());
+        assert!(p(&["pm-core"]).is_ok());
+        assert!(p(&["libpmem", "--quick"]).is_ok());
+        assert!(p(&["suite", "--bogus"]).is_err());
+        assert!(p(&["fast"]).is_err());
+        assert!(p(&[]).is_err());
+    }
 }

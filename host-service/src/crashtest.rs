@@ -34,7 +34,8 @@ impl TrialKind {
 pub struct TrialConfig {
     /// The `vpm` executable.
     pub vpm: PathBuf,
-    /// A scratch directory (pool and witness live here; emptied per trial).
+    /// A VPM state directory (pool and witnesses live here; reset per trial). A non-empty
+    /// directory that is not a VPM state directory is refused, not emptied.
     pub dir: PathBuf,
     /// What to test.
     pub kind: TrialKind,
@@ -106,8 +107,11 @@ fn run_json(vpm: &Path, args: &[String]) -> Result<serde_json::Value, String> {
 
 /// Runs one trial with `seed` choosing the kill moment.
 pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
-    let _ = std::fs::remove_dir_all(&cfg.dir);
-    std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+    // Start from an empty pool: only VPM's own files go, and only from a VPM state directory;
+    // the lock is released before the writer takes it.
+    crate::state_dir::StateDir::open(&cfg.dir)
+        .and_then(|d| d.reset())
+        .map_err(|e| format!("reset the trial directory: {}", error_chain(&e)))?;
     let witness = cfg.dir.join("witness");
     let epochs = cfg.dir.join("epochs");
     let (mode, mut writer) = match cfg.kind {
@@ -259,7 +263,7 @@ fn last_committed_record(epochs: &Path) -> u64 {
             let _epoch: u64 = words.next()?.parse().ok()?;
             words.next()?.parse().ok()
         })
-        .last()
+        .next_back()
         .unwrap_or(0)
 }
 
@@ -270,6 +274,17 @@ fn child_stderr(child: &mut std::process::Child) -> String {
         let _ = e.read_to_string(&mut err);
     }
     err
+}
+
+/// `e` and its sources, one after the other.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// A well-mixed 64-bit hash of `x`.

@@ -9,6 +9,7 @@
 //! - [`tier`]: the in-DRAM view of each page (placement, dirty state, write counts).
 //! - `vmm` (feature `vmm`): the KVM VMM that runs the VPM test guest on top of all this;
 //!   `qemu`: serving a Linux guest under QEMU; `crashtest`: kill -9 crash trials.
+//! - [`state_dir`]: the directories `vpm` keeps pools in (marked, locked, reset safely).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 #[cfg(feature = "vmm")]
@@ -17,6 +18,7 @@ pub mod pm;
 pub mod pool;
 #[cfg(feature = "vmm")]
 pub mod qemu;
+pub mod state_dir;
 pub mod tier;
 #[cfg(feature = "vmm")]
 pub mod vmm;

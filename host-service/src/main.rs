@@ -3,14 +3,17 @@
 mod cli;
 mod mainjob;
 
+use clap::Parser;
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("VPM_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Err(e) = cli::main(&args) {
-        eprintln!("vpm: {e}");
+    // Bad options end here with clap's message and exit status 2.
+    let args = cli::Cli::parse();
+    if let Err(e) = cli::main(args) {
+        eprintln!("vpm: {}", cli::error_chain(&e));
         std::process::exit(1);
     }
 }

@@ -1,10 +1,13 @@
 //! `vpm run`: the main job. One pool, one VM per mode running the same key-value workload with
 //! persists, a table of what each mode cost, then the pool reopened as after a crash.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::cli::{guest_opts, open_pool};
+use vpm_host::state_dir::StateDir;
+
+use crate::cli::values::{ModeArg, WorkloadArg};
+use crate::cli::{open_pool, run_on, verdict, CliError, GuestArgs};
 
 const MODES: [(&str, &str); 5] = [
     ("direct", "all pages mapped to PM homes (like QEMU vNVDIMM)"),
@@ -20,21 +23,34 @@ const MODES: [(&str, &str); 5] = [
     ),
 ];
 
-/// Runs the main job.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let mut state =
-        PathBuf::from(std::env::var("VPM_STATE").unwrap_or_else(|_| "/dev/shm/vpm-main".into()));
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--state" => state = PathBuf::from(it.next().ok_or("--state needs a directory")?),
-            other => return Err(format!("unknown option {other}")),
-        }
+/// The guest options of the main job's VM `name` (a mode name, or `pv-transient`).
+fn vm_args(state: &Path, name: &str, mode: ModeArg) -> GuestArgs {
+    let mut g = GuestArgs::defaults();
+    g.state = state.to_path_buf();
+    g.vm = name.to_string();
+    g.mode = Some(mode);
+    g.vpm_mib = Some(32);
+    g.dram_mib = 8;
+    g.epoch_ms = 10;
+    if name == "pv-transient" {
+        g.workload = WorkloadArg::Transient;
+        g.args = Some(crate::cli::WorkloadArgs(vec![0, 256, 20]));
+        g.transient_hints = true;
+    } else {
+        g.workload = WorkloadArg::Kv;
+        g.args = Some(crate::cli::WorkloadArgs(vec![20000]));
     }
-    let _ = std::fs::remove_dir_all(&state);
+    g
+}
+
+/// Runs the main job in the state directory `state` (reset first); fails if any guest failed or
+/// reported data errors, after the table and the JSON are out.
+pub fn run(state_path: &Path) -> Result<(), CliError> {
+    let state = StateDir::open(state_path)?;
+    state.reset()?;
     println!(
         "VPM main job — pool in {} (emulated PM on this machine)",
-        state.display()
+        state_path.display()
     );
     let pool = Arc::new(Mutex::new(open_pool(&state, 256)?));
     println!(
@@ -50,48 +66,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "errors"
     );
     let mut results = Vec::new();
+    let mut bad = Vec::new();
     for (name, what) in MODES {
-        let mode = name.trim_end_matches("-transient");
-        let mut a: Vec<String> = [
-            "--state",
-            state.to_str().unwrap_or("."),
-            "--vm",
-            name,
-            "--mode",
-            mode,
-            "--workload",
-            "kv",
-            "--args",
-            "20000",
-            "--vpm-mib",
-            "32",
-            "--dram-mib",
-            "8",
-            "--epoch-ms",
-            "10",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if name == "pv-transient" {
-            a = a
-                .into_iter()
-                .map(|s| {
-                    if s == "kv" {
-                        "transient".into()
-                    } else if s == "20000" {
-                        "0,256,20".into()
-                    } else {
-                        s
-                    }
-                })
-                .collect();
-            a.push("--transient-hints".into());
-        }
-        let (out, js) = guest_opts(&a)?.run(&pool)?;
+        let mode = match name.trim_end_matches("-transient") {
+            "direct" => ModeArg::Direct,
+            "msync" => ModeArg::Msync,
+            "full" => ModeArg::Full,
+            _ => ModeArg::Pv,
+        };
+        let (out, js) = run_on(&vm_args(state_path, name, mode), &pool)?;
         let s = &out.stats;
         let secs = out.elapsed.as_secs_f64();
-        let written = if mode == "direct" || mode == "msync" {
+        let written = if matches!(mode, ModeArg::Direct | ModeArg::Msync) {
             "guest stores".to_string()
         } else {
             format!("{} KiB", s.pm_bytes_written >> 10)
@@ -109,12 +95,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
             out.report.errors,
         );
         results.push(js);
+        if let Err(e) = verdict(name, &out) {
+            eprintln!("vpm: {e}");
+            bad.push(name);
+        }
     }
     drop(pool);
     println!("\nreopening the pool as after a crash (verify every checksum, replay pending logs):");
     let pool = open_pool(&state, 256)?;
     for id in pool.tenant_ids() {
-        let t = pool.tenant(id).map_err(|e| e.to_string())?;
+        let t = pool.tenant(id).map_err(|source| CliError::Pool {
+            what: format!("read tenant {id}"),
+            source,
+        })?;
         let (pm, cap) = t.home_counts();
         println!(
             "  {:<13} epoch {:>5}, {pm} PM homes, {cap} capacity homes",
@@ -122,9 +115,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
             t.epoch()
         );
     }
-    let path = state.join("main-job.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&results).expect("json"))
-        .map_err(|e| e.to_string())?;
+    let path = state_path.join("main-job.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results).expect("json")).map_err(
+        |source| CliError::Write {
+            path: path.display().to_string(),
+            source,
+        },
+    )?;
     println!("\nper-mode JSON (with every counter): {}", path.display());
+    if !bad.is_empty() {
+        return Err(CliError::MainJobErrors {
+            vms: bad.join(", "),
+        });
+    }
     Ok(())
 }

@@ -49,6 +49,19 @@ fn guest(args: &[&str]) -> Value {
     serde_json::from_str(out.lines().last().unwrap_or("")).expect("JSON result line")
 }
 
+/// Like `guest`, for a run whose guest reports data errors: `vpm guest` then exits non-zero and
+/// names the VM; returns the JSON result line it still prints.
+fn guest_with_errors(args: &[&str]) -> Value {
+    let mut all = vec!["guest", "--pool-mib", "96"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = vpm(&all);
+    assert!(
+        !ok && err.contains("data errors"),
+        "vpm {all:?} should fail on data errors: {err}{out}"
+    );
+    serde_json::from_str(out.lines().last().unwrap_or("")).expect("JSON result line")
+}
+
 #[test]
 fn pages_move_between_dram_and_pm_under_a_checksumming_guest() {
     for mode in ["full", "pv"] {
@@ -203,7 +216,7 @@ fn the_dram_budget_holds_with_transient_pages_and_hot_writes() {
         "stats report PM bytes written"
     );
     // Too many transient pages for the budget: refused with an error result, not a crash.
-    let r = guest(&[
+    let r = guest_with_errors(&[
         "--state",
         &d.s(),
         "--vm",

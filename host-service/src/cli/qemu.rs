@@ -1,0 +1,66 @@
+//! `vpm qemu`: a Linux guest under QEMU (TCG) with vPM served by this process.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use vpm_host::qemu::{run_qemu, QemuSpec};
+use vpm_host::state_dir::StateDir;
+
+use super::guest::{open_pool, tenant_for, GuestArgs};
+use super::values::{seconds, ModeArg};
+use super::CliError;
+
+/// `vpm qemu` options: the Linux guest's, then the guest options of `vpm guest`.
+#[derive(clap::Args, Debug)]
+pub struct QemuArgs {
+    /// Guest kernel (bzImage).
+    #[arg(long, value_name = "BZIMAGE")]
+    pub kernel: PathBuf,
+    /// Initramfs.
+    #[arg(long, value_name = "INITRD")]
+    pub initrd: PathBuf,
+    /// What the in-guest vpmtest runs (spaces become commas).
+    #[arg(long, value_name = "ARGS", default_value = "basic")]
+    pub vpmtest: String,
+    /// Give up after S seconds (finite, not negative).
+    #[arg(long, value_name = "S", default_value = "120", value_parser = seconds,
+          allow_hyphen_values = true)]
+    pub timeout: f64,
+    /// Extra kernel command line.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub append: String,
+    /// The VM's pool, tenant and vPM (mode: pv only).
+    #[command(flatten)]
+    pub guest: GuestArgs,
+}
+
+/// Boots the guest, prints its console and a JSON line.
+pub fn run(a: &QemuArgs) -> Result<(), CliError> {
+    let o = &a.guest;
+    if o.mode.is_some_and(|m| m != ModeArg::Pv) {
+        return Err(CliError::QemuMode);
+    }
+    let state = StateDir::open(&o.state)?;
+    let mut pool = open_pool(&state, o.pool_mib)?;
+    let tenant = tenant_for(&mut pool, o, o.vpm_mib_or(64))?;
+    let spec = QemuSpec {
+        state: o.state.clone(),
+        name: o.vm.clone(),
+        kernel: a.kernel.clone(),
+        initrd: a.initrd.clone(),
+        append: format!("vpmtest={} {}", a.vpmtest.replace(' ', ","), a.append),
+        ram_mib: 512,
+        vpm_offset_mib: 384,
+        timeout: Duration::from_secs_f64(a.timeout),
+    };
+    let out =
+        run_qemu(&spec, Arc::new(Mutex::new(pool)), tenant).map_err(|source| CliError::Vmm {
+            vm: o.vm.clone(),
+            source,
+        })?;
+    print!("{}", out.console);
+    println!("{}", json!({"exited": out.exited, "stats": out.stats}));
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The `vpm` command line refuses bad input with a clear message and a non-zero exit, before
+//! touching anything: one test per class of bad input. None of these needs KVM.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs `exe` with `args`; returns (exit code, stdout + stderr).
+fn run_exe(exe: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(exe)
+        .args(args)
+        .env_remove("VPM_STATE")
+        .output()
+        .expect("run the command");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+fn vpm(args: &[&str]) -> (Option<i32>, String) {
+    run_exe(Path::new(env!("CARGO_BIN_EXE_vpm")), args)
+}
+
+/// Asserts that `vpm args` fails with a message containing every one of `needles`.
+fn refused(args: &[&str], needles: &[&str]) {
+    let (code, text) = vpm(args);
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "vpm {args:?} was accepted: {text}"
+    );
+    for n in needles {
+        assert!(text.contains(n), "vpm {args:?}: no {n:?} in: {text}");
+    }
+}
+
+/// `vpm-bench`, when it was built beside `vpm` (it belongs to another package).
+fn vpm_bench() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_BIN_EXE_vpm")).with_file_name("vpm-bench");
+    p.exists().then_some(p)
+}
+
+#[test]
+fn negative_nan_and_infinite_seconds_are_refused() {
+    for (v, why) in [
+        ("-1", "must not be negative"),
+        ("nan", "finite"),
+        ("inf", "finite"),
+        ("-inf", "finite"),
+        ("soon", "not a number"),
+    ] {
+        refused(&["guest", "--seconds", v], &["--seconds", why]);
+        refused(
+            &["qemu", "--kernel", "k", "--initrd", "i", "--timeout", v],
+            &["--timeout", why],
+        );
+    }
+}
+
+#[test]
+fn huge_sizes_are_refused() {
+    for opt in ["--vpm-mib", "--pool-mib", "--dram-mib", "--pm-quota-mib"] {
+        refused(&["guest", opt, "1048577"], &[opt, "1048576"]);
+        refused(&["guest", opt, "18446744073709551615"], &[opt]);
+        refused(&["guest", opt, "-1"], &[opt]);
+    }
+    refused(&["guest", "--vpm-mib", "0"], &["--vpm-mib", "1..=1048576"]);
+    refused(&["guest", "--epoch-ms", "99999999999"], &["--epoch-ms"]);
+    refused(
+        &["guest", "--args", "1,2,3,4,5,6,7"],
+        &["--args", "at most 6"],
+    );
+    refused(
+        &["guest", "--args", "1,-2"],
+        &["--args", "not an unsigned number"],
+    );
+}
+
+#[test]
+fn vm_names_that_are_not_plain_file_names_are_refused() {
+    refused(
+        &["guest", "--vm", "../escape"],
+        &["--vm", "must not start with '.'"],
+    );
+    refused(&["guest", "--vm", ""], &["--vm", "1 to 32 bytes"]);
+    refused(
+        &["guest", "--vm", &"x".repeat(33)],
+        &["--vm", "1 to 32 bytes"],
+    );
+}
+
+#[test]
+fn bad_enum_values_are_refused() {
+    refused(&["guest", "--hints", "X"], &["--hints", "on, off"]);
+    refused(
+        &["guest", "--mode", "fast"],
+        &["--mode", "full, pv, direct, msync"],
+    );
+    refused(
+        &["guest", "--workload", "nope"],
+        &["--workload", "seq-writer"],
+    );
+    refused(
+        &["guest", "--doorbell", "bell"],
+        &["--doorbell", "ioeventfd"],
+    );
+    refused(&["soak", "--kind", "all"], &["--kind", "transient"]);
+    refused(
+        &["qemu", "--kernel", "k", "--initrd", "i", "--mode", "full"],
+        &["--mode must be pv"],
+    );
+}
+
+#[test]
+fn unknown_flags_and_commands_are_refused() {
+    refused(&["guest", "--bogus"], &["--bogus"]);
+    refused(&["run", "--fresh-please"], &["--fresh-please"]);
+    refused(&["pool-info", "--vm", "x"], &["--vm"]);
+    refused(&["frobnicate"], &["frobnicate"]);
+    refused(&["qemu", "--initrd", "i"], &["--kernel"]);
+    if let Some(bench) = vpm_bench() {
+        for args in [&["suite", "--bogus"][..], &["fast"], &["pm-core", "--out"]] {
+            let (code, text) = run_exe(&bench, args);
+            assert!(code.is_some_and(|c| c != 0), "vpm-bench {args:?}: {text}");
+        }
+    }
+}
+
+#[test]
+fn pool_info_on_a_missing_pool_fails_and_creates_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("no-such-state");
+    refused(
+        &["pool-info", "--state", missing.to_str().unwrap()],
+        &["does not exist"],
+    );
+    assert!(!missing.exists(), "pool-info created the directory");
+    // An existing directory without a pool: an error, and still empty afterwards.
+    refused(
+        &["pool-info", "--state", t.path().to_str().unwrap()],
+        &["no pool at"],
+    );
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_directory_without_the_marker_is_neither_used_nor_deleted() {
+    let t = tempfile::tempdir().unwrap();
+    let precious = t.path().join("precious.txt");
+    std::fs::write(&precious, b"not VPM's").unwrap();
+    let dir = t.path().to_str().unwrap();
+    let why = "is not a VPM state directory";
+    refused(&["guest", "--state", dir, "--fresh"], &[why, "nothing was"]);
+    refused(&["run", "--state", dir], &[why]);
+    refused(&["soak", "--dir", dir, "--trials", "1"], &[why]);
+    refused(
+        &["qemu", "--kernel", "k", "--initrd", "i", "--state", dir],
+        &[why],
+    );
+    assert_eq!(std::fs::read(&precious).unwrap(), b"not VPM's");
+    let names: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["precious.txt"], "nothing was added either");
+}
+
+#[test]
+fn help_lists_every_command() {
+    let (code, text) = vpm(&["help"]);
+    assert_eq!(code, Some(0), "{text}");
+    for c in ["run", "guest", "pool-info", "qemu", "soak"] {
+        assert!(text.contains(c), "no {c} in help: {text}");
+    }
+}
