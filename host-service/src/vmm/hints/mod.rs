@@ -220,3 +220,6 @@ fn act(
         _ => HintResult::NotSupported,
     })
 }
+
+#[cfg(test)]
+mod tests;
