@@ -217,8 +217,8 @@ pub fn run_qemu(
     let console_path = spec.state.join(format!("{}.console", spec.name));
     let mut child = start_qemu(spec, &ram_path, &sock, &console_path, vpm_size)?;
     let server = {
-        let target = target.clone();
-        std::thread::spawn(move || serve_doorbell(listener, &target))
+        let (target, sock) = (target.clone(), sock.clone());
+        std::thread::spawn(move || serve_doorbell(listener, &sock, &target))
     };
     let start = Instant::now();
     let exited = loop {
@@ -315,15 +315,15 @@ fn start_qemu(
 }
 
 /// Reads doorbell bytes from QEMU's debugcon socket and serves them until QEMU disconnects.
-fn serve_doorbell(listener: UnixListener, target: &QemuTarget) -> Result<(), VmmError> {
+fn serve_doorbell(
+    listener: UnixListener,
+    sock: &std::path::Path,
+    target: &QemuTarget,
+) -> Result<(), VmmError> {
     let (mut stream, _) = listener
         .accept()
         .map_err(|source| VmmError::DoorbellSocket {
-            path: listener
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
-                .unwrap_or_default(),
+            path: sock.to_path_buf(),
             source,
         })?;
     let mut hints = HintService::new(target.vpm_off, target.vpm_size);
