@@ -202,6 +202,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_dropped_memslot_is_removed_from_the_vm() {
+        use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+        let Ok(kvm) = open_kvm() else {
+            eprintln!("no usable /dev/kvm: skipped");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let size = 4 * PAGE_SIZE;
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
+        let host = ram.get_host_address(GuestAddress(0)).unwrap();
+        // SAFETY: `ram` outlives both slots (dropped at the end of the test, after them).
+        let slot = unsafe { Memslot::add(&vm, 3, 0, size, host, false) }.unwrap();
+        // KVM refuses to resize a live slot: the same slot at another size fails while it exists.
+        // SAFETY: as above.
+        let resized = unsafe { Memslot::add(&vm, 3, 0, size / 2, host, false) };
+        assert!(matches!(resized, Err(VmmError::SetMemslot { slot: 3, .. })));
+        drop(slot);
+        // SAFETY: as above.
+        let again = unsafe { Memslot::add(&vm, 3, 0, size / 2, host, false) }.unwrap();
+        assert_eq!(again.slot(), 3);
+    }
+
+    #[test]
     fn bitmaps_round_trip_and_ignore_pages_past_the_slot() {
         let b = bitmap_of_pages(130, &[0, 63, 64, 129, 500]);
         assert_eq!(b.len(), 3);
