@@ -1,5 +1,6 @@
 //! The VMM's error type: every variant says what was being done and keeps the OS, KVM, memory or
-//! pool error that stopped it as its source.
+//! pool error that stopped it as its source. The message repeats the source's text, as the
+//! messages did before (callers print only the top error).
 
 use std::io;
 use std::path::PathBuf;
@@ -21,16 +22,16 @@ pub enum VmmError {
     #[error("permission denied on /dev/kvm: run as root or join the kvm group")]
     KvmDenied(#[source] kvm_ioctls::Error),
     /// Opening /dev/kvm failed otherwise.
-    #[error("cannot open /dev/kvm")]
+    #[error("cannot open /dev/kvm: {0}")]
     OpenKvm(#[source] kvm_ioctls::Error),
     /// KVM_CREATE_VM failed.
-    #[error("KVM_CREATE_VM")]
+    #[error("KVM_CREATE_VM: {0}")]
     CreateVm(#[source] kvm_ioctls::Error),
     /// KVM_GET_SUPPORTED_CPUID failed.
-    #[error("KVM_GET_SUPPORTED_CPUID")]
+    #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
     SupportedCpuid(#[source] kvm_ioctls::Error),
     /// Adding or removing a memslot failed.
-    #[error("KVM_SET_USER_MEMORY_REGION slot {slot}")]
+    #[error("KVM_SET_USER_MEMORY_REGION slot {slot}: {source}")]
     SetMemslot {
         /// The slot.
         slot: u32,
@@ -39,10 +40,10 @@ pub enum VmmError {
         source: kvm_ioctls::Error,
     },
     /// Enabling manual dirty-log protection failed.
-    #[error("enable manual dirty-log protection")]
+    #[error("enable manual dirty-log protection: {0}")]
     EnableDirtyLog(#[source] kvm_ioctls::Error),
     /// Reading the dirty log failed.
-    #[error("KVM_GET_DIRTY_LOG slot {slot}")]
+    #[error("KVM_GET_DIRTY_LOG slot {slot}: {source}")]
     GetDirtyLog {
         /// The slot.
         slot: u32,
@@ -51,7 +52,7 @@ pub enum VmmError {
         source: kvm_ioctls::Error,
     },
     /// Clearing (re-protecting) dirty pages failed.
-    #[error("KVM_CLEAR_DIRTY_LOG slot {slot}")]
+    #[error("KVM_CLEAR_DIRTY_LOG slot {slot}: {source}")]
     ClearDirtyLog {
         /// The slot.
         slot: u32,
@@ -60,7 +61,7 @@ pub enum VmmError {
         source: io::Error,
     },
     /// Creating or setting up vCPU 0 failed.
-    #[error("vCPU setup: {what}")]
+    #[error("vCPU setup: {what}: {source}")]
     Vcpu {
         /// The ioctl.
         what: &'static str,
@@ -69,7 +70,7 @@ pub enum VmmError {
         source: kvm_ioctls::Error,
     },
     /// KVM_RUN failed.
-    #[error("KVM_RUN")]
+    #[error("KVM_RUN: {0}")]
     Run(#[source] kvm_ioctls::Error),
     /// The guest stopped with an exit the VMM does not serve.
     #[error("unexpected vCPU exit {exit} (address {addr:#x})")]
@@ -80,16 +81,16 @@ pub enum VmmError {
         addr: u64,
     },
     /// Creating the RING doorbell's eventfd failed.
-    #[error("create the ring doorbell's eventfd")]
+    #[error("create the ring doorbell's eventfd: {0}")]
     EventFd(#[source] io::Error),
     /// Registering the RING doorbell's ioeventfd failed.
-    #[error("KVM_IOEVENTFD for the ring doorbell")]
+    #[error("KVM_IOEVENTFD for the ring doorbell: {0}")]
     RegisterIoEvent(#[source] kvm_ioctls::Error),
     /// Installing the vCPU kick signal's handler failed.
-    #[error("install the vCPU kick signal handler")]
+    #[error("install the vCPU kick signal handler: {0}")]
     KickHandler(#[source] vmm_sys_util::errno::Error),
     /// Starting a thread failed.
-    #[error("spawn the {thread} thread")]
+    #[error("spawn the {thread} thread: {source}")]
     SpawnThread {
         /// Which thread.
         thread: &'static str,
@@ -101,13 +102,13 @@ pub enum VmmError {
     #[error("the {0} thread panicked")]
     ThreadPanicked(&'static str),
     /// Allocating guest RAM failed.
-    #[error("allocate guest RAM")]
+    #[error("allocate guest RAM: {0}")]
     GuestRam(#[source] vm_memory::mmap::FromRangesError),
     /// Loading the test guest's ELF image failed.
-    #[error("load the test guest")]
+    #[error("load the test guest: {0}")]
     LoadGuest(#[source] linux_loader::loader::Error),
     /// Accessing guest RAM failed.
-    #[error("guest RAM: {what}")]
+    #[error("guest RAM: {what}: {source}")]
     GuestMemory {
         /// What was being read or written.
         what: &'static str,
@@ -132,7 +133,7 @@ pub enum VmmError {
         have: u64,
     },
     /// Opening a crash-test witness file failed.
-    #[error("witness {}", path.display())]
+    #[error("witness {}: {source}", path.display())]
     Witness {
         /// The file.
         path: PathBuf,
@@ -147,7 +148,7 @@ pub enum VmmError {
     #[error(transparent)]
     Pool(#[from] PoolError),
     /// Creating, sizing or mapping a QEMU guest's RAM file failed.
-    #[error("QEMU guest RAM file {}", path.display())]
+    #[error("QEMU guest RAM file {}: {source}", path.display())]
     QemuRamFile {
         /// The file.
         path: PathBuf,
@@ -164,7 +165,7 @@ pub enum VmmError {
         ram: u64,
     },
     /// Binding or accepting on the QEMU doorbell socket failed.
-    #[error("doorbell socket {}", path.display())]
+    #[error("doorbell socket {}: {source}", path.display())]
     DoorbellSocket {
         /// The socket.
         path: PathBuf,
@@ -173,7 +174,7 @@ pub enum VmmError {
         source: io::Error,
     },
     /// QEMU could not be started.
-    #[error("cannot start qemu-system-x86_64; tests/setup/install-deps.sh installs it")]
+    #[error("cannot start qemu-system-x86_64 ({0}); tests/setup/install-deps.sh installs it")]
     StartQemu(#[source] io::Error),
 }
 
@@ -188,13 +189,15 @@ mod tests {
             slot: 1,
             source: kvm_ioctls::Error::new(libc::EINVAL),
         };
-        assert_eq!(e.to_string(), "KVM_SET_USER_MEMORY_REGION slot 1");
+        assert!(e
+            .to_string()
+            .starts_with("KVM_SET_USER_MEMORY_REGION slot 1: "));
         assert!(e.source().is_some());
         let e = VmmError::Witness {
             path: "/nonexistent/w".into(),
             source: io::Error::from_raw_os_error(libc::ENOENT),
         };
-        assert_eq!(e.to_string(), "witness /nonexistent/w");
+        assert!(e.to_string().starts_with("witness /nonexistent/w: "));
         assert!(e.source().is_some());
     }
 }

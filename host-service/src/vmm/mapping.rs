@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
     /// mmap refused.
-    #[error("mmap {len} bytes of a file")]
+    #[error("mmap {len} bytes of a file: {source}")]
     Mmap {
         /// Bytes asked for.
         len: usize,

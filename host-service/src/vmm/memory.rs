@@ -29,7 +29,7 @@ pub enum MemoryError {
         source: std::io::Error,
     },
     /// Mapping a tier file for the VMM's own copies failed.
-    #[error("map a tier file")]
+    #[error("map a tier file: {0}")]
     Map(#[from] MappingError),
 }
 
