@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::json;
+use vpm_host::vmm::mapping::FileMapping;
 
 use crate::stats::{platform_note, timed};
 
@@ -91,23 +92,8 @@ pub fn run(out: &Path, quick: bool) -> Result<(), String> {
         .open(path)
         .map_err(|e| e.to_string())?;
     file.set_len(64 << 20).map_err(|e| e.to_string())?;
-    // SAFETY: a shared mapping of the file we just sized.
-    let p = unsafe {
-        use std::os::fd::AsRawFd;
-        libc::mmap(
-            std::ptr::null_mut(),
-            64 << 20,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err("mmap".into());
-    }
-    // SAFETY: the mapping is 64 MiB, ours until munmap below.
-    let dst = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, 64 << 20) };
+    let mut map = FileMapping::shared(&file, 64 << 20, true).map_err(|e| e.to_string())?;
+    let dst = map.as_mut_slice();
     let src: Vec<u8> = (0..(1 << 20)).map(|i| (i * 31) as u8).collect();
     let total = if quick { 256 << 20 } else { 1 << 30 };
     let mut rows = Vec::new();
@@ -125,8 +111,7 @@ pub fn run(out: &Path, quick: bool) -> Result<(), String> {
             json!({"bytes": size, "pv_libpmem_mib_s": ma, "debian_mib_s": mb, "ratio": ma / mb}),
         );
     }
-    // SAFETY: unmapping the mapping made above.
-    unsafe { libc::munmap(p, 64 << 20) };
+    drop(map);
     let _ = std::fs::remove_file(path);
     std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
     let doc = json!({"platform": platform_note(), "memcpy_persist": rows});

@@ -12,7 +12,8 @@ use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
 
 use crate::stats::{percentile, platform_note, timed};
 
-const PAGE: usize = 4096;
+/// `vpm_abi::PAGE_SIZE` as a byte count.
+const PAGE: usize = vpm_abi::PAGE_SIZE as usize;
 const MIB: f64 = 1048576.0;
 
 /// A scratch directory removed on drop.

@@ -6,7 +6,8 @@
 //! - [`pool`]: the pool and everything durable: its on-media layout (header, tenants, page maps,
 //!   commit records, redo log), home allocation across PM and the capacity file, epoch commits,
 //!   persist ranges, transient marks, and crash recovery.
-//! - [`tier`]: the in-DRAM view of each page (placement, dirty state, write counts).
+//! - [`tier`]: placements and heat of each page, the placement policy (rebalance, coldest-first
+//!   eviction, shuffle), and carrying moves out through a `PageMover`.
 //! - `vmm` (feature `vmm`): the KVM VMM that runs the VPM test guest on top of all this;
 //!   `qemu`: serving a Linux guest under QEMU; `crashtest`: kill -9 crash trials.
 //! - [`state_dir`]: the directories `vpm` keeps pools in (marked, locked, reset safely).

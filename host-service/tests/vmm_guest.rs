@@ -294,7 +294,7 @@ fn clear_errors_for_a_locked_pool_and_a_pool_of_another_version() {
 }
 
 /// Pages rewritten in every epoch stay writable (no write-protection fault per epoch, see
-/// `vmm::hot`), and the epochs still commit their content: a fresh VM recovers exactly the last
+/// `vmm::writable`), and the epochs still commit their content: a fresh VM recovers exactly the last
 /// image the writer left.
 #[test]
 fn pages_written_every_epoch_stay_writable_and_are_still_committed() {

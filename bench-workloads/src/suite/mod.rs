@@ -49,7 +49,7 @@ fn copy_flush_floor(size: usize) -> Result<f64, String> {
     let src = vec![0x5au8; size];
     let mut lat = Vec::new();
     for i in 0..2000usize {
-        let off = ((i * size.max(4096)) % (60 << 20)) as u64;
+        let off = ((i * size.max(vpm_abi::PAGE_SIZE as usize)) % (60 << 20)) as u64;
         let t = Instant::now();
         dev.write_flush(off, &src).map_err(|e| e.to_string())?;
         dev.drain().map_err(|e| e.to_string())?;
@@ -152,7 +152,7 @@ pub fn run(out: &Path, quick: bool) -> Result<(), String> {
             job.epoch_ms = epoch;
             let o = run_alone(&job, dir, 96)?;
             let secs = o.elapsed.as_secs_f64();
-            let dirty_mib = o.stats.dirty_pages as f64 * 4096.0 / 1048576.0;
+            let dirty_mib = (o.stats.dirty_pages * vpm_abi::PAGE_SIZE) as f64 / 1048576.0;
             tput.push(json!({"workload": wname, "mode": mname, "ops_per_s": o.report.ops as f64 / secs,
                 "epochs": o.stats.epochs, "pause_us_total": o.stats.pause_us_total, "pause_us_max": o.stats.pause_us_max,
                 "dirty_mib": dirty_mib, "pm_bytes_written": o.stats.pm_bytes_written,
@@ -286,7 +286,7 @@ fn recovery(quick: bool) -> Result<Vec<Value>, String> {
                 })
                 .map_err(|e| e.to_string())?;
             let chunk = 16384u64;
-            let mut img = vec![1u8; chunk as usize * 4096];
+            let mut img = vec![1u8; (chunk * vpm_abi::PAGE_SIZE) as usize];
             for first in (0..mib * 256).step_by(chunk as usize) {
                 img[0] = first as u8 | 1;
                 struct At<'a>(u64, &'a [u8]);
@@ -348,7 +348,7 @@ fn recovery(quick: bool) -> Result<Vec<Value>, String> {
         let (pool, rep) = vpm_host::pool::Pool::open(pm, cap).map_err(|e| e.to_string())?;
         let open_ms = t.elapsed().as_secs_f64() * 1000.0;
         let t = Instant::now();
-        let mut page = vec![0u8; 4096];
+        let mut page = vec![0u8; vpm_abi::PAGE_SIZE as usize];
         let pages = pool.tenant(0).map_err(|e| e.to_string())?.pages();
         for vpn in 0..pages {
             pool.read_home(0, vpn, &mut page)

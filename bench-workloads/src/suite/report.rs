@@ -384,7 +384,7 @@ On VMX the exit is a few µs, hence the projection: host work per persist = the 
 (same exit and ring, nothing to do), plus an assumed {VMX_EXIT_US} µs VMX exit.\n\
 - `full` and `direct` run the same guest code; `full` additionally pauses the vCPU for each epoch (see pause per MiB dirtied). \
 Dirty logging write-protects pages, and each first write after a protection costs a fault (~20 µs on PVM, docs/costs.md §3); \
-VPM leaves recently changed pages writable and diffs them at each epoch instead (ski rental, `host-service/src/vmm/hot.rs`), \
+VPM leaves recently changed pages writable and diffs them at each epoch instead (ski rental, `host-service/src/vmm/writable.rs`), \
 so the pause grows with the pages written recently while the faults mostly disappear. The random and sequential \
 workloads rewrite the whole 32 MiB vPM within every epoch, so each 100 ms epoch pauses for 32 MiB × the pause per MiB: \
 that pause, not the faults, is what separates them from `direct`.\n\

@@ -15,13 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vpm_abi::{features, HintResult, SharedPage, DOORBELL_PORT, PROBE_REPLY};
+use vpm_abi::{features, HintResult, SharedPage, DOORBELL_PORT, PAGE_SIZE, PROBE_REPLY};
 
 use crate::pool::{Pool, PoolError};
 use crate::vmm::hints::{HintService, HintTarget};
-use crate::vmm::{Mode, VmStats, VmmError};
-
-const PAGE: u64 = 4096;
+use crate::vmm::mapping::FileMapping;
+use crate::vmm::{Mode, VmStats, VmmError, VpmRange};
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -55,28 +54,10 @@ pub struct QemuOutcome {
     pub exited: bool,
 }
 
-/// The guest RAM file, mapped.
-struct RamMap {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is owned by this struct and only read/written through bounds-checked slices
-// or the atomics of the shared page.
-unsafe impl Send for RamMap {}
-// SAFETY: as above.
-unsafe impl Sync for RamMap {}
-
-impl Drop for RamMap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
-    }
-}
-
 /// The hint target of a QEMU guest.
 struct QemuTarget {
-    ram: RamMap,
+    /// The guest RAM file, mapped.
+    ram: FileMapping,
     vpm_off: u64,
     vpm_size: u64,
     pool: Arc<Mutex<Pool>>,
@@ -89,7 +70,7 @@ impl QemuTarget {
         // SAFETY: [vpm_off, vpm_off + vpm_size) lies inside the RAM mapping (checked at setup).
         unsafe {
             std::slice::from_raw_parts(
-                self.ram.ptr.add(self.vpm_off as usize),
+                self.ram.as_ptr().add(self.vpm_off as usize),
                 self.vpm_size as usize,
             )
         }
@@ -120,27 +101,28 @@ impl HintTarget for QemuTarget {
     }
 
     fn shared_page(&self, gpa: u64) -> Option<&'static SharedPage> {
-        let in_ram = gpa % PAGE == 0
+        let in_ram = gpa % PAGE_SIZE == 0
             && gpa
-                .checked_add(PAGE)
-                .is_some_and(|e| e <= self.ram.len as u64);
+                .checked_add(PAGE_SIZE)
+                .is_some_and(|e| e <= self.ram.len() as u64);
         let in_vpm = gpa >= self.vpm_off && gpa < self.vpm_off + self.vpm_size;
         if !in_ram || in_vpm {
             return None;
         }
         // SAFETY: page-aligned and inside the RAM mapping, which outlives the hint service; the
         // guest accesses it concurrently through atomics only (the ABI).
-        Some(unsafe { SharedPage::from_ptr(self.ram.ptr.add(gpa as usize)) })
+        Some(unsafe { SharedPage::from_ptr(self.ram.as_ptr().add(gpa as usize)) })
     }
 
-    fn persist(&self, ranges: &[(u64, u64)]) -> Result<HintResult, VmmError> {
+    fn persist(&self, ranges: &[VpmRange]) -> Result<HintResult, VmmError> {
+        let pairs: Vec<(u64, u64)> = ranges.iter().map(VpmRange::as_pair).collect();
         let r = self
             .pool
             .lock()
             .expect("pool")
-            .persist(self.tenant, ranges, self.vpm());
+            .persist(self.tenant, &pairs, self.vpm());
         self.stats.lock().expect("stats").persist_requested_bytes +=
-            ranges.iter().map(|r| r.1).sum::<u64>();
+            ranges.iter().map(VpmRange::len).sum::<u64>();
         Ok(self.pool_result(r))
     }
 
@@ -148,18 +130,19 @@ impl HintTarget for QemuTarget {
         Ok(HintResult::NotSupported)
     }
 
-    fn set_transient(&self, (off, len): (u64, u64), on: bool) -> Result<HintResult, VmmError> {
+    fn set_transient(&self, range: VpmRange, on: bool) -> Result<HintResult, VmmError> {
+        let (first, count) = (range.first_page(), range.page_count());
         let mut pool = self.pool.lock().expect("pool");
         let r = if on {
-            pool.set_transient(self.tenant, off / PAGE, len / PAGE)
+            pool.set_transient(self.tenant, first, count)
         } else {
-            pool.set_persistent(self.tenant, off / PAGE, len / PAGE)
+            pool.set_persistent(self.tenant, first, count)
         };
         Ok(self.pool_result(r))
     }
 
     fn request_epoch(&self) -> Result<HintResult, VmmError> {
-        let pages: Vec<u64> = (0..self.vpm_size / PAGE).collect();
+        let pages: Vec<u64> = (0..self.vpm_size / PAGE_SIZE).collect();
         let r = self
             .pool
             .lock()
@@ -176,9 +159,13 @@ impl HintTarget for QemuTarget {
     fn witness_drain(&self) {}
 }
 
-fn map_ram(path: &std::path::Path, len: u64) -> Result<RamMap, VmmError> {
-    use std::os::fd::AsRawFd;
+/// Creates (0600, truncated) the guest RAM file of `len` bytes and maps it.
+fn map_ram(path: &std::path::Path, len: u64) -> Result<FileMapping, VmmError> {
     use std::os::unix::fs::OpenOptionsExt;
+    let file_error = |source| VmmError::QemuRamFile {
+        path: path.to_path_buf(),
+        source,
+    };
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -186,30 +173,10 @@ fn map_ram(path: &std::path::Path, len: u64) -> Result<RamMap, VmmError> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| VmmError::Config(format!("{}: {e}", path.display())))?;
-    f.set_len(len)
-        .map_err(|e| VmmError::Config(format!("size {}: {e}", path.display())))?;
-    // SAFETY: a fresh shared mapping of our own file at a kernel-chosen address.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(VmmError::Config(format!(
-            "mmap {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(RamMap {
-        ptr: p as *mut u8,
-        len: len as usize,
+        .map_err(file_error)?;
+    f.set_len(len).map_err(file_error)?;
+    FileMapping::shared(&f, len as usize, false).map_err(|e| match e {
+        crate::vmm::mapping::MappingError::Mmap { source, .. } => file_error(source),
     })
 }
 
@@ -220,11 +187,14 @@ pub fn run_qemu(
     pool: Arc<Mutex<Pool>>,
     tenant: u32,
 ) -> Result<QemuOutcome, VmmError> {
-    let vpm_size = pool.lock().expect("pool").tenant(tenant)?.pages() * PAGE;
+    let vpm_size = pool.lock().expect("pool").tenant(tenant)?.pages() * PAGE_SIZE;
     let vpm_off = spec.vpm_offset_mib << 20;
     let ram_len = spec.ram_mib << 20;
     if vpm_off + vpm_size > ram_len {
-        return Err(VmmError::Config("vPM does not fit in guest RAM".into()));
+        return Err(VmmError::VpmOutsideGuestRam {
+            vpm_end: vpm_off + vpm_size,
+            ram: ram_len,
+        });
     }
     let ram_path = spec.state.join(format!("{}.ram", spec.name));
     let ram = map_ram(&ram_path, ram_len)?;
@@ -239,13 +209,15 @@ pub fn run_qemu(
     rebuild_vpm(&target)?;
     let sock = spec.state.join(format!("{}.sock", spec.name));
     let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock)
-        .map_err(|e| VmmError::Config(format!("{}: {e}", sock.display())))?;
+    let listener = UnixListener::bind(&sock).map_err(|source| VmmError::DoorbellSocket {
+        path: sock.clone(),
+        source,
+    })?;
     let console_path = spec.state.join(format!("{}.console", spec.name));
     let mut child = start_qemu(spec, &ram_path, &sock, &console_path, vpm_size)?;
     let server = {
-        let target = target.clone();
-        std::thread::spawn(move || serve_doorbell(listener, &target))
+        let (target, sock) = (target.clone(), sock.clone());
+        std::thread::spawn(move || serve_doorbell(listener, &sock, &target))
     };
     let start = Instant::now();
     let exited = loop {
@@ -272,11 +244,12 @@ pub fn run_qemu(
 /// Writes every page's durable content into the vPM range of the RAM file.
 fn rebuild_vpm(t: &QemuTarget) -> Result<(), VmmError> {
     let pool = t.pool.lock().expect("pool");
-    for vpn in 0..t.vpm_size / PAGE {
-        let off = (t.vpm_off + vpn * PAGE) as usize;
+    for vpn in 0..t.vpm_size / PAGE_SIZE {
+        let off = (t.vpm_off + vpn * PAGE_SIZE) as usize;
         // SAFETY: the page lies inside the RAM mapping (vPM fits, checked by the caller); QEMU is
         // not running yet.
-        let page = unsafe { std::slice::from_raw_parts_mut(t.ram.ptr.add(off), PAGE as usize) };
+        let page =
+            unsafe { std::slice::from_raw_parts_mut(t.ram.as_ptr().add(off), PAGE_SIZE as usize) };
         pool.read_home(t.tenant, vpn, page)?;
     }
     Ok(())
@@ -337,18 +310,21 @@ fn start_qemu(
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| {
-            VmmError::Config(format!(
-                "cannot start qemu-system-x86_64 ({e}); tests/setup/install-deps.sh installs it"
-            ))
-        })
+        .map_err(VmmError::StartQemu)
 }
 
 /// Reads doorbell bytes from QEMU's debugcon socket and serves them until QEMU disconnects.
-fn serve_doorbell(listener: UnixListener, target: &QemuTarget) -> Result<(), VmmError> {
+fn serve_doorbell(
+    listener: UnixListener,
+    sock: &std::path::Path,
+    target: &QemuTarget,
+) -> Result<(), VmmError> {
     let (mut stream, _) = listener
         .accept()
-        .map_err(|e| VmmError::Config(format!("doorbell socket: {e}")))?;
+        .map_err(|source| VmmError::DoorbellSocket {
+            path: sock.to_path_buf(),
+            source,
+        })?;
     let mut hints = HintService::new(target.vpm_off, target.vpm_size);
     let mut buf = [0u8; 256];
     loop {

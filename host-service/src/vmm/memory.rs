@@ -8,9 +8,13 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 
-use crate::tier::Placement;
+use vpm_abi::PAGE_SIZE;
 
-const PAGE: usize = 4096;
+use super::mapping::{FileMapping, MappingError};
+use crate::tier::{PageMover, Placement};
+
+/// `vpm_abi::PAGE_SIZE` as a byte count.
+const PAGE: usize = PAGE_SIZE as usize;
 
 /// Errors of the vPM mapping.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,9 @@ pub enum MemoryError {
         #[source]
         source: std::io::Error,
     },
+    /// Mapping a tier file for the VMM's own copies failed.
+    #[error("map a tier file: {0}")]
+    Map(#[from] MappingError),
 }
 
 fn os(what: &'static str) -> MemoryError {
@@ -33,48 +40,12 @@ fn os(what: &'static str) -> MemoryError {
     }
 }
 
-/// A shared mapping of a whole file, for the VMM's own copies.
-struct View {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl View {
-    fn map(fd: i32, len: usize) -> Result<View, MemoryError> {
-        // SAFETY: a fresh shared mapping of our own descriptor at a kernel-chosen address.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(os("mmap view"));
-        }
-        Ok(View {
-            ptr: p as *mut u8,
-            len,
-        })
-    }
-}
-
-impl Drop for View {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
-    }
-}
-
 /// The DRAM and PM working-copy files of a tiered VM.
 struct Tiers {
     dram: File,
     work: File,
-    dram_view: View,
-    work_view: View,
+    dram_view: FileMapping,
+    work_view: FileMapping,
 }
 
 /// The vPM mapping of one VM.
@@ -150,8 +121,8 @@ impl VpmMemory {
             })?;
         let dram = memfd(&format!("vpm-dram-{name}"), size)?;
         let tiers = Tiers {
-            dram_view: View::map(dram.as_raw_fd(), size)?,
-            work_view: View::map(work.as_raw_fd(), size)?,
+            dram_view: FileMapping::shared(&dram, size, false)?,
+            work_view: FileMapping::shared(&work, size, false)?,
             dram,
             work,
         };
@@ -265,7 +236,13 @@ impl VpmMemory {
         let (off, len) = (first * PAGE, pages * PAGE);
         // SAFETY: both views map whole files of `size` bytes; [off, off + len) is inside them and
         // the two files are distinct, so the ranges do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src_view.ptr.add(off), dst_view.ptr.add(off), len) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src_view.as_ptr().add(off),
+                dst_view.as_ptr().add(off),
+                len,
+            )
+        };
         self.map_run(first, pages, to)?;
         // SAFETY: punching a hole in our own file frees the old copy; nothing maps it any more.
         let rc = unsafe {
@@ -285,7 +262,7 @@ impl VpmMemory {
 
 fn tiers_work_pages(tiers: &Tiers, size: usize) -> impl Iterator<Item = &mut [u8]> {
     // SAFETY: the work view maps `size` bytes; the pages are handed out one at a time, disjoint.
-    let all = unsafe { std::slice::from_raw_parts_mut(tiers.work_view.ptr, size) };
+    let all = unsafe { std::slice::from_raw_parts_mut(tiers.work_view.as_ptr(), size) };
     all.chunks_mut(PAGE)
 }
 
@@ -296,17 +273,12 @@ impl Drop for VpmMemory {
     }
 }
 
-/// Groups `moves` (page, destination) into runs of adjacent pages with the same destination.
-pub fn runs(mut moves: Vec<(u64, Placement)>) -> Vec<(usize, usize, Placement)> {
-    moves.sort_unstable_by_key(|m| m.0);
-    let mut out: Vec<(usize, usize, Placement)> = Vec::new();
-    for (vpn, to) in moves {
-        match out.last_mut() {
-            Some((first, n, dest)) if *dest == to && *first + *n == vpn as usize => *n += 1,
-            _ => out.push((vpn as usize, 1, to)),
-        }
+impl PageMover for VpmMemory {
+    type Error = MemoryError;
+
+    fn move_run(&mut self, first: u64, count: u64, to: Placement) -> Result<(), MemoryError> {
+        VpmMemory::move_run(self, first as usize, count as usize, to)
     }
-    out
 }
 
 #[cfg(test)]
@@ -336,16 +308,5 @@ mod tests {
                 "page {vpn}"
             );
         }
-    }
-
-    #[test]
-    fn runs_group_adjacent_pages() {
-        let r = runs(vec![
-            (5, Placement::Dram),
-            (3, Placement::Dram),
-            (4, Placement::Dram),
-            (9, Placement::Pm),
-        ]);
-        assert_eq!(r, vec![(3, 3, Placement::Dram), (9, 1, Placement::Pm)]);
     }
 }

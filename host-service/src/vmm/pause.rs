@@ -28,9 +28,8 @@ pub fn kick_signal() -> i32 {
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// Installs the (empty) handler of the kick signal; call once per process.
-pub fn install_kick_handler() -> Result<(), String> {
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     register_signal_handler(kick_signal(), on_kick)
-        .map_err(|e| format!("install signal handler: {e}"))
 }
 
 impl PauseGate {

@@ -19,7 +19,7 @@ pub struct VmStats {
     pub committed_pages: u64,
     /// Dirty pages reported by KVM.
     pub dirty_pages: u64,
-    /// Dirty pages the last epoch left writable (hot or transient; see `vmm::hot`).
+    /// Dirty pages the last epoch left writable (hot or transient; see `vmm::writable`).
     pub writable_pages_last: u64,
     /// Pages in DRAM now.
     pub dram_pages: u64,

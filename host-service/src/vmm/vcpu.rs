@@ -4,7 +4,7 @@
 use kvm_bindings::{kvm_regs, kvm_segment, CpuId};
 use kvm_ioctls::{VcpuFd, VmFd};
 
-use super::layout::{GUEST_STACK_TOP, PML4_GPA};
+use super::guest_map::{GUEST_STACK_TOP, PML4_GPA};
 use super::VmmError;
 
 const CR0_PE_MP_ET_NE_WP_PG: u64 = 0x8005_0033;
@@ -14,7 +14,7 @@ const EFER_LME_LMA: u64 = 0x500;
 const RFLAGS: u64 = 0x3202;
 
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmmError {
-    move |e| VmmError::Kvm(format!("{what}: {e}"))
+    move |source| VmmError::Vcpu { what, source }
 }
 
 /// Creates vCPU 0 ready to enter the guest at `entry`. CPUID is set before EFER.LME (KVM needs

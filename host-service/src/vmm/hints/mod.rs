@@ -12,6 +12,7 @@ use vpm_abi::{
 };
 
 use super::mode::Mode;
+use super::range::VpmRange;
 use super::stats::VmStats;
 use super::VmmError;
 
@@ -27,11 +28,11 @@ pub trait HintTarget {
     /// vPM and not a VMM-owned page), mapped for the VM's lifetime.
     fn shared_page(&self, gpa: u64) -> Option<&'static SharedPage>;
     /// Persists vPM byte ranges (offsets from the vPM base) as one batch.
-    fn persist(&self, ranges: &[(u64, u64)]) -> Result<HintResult, VmmError>;
+    fn persist(&self, ranges: &[VpmRange]) -> Result<HintResult, VmmError>;
     /// msyncs the whole vPM (msync mode).
     fn msync_region(&self) -> Result<HintResult, VmmError>;
     /// Marks whole pages transient or persistent again.
-    fn set_transient(&self, range: (u64, u64), on: bool) -> Result<HintResult, VmmError>;
+    fn set_transient(&self, range: VpmRange, on: bool) -> Result<HintResult, VmmError>;
     /// Commits an epoch now (the guest waits).
     fn request_epoch(&self) -> Result<HintResult, VmmError>;
     /// Records an acknowledged drain (crash-test witness).
@@ -49,8 +50,8 @@ pub struct HintService {
     decoder: DoorbellDecoder,
     channel: Option<Channel>,
     region: VpmRegion,
-    /// Flushed ranges (vPM offsets) waiting for a drain.
-    queued: Vec<(u64, u64)>,
+    /// Flushed ranges waiting for a drain.
+    queued: Vec<VpmRange>,
 }
 
 impl HintService {
@@ -158,14 +159,25 @@ impl HintService {
 fn act(
     hint: Hint,
     region: VpmRegion,
-    queued: &mut Vec<(u64, u64)>,
+    queued: &mut Vec<VpmRange>,
     vm: &dyn HintTarget,
     page: &SharedPage,
 ) -> Result<HintResult, VmmError> {
-    let offset = |r: vpm_abi::GuestRange| (r.start() - region.base(), r.len());
-    Ok(match (hint, vm.mode()) {
-        (Hint::Nop, _) => HintResult::Ok,
-        (Hint::Info, _) => {
+    // decode_entry checked the range against the region: this cannot fail, but if it did the
+    // guest gets the answer a range outside its vPM gets.
+    let offset = |r: vpm_abi::GuestRange| VpmRange::in_region(r, &region);
+    let range = match hint {
+        Hint::Persist(r) | Hint::Flush(r) | Hint::SetTransient(r) | Hint::SetPersistent(r) => {
+            match offset(r) {
+                Ok(v) => Some(v),
+                Err(_) => return Ok(HintResult::OutOfRange),
+            }
+        }
+        _ => None,
+    };
+    Ok(match (hint, range, vm.mode()) {
+        (Hint::Nop, _, _) => HintResult::Ok,
+        (Hint::Info, _, _) => {
             page.header
                 .epoch
                 .store(vm.stats().lock().expect("stats").epoch, Ordering::Relaxed);
@@ -174,12 +186,12 @@ fn act(
                 .store(vm.features(), Ordering::Relaxed);
             HintResult::Ok
         }
-        (Hint::Persist(r), Mode::Pv) => vm.persist(&[offset(r)])?,
-        (Hint::Flush(r), Mode::Pv) => {
-            queued.push(offset(r));
+        (Hint::Persist(_), Some(r), Mode::Pv) => vm.persist(&[r])?,
+        (Hint::Flush(_), Some(r), Mode::Pv) => {
+            queued.push(r);
             HintResult::Ok
         }
-        (Hint::Drain, Mode::Pv) => {
+        (Hint::Drain, _, Mode::Pv) => {
             let ranges = std::mem::take(queued);
             let res = if ranges.is_empty() {
                 HintResult::Ok
@@ -189,22 +201,25 @@ fn act(
             vm.witness_drain();
             res
         }
-        (Hint::Persist(_) | Hint::Flush(_) | Hint::Drain, Mode::Msync) => {
-            if matches!(hint, Hint::Flush(_)) {
-                queued.push((0, 0));
-                HintResult::Ok
-            } else if matches!(hint, Hint::Drain) && queued.is_empty() {
-                HintResult::Ok
-            } else {
-                queued.clear();
-                vm.msync_region()?
-            }
+        // msync mode: a flush only notes that a drain has work; a persist or such a drain msyncs
+        // the whole region.
+        (Hint::Flush(_), Some(r), Mode::Msync) => {
+            queued.push(r);
+            HintResult::Ok
+        }
+        (Hint::Drain, _, Mode::Msync) if queued.is_empty() => HintResult::Ok,
+        (Hint::Persist(_) | Hint::Drain, _, Mode::Msync) => {
+            queued.clear();
+            vm.msync_region()?
         }
         // Direct mode has ADR semantics: stores are in PM already; the guest's own flushes count.
-        (Hint::Persist(_) | Hint::Flush(_) | Hint::Drain, Mode::Direct) => HintResult::Ok,
-        (Hint::SetTransient(r), Mode::Pv) => vm.set_transient(offset(r), true)?,
-        (Hint::SetPersistent(r), Mode::Pv) => vm.set_transient(offset(r), false)?,
-        (Hint::RequestEpoch, Mode::Full | Mode::Pv) => vm.request_epoch()?,
+        (Hint::Persist(_) | Hint::Flush(_) | Hint::Drain, _, Mode::Direct) => HintResult::Ok,
+        (Hint::SetTransient(_), Some(r), Mode::Pv) => vm.set_transient(r, true)?,
+        (Hint::SetPersistent(_), Some(r), Mode::Pv) => vm.set_transient(r, false)?,
+        (Hint::RequestEpoch, _, Mode::Full | Mode::Pv) => vm.request_epoch()?,
         _ => HintResult::NotSupported,
     })
 }
+
+#[cfg(test)]
+mod tests;

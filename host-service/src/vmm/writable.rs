@@ -1,7 +1,8 @@
-//! Which dirty pages to write-protect again after an epoch.
+//! The writable set: which dirty pages stay writable between epochs, and which are
+//! write-protected again after one.
 //!
 //! Dirty logging finds written pages by write-protecting them: the first write after each epoch
-//! takes a fault (about 20 µs on this PVM host, notes/kvm-poc.md §3; a few µs on VMX). With
+//! takes a fault (about 20 µs on a PVM host, docs/costs.md; a few µs on VMX). With
 //! manual protection VPM chooses what to re-protect. A page left writable is reported dirty by
 //! every epoch, which then diffs it against its home: a read and a compare (~1 µs), no PM write
 //! when nothing changed. That is ski rental: keeping a page writable for one more epoch "rents"
@@ -22,14 +23,14 @@ const NEVER: u32 = u32::MAX;
 
 /// Per page: the epoch it last changed in; and the pages persisted (PV) in this epoch.
 #[derive(Debug)]
-pub struct HotPages {
+pub struct WritableSet {
     last_changed: Vec<u32>,
     persisted_now: Vec<u64>,
     epoch: u32,
     quiet_epochs: u32,
 }
 
-/// What [`HotPages::plan`] decided.
+/// What [`WritableSet::plan`] decided.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ProtectPlan {
     /// Dirty pages to write-protect again (ascending).
@@ -38,11 +39,11 @@ pub struct ProtectPlan {
     pub writable: u64,
 }
 
-impl HotPages {
-    /// No page hot, for a region of `pages` pages, on a host where a write-protection fault
+impl WritableSet {
+    /// Nothing writable yet, for a region of `pages` pages, on a host where a write-protection fault
     /// costs `fault_us` microseconds.
-    pub fn new(pages: u64, fault_us: f64) -> HotPages {
-        HotPages {
+    pub fn new(pages: u64, fault_us: f64) -> WritableSet {
+        WritableSet {
             last_changed: vec![NEVER; pages as usize],
             persisted_now: vec![0; pages.div_ceil(64) as usize],
             epoch: 0,
@@ -111,57 +112,57 @@ mod tests {
     #[test]
     fn a_changed_page_stays_writable_until_quiet_long_enough() {
         // Fault = 2 diffs: writable for 2 epochs after its last change.
-        let mut hot = HotPages::new(128, 2.0 * DIFF_US);
-        assert_eq!(hot.quiet_epochs(), 2);
-        let p = hot.plan(&[1, 70], &[1, 70], NONE);
+        let mut set = WritableSet::new(128, 2.0 * DIFF_US);
+        assert_eq!(set.quiet_epochs(), 2);
+        let p = set.plan(&[1, 70], &[1, 70], NONE);
         assert_eq!((p.protect, p.writable), (vec![], 2));
         // Reported dirty again (writable), unchanged: one quiet epoch, still writable.
-        let p = hot.plan(&[1, 70], &[70], NONE);
+        let p = set.plan(&[1, 70], &[70], NONE);
         assert_eq!((p.protect, p.writable), (vec![], 2));
         // Second quiet epoch for page 1: protected; 70 changed last epoch, still writable.
-        let p = hot.plan(&[1, 70], &[], NONE);
+        let p = set.plan(&[1, 70], &[], NONE);
         assert_eq!((p.protect, p.writable), (vec![1], 1));
     }
 
     #[test]
     fn a_dirty_page_that_did_not_change_is_protected() {
-        let mut hot = HotPages::new(64, 20.0);
-        assert_eq!(hot.plan(&[3], &[], NONE).protect, vec![3]);
+        let mut set = WritableSet::new(64, 20.0);
+        assert_eq!(set.plan(&[3], &[], NONE).protect, vec![3]);
     }
 
     #[test]
     fn a_page_persisted_every_epoch_stays_writable() {
-        let mut hot = HotPages::new(64, 1.0);
+        let mut set = WritableSet::new(64, 1.0);
         for _ in 0..5 {
-            hot.note_persisted(9);
+            set.note_persisted(9);
             // Persisted, so the commit finds it equal to its home.
-            assert!(hot.plan(&[9], &[], NONE).protect.is_empty());
+            assert!(set.plan(&[9], &[], NONE).protect.is_empty());
         }
-        hot.plan(&[9], &[], NONE);
-        assert_eq!(hot.plan(&[9], &[], NONE).protect, vec![9]);
+        set.plan(&[9], &[], NONE);
+        assert_eq!(set.plan(&[9], &[], NONE).protect, vec![9]);
     }
 
     #[test]
     fn transient_pages_are_never_protected() {
-        let mut hot = HotPages::new(64, 20.0);
-        let p = hot.plan(&[5, 6], &[], |v| v == 5);
+        let mut set = WritableSet::new(64, 20.0);
+        let p = set.plan(&[5, 6], &[], |v| v == 5);
         assert_eq!((p.protect, p.writable), (vec![6], 1));
     }
 
     #[test]
     fn writable_pages_are_capped() {
         let n = MAX_WRITABLE + 10;
-        let mut hot = HotPages::new(n, 20.0);
+        let mut set = WritableSet::new(n, 20.0);
         let all: Vec<u64> = (0..n).collect();
-        let p = hot.plan(&all, &all, NONE);
+        let p = set.plan(&all, &all, NONE);
         assert_eq!(p.writable, MAX_WRITABLE);
         assert_eq!(p.protect.len(), 10);
     }
 
     #[test]
     fn out_of_range_pages_are_protected_not_panicking() {
-        let mut hot = HotPages::new(64, 20.0);
-        hot.note_persisted(1000);
-        assert_eq!(hot.plan(&[1000], &[1000], NONE).protect, vec![1000]);
+        let mut set = WritableSet::new(64, 20.0);
+        set.note_persisted(1000);
+        assert_eq!(set.plan(&[1000], &[1000], NONE).protect, vec![1000]);
     }
 }

@@ -1,0 +1,283 @@
+//! Which pages should move: heat rebalancing within the DRAM budget, the coldest pages to evict
+//! when room is needed, and the random shuffle of forced migrations.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use super::placements::{Move, PagePlacements, Placement};
+
+/// Heat at or above which a PM page is worth moving to DRAM: written in each of the last three
+/// epochs (128 + 64 + 32). A page written now and then (a sequential pass, one of many uniformly
+/// random writes) is not: a move costs a copy and a remap (~20 µs here), and another to go back.
+pub const HOT: u16 = 224;
+/// Heat below which a DRAM page goes back to PM (about two quiet epochs after its last write).
+pub const COLD: u16 = 48;
+/// Most pages moved each way per epoch for heat (transient pages are not counted): bounds the
+/// pause when writes spread over more pages than the budget holds, where no placement helps.
+pub const MAX_MOVES_EACH_WAY: usize = 32;
+
+fn to(vpn: u64, to: Placement) -> Move {
+    Move { vpn, to }
+}
+
+/// Plans an epoch's moves: transient pages to DRAM; the coldest DRAM pages back to PM; then the
+/// hottest PM pages to DRAM while the budget allows, at most [`MAX_MOVES_EACH_WAY`] of each.
+/// Never plans past the budget except for transient pages, which have nowhere else to live.
+pub fn rebalance(t: &PagePlacements) -> Vec<Move> {
+    let mut moves = Vec::new();
+    let mut dram = t.dram_pages();
+    let mut cold: Vec<(u16, u64)> = t
+        .iter()
+        .filter(|(_, p)| {
+            p.placement == Placement::Dram && !p.transient && p.heat < COLD && !p.dirty
+        })
+        .map(|(vpn, p)| (p.heat, vpn))
+        .collect();
+    cold.sort_unstable();
+    for &(_, vpn) in cold.iter().take(MAX_MOVES_EACH_WAY) {
+        moves.push(to(vpn, Placement::Pm));
+        dram -= 1;
+    }
+    for (vpn, p) in t.iter() {
+        if p.placement == Placement::Pm && p.transient {
+            moves.push(to(vpn, Placement::Dram));
+            dram += 1;
+        }
+    }
+    let mut hot: Vec<(u16, u64)> = t
+        .iter()
+        .filter(|(_, p)| p.placement == Placement::Pm && !p.transient && p.heat >= HOT)
+        .map(|(vpn, p)| (p.heat, vpn))
+        .collect();
+    hot.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, vpn) in hot.into_iter().take(MAX_MOVES_EACH_WAY) {
+        if dram >= t.budget() {
+            break;
+        }
+        moves.push(to(vpn, Placement::Dram));
+        dram += 1;
+    }
+    moves
+}
+
+/// The demotions that make room for `need` more DRAM pages within the budget, coldest first
+/// (pages written in this epoch count as hotter than any that were not; ties by page number).
+/// Transient pages and pages in `keep` are never chosen. `None` if not enough pages can go.
+pub fn evictions(t: &PagePlacements, need: u64, keep: Range<u64>) -> Option<Vec<Move>> {
+    let have = t.dram_pages();
+    if have + need <= t.budget() {
+        return Some(Vec::new());
+    }
+    let excess = (have + need - t.budget()) as usize;
+    let mut candidates: Vec<(bool, u16, u64)> = t
+        .iter()
+        .filter(|(vpn, p)| p.placement == Placement::Dram && !p.transient && !keep.contains(vpn))
+        .map(|(vpn, p)| (p.dirty, p.heat, vpn))
+        .collect();
+    if candidates.len() < excess {
+        return None;
+    }
+    candidates.sort_unstable();
+    Some(
+        candidates[..excess]
+            .iter()
+            .map(|&(_, _, vpn)| to(vpn, Placement::Pm))
+            .collect(),
+    )
+}
+
+/// Picks up to `pages` random PM pages to move into DRAM and up to as many DRAM pages to move
+/// out, never past the budget and never touching transient pages: the transparency stress of
+/// forced migrations.
+pub fn shuffle(t: &PagePlacements, rng: &mut Rng, pages: u64) -> Vec<Move> {
+    let total = t.len();
+    let mut moves = Vec::new();
+    if total == 0 {
+        return moves;
+    }
+    let mut picked = BTreeSet::new();
+    let room = t.budget() - t.dram_pages().min(t.budget());
+    let (mut up, mut down) = (0, 0);
+    for _ in 0..pages * 4 {
+        let vpn = rng.below(total);
+        if !picked.insert(vpn) {
+            continue;
+        }
+        let p = t.page(vpn);
+        if p.transient {
+            continue;
+        }
+        match p.placement {
+            Placement::Pm if up < pages && up < room + down => {
+                moves.push(to(vpn, Placement::Dram));
+                up += 1;
+            }
+            Placement::Dram if down < pages => {
+                moves.push(to(vpn, Placement::Pm));
+                down += 1;
+            }
+            _ => {}
+        }
+    }
+    moves
+}
+
+/// A small xorshift generator for forced migrations.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    /// A number below `n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x % n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(t: &mut PagePlacements, moves: Vec<Move>) {
+        for m in moves {
+            t.moved(m);
+        }
+    }
+
+    fn rebalance_once(t: &mut PagePlacements) {
+        let moves = rebalance(t);
+        apply(t, moves);
+    }
+
+    /// Pages `vpns` in DRAM, each with the heat given.
+    fn with_dram(pages: u64, budget: u64, heat: &[(u64, u32)]) -> PagePlacements {
+        let mut t = PagePlacements::new(pages, budget);
+        // Heat as the sum of writes in recent epochs: write page v in the epochs whose bit is set.
+        for e in (0..8).rev() {
+            for &(vpn, bits) in heat {
+                if bits & (1 << e) != 0 {
+                    t.note_write(vpn);
+                }
+            }
+            t.end_epoch();
+        }
+        for &(vpn, _) in heat {
+            t.moved(to(vpn, Placement::Dram));
+        }
+        t
+    }
+
+    #[test]
+    fn hot_pages_go_to_dram_within_budget_and_cool_pages_return() {
+        let mut t = PagePlacements::new(100, 10);
+        for _ in 0..3 {
+            for vpn in 0..30 {
+                t.note_write(vpn);
+            }
+            t.end_epoch();
+        }
+        rebalance_once(&mut t);
+        assert_eq!(t.dram_pages(), 10, "budget filled, not exceeded");
+        for _ in 0..4 {
+            t.end_epoch();
+        }
+        rebalance_once(&mut t);
+        assert_eq!(t.dram_pages(), 0, "cold pages went back to PM");
+    }
+
+    #[test]
+    fn moves_per_epoch_are_capped() {
+        let n = 10 * MAX_MOVES_EACH_WAY as u64;
+        let mut t = PagePlacements::new(n, n);
+        for _ in 0..3 {
+            (0..n).for_each(|v| t.note_write(v));
+            t.end_epoch();
+        }
+        rebalance_once(&mut t);
+        assert_eq!(t.dram_pages(), MAX_MOVES_EACH_WAY as u64);
+        // Written once only: not hot enough to move.
+        let mut t = PagePlacements::new(4, 4);
+        t.note_write(1);
+        t.end_epoch();
+        assert!(rebalance(&t).is_empty());
+    }
+
+    #[test]
+    fn transient_pages_live_in_dram() {
+        let mut t = PagePlacements::new(10, 0);
+        t.set_transient(3, true);
+        rebalance_once(&mut t);
+        assert_eq!(t.page(3).placement, Placement::Dram);
+        t.set_transient(3, false);
+        t.end_epoch();
+        rebalance_once(&mut t);
+        assert_eq!(t.page(3).placement, Placement::Pm);
+    }
+
+    #[test]
+    fn eviction_takes_the_coldest_pages_first() {
+        // Page 0 is hottest (written every epoch), page 5 coldest (written long ago).
+        let mut t = with_dram(8, 4, &[(0, 0xff), (1, 0x01), (2, 0x0f), (5, 0x80)]);
+        assert_eq!(t.dram_pages(), 4);
+        let moves = evictions(&t, 2, 6..8).unwrap();
+        assert_eq!(
+            moves,
+            vec![to(5, Placement::Pm), to(1, Placement::Pm)],
+            "coldest first, not lowest page number"
+        );
+        // A page written in this epoch goes after every page that was not.
+        t.note_write(5);
+        let moves = evictions(&t, 1, 6..8).unwrap();
+        assert_eq!(moves, vec![to(1, Placement::Pm)]);
+    }
+
+    #[test]
+    fn eviction_respects_the_budget_keep_and_transient_pages() {
+        let mut t = with_dram(8, 4, &[(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(evictions(&t, 1, 0..0), Some(vec![]), "room already");
+        t.set_transient(0, true);
+        // Need 3 more: excess 2; page 0 transient, page 1 kept: only page 2 can go.
+        assert_eq!(evictions(&t, 3, 1..2), None);
+        let moves = evictions(&t, 2, 1..2).unwrap();
+        assert_eq!(moves, vec![to(2, Placement::Pm)]);
+        apply(&mut t, moves);
+        assert_eq!(t.dram_pages() + 2, t.budget(), "exactly enough room");
+    }
+
+    #[test]
+    fn shuffle_keeps_the_budget_and_leaves_transient_pages() {
+        let mut t = PagePlacements::new(64, 8);
+        t.set_transient(7, true);
+        t.moved(to(7, Placement::Dram));
+        let mut rng = Rng::new(42);
+        for _ in 0..50 {
+            let moves = shuffle(&t, &mut rng, 6);
+            assert!(moves.iter().all(|m| m.vpn != 7));
+            let up = moves.iter().filter(|m| m.to == Placement::Dram).count();
+            let down = moves.len() - up;
+            assert!(up <= 6 && down <= 6);
+            apply(&mut t, moves);
+            assert!(t.dram_pages() <= t.budget(), "budget holds");
+        }
+        assert_eq!(t.page(7).placement, Placement::Dram);
+    }
+
+    #[test]
+    fn rng_is_deterministic_and_bounded() {
+        let (mut a, mut b) = (Rng::new(9), Rng::new(9));
+        for _ in 0..100 {
+            let x = a.below(17);
+            assert_eq!(x, b.below(17));
+            assert!(x < 17);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Running a built VM: the vCPU loop, the ring thread of ioeventfd doorbells, the controller
+//! (periodic epochs, forced migrations, the time limit), and collecting the outcome.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{IoEventAddress, VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
+use vpm_abi::harness::{GuestExit, CONTROL_PORT, PROGRESS_PORT};
+use vpm_abi::proto::doorbell::CMD_RING;
+use vpm_abi::{DOORBELL_PORT, PROBE_REPLY};
+
+use super::context::VmContext;
+use super::guest_map;
+use super::setup::build_vm;
+use super::spec::{DoorbellKind, ExitKind, VmOutcome, VmSpec};
+use super::VmmError;
+use crate::pool::Pool;
+use crate::tier::Rng;
+
+/// Builds and runs one VM to completion (or the time limit) on `pool`'s tenant `tenant`.
+pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOutcome, VmmError> {
+    let (vm, vcpu) = build_vm(spec, pool, tenant)?;
+    let start = Instant::now();
+    let ring_thread = match spec.doorbell {
+        DoorbellKind::Exit => None,
+        DoorbellKind::IoEventFd => Some(spawn_ring_thread(&vm)?),
+    };
+    let vcpu_vm = vm.clone();
+    let handle = std::thread::Builder::new()
+        .name("vpm-vcpu0".into())
+        .spawn(move || vcpu_loop(vcpu, &vcpu_vm))
+        .map_err(|source| VmmError::SpawnThread {
+            thread: "vCPU",
+            source,
+        })?;
+    let thread = std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle);
+    let controlled = control_loop(spec, &vm, thread, start);
+    // Whatever the controller ended with, the vCPU thread must stop before it can be joined.
+    vm.stop.store(true, Ordering::Release);
+    while !vm.pause.has_exited() {
+        vm.pause.resume();
+        vm.kick(thread);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let exit = handle
+        .join()
+        .map_err(|_| VmmError::ThreadPanicked("vCPU"))??;
+    if let Some((evt, t)) = ring_thread {
+        let _ = evt.write(1);
+        t.join().map_err(|_| VmmError::ThreadPanicked("hint"))??;
+    }
+    controlled?;
+    if vm.mode.tiered() {
+        vm.take_epoch()?;
+    }
+    let elapsed = start.elapsed();
+    finish(&vm, exit, elapsed)
+}
+
+type RingThread = (Arc<EventFd>, std::thread::JoinHandle<Result<(), VmmError>>);
+
+/// Registers an ioeventfd for the RING byte and starts the thread that serves it.
+fn spawn_ring_thread(vm: &Arc<VmContext>) -> Result<RingThread, VmmError> {
+    let evt = Arc::new(EventFd::new(0).map_err(VmmError::EventFd)?);
+    let port = IoEventAddress::Pio(DOORBELL_PORT as u64);
+    vm.vm
+        .register_ioevent(&evt, &port, CMD_RING)
+        .map_err(VmmError::RegisterIoEvent)?;
+    let (vm, e) = (vm.clone(), evt.clone());
+    let t = std::thread::Builder::new()
+        .name("vpm-hints".into())
+        .spawn(move || -> Result<(), VmmError> {
+            loop {
+                let _ = e.read();
+                if vm.stop.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                vm.hints.lock().expect("hints").on_byte(CMD_RING, &*vm)?;
+            }
+        })
+        .map_err(|source| VmmError::SpawnThread {
+            thread: "hint",
+            source,
+        })?;
+    Ok((evt, t))
+}
+
+/// The kind of a vCPU exit the VMM does not serve, and the address it concerned (0 if none).
+fn unexpected(exit: &VcpuExit) -> VmmError {
+    let (exit, addr) = match exit {
+        VcpuExit::MmioRead(addr, _) => ("MMIO read", *addr),
+        VcpuExit::MmioWrite(addr, _) => ("MMIO write", *addr),
+        VcpuExit::Hlt => ("HLT", 0),
+        VcpuExit::Shutdown => ("shutdown (triple fault)", 0),
+        VcpuExit::FailEntry(reason, _) => ("failed entry", *reason),
+        VcpuExit::InternalError => ("KVM internal error", 0),
+        VcpuExit::Exception => ("exception", 0),
+        VcpuExit::Debug(_) => ("debug", 0),
+        VcpuExit::SystemEvent(kind, _) => ("system event", *kind as u64),
+        _ => ("other", 0),
+    };
+    VmmError::UnexpectedExit { exit, addr }
+}
+
+/// The vCPU thread: runs the guest and serves its exits.
+fn vcpu_loop(mut vcpu: VcpuFd, vm: &VmContext) -> Result<ExitKind, VmmError> {
+    let result = loop {
+        if vm.pause.requested() {
+            vm.pause.park();
+        }
+        if vm.stop.load(Ordering::Acquire) {
+            break Ok(ExitKind::Stopped);
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                vm.stats.lock().expect("stats").io_exits += 1;
+                match port {
+                    DOORBELL_PORT => {
+                        let mut hints = vm.hints.lock().expect("hints");
+                        for &b in data {
+                            hints.on_byte(b, vm)?;
+                        }
+                    }
+                    CONTROL_PORT => {
+                        break Ok(if data.first() == Some(&(GuestExit::Done as u8)) {
+                            ExitKind::Done
+                        } else {
+                            ExitKind::Failed
+                        });
+                    }
+                    PROGRESS_PORT => vm.stats.lock().expect("stats").progress_exits += 1,
+                    _ => {}
+                }
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                data.fill(if port == DOORBELL_PORT {
+                    PROBE_REPLY
+                } else {
+                    0xff
+                });
+            }
+            Ok(VcpuExit::Intr) => {}
+            Ok(other) => break Err(unexpected(&other)),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => break Err(VmmError::Run(e)),
+        }
+    };
+    vm.pause.exited();
+    result
+}
+
+/// The controller: periodic epochs, forced migrations, the time limit.
+fn control_loop(
+    spec: &VmSpec,
+    vm: &VmContext,
+    thread: libc::pthread_t,
+    start: Instant,
+) -> Result<(), VmmError> {
+    let tick = Duration::from_millis(1);
+    let mut next_epoch = spec.epoch_interval.map(|d| start + d);
+    let mut next_migrate = spec.migrate_interval.map(|d| start + d);
+    let mut rng = Rng::new(spec.params.seed ^ 0x5eed);
+    loop {
+        std::thread::sleep(tick);
+        let now = Instant::now();
+        if spec.time_limit.is_some_and(|l| now - start >= l) {
+            return Ok(());
+        }
+        let epoch_due = vm.mode.tiered() && next_epoch.is_some_and(|t| now >= t);
+        let migrate_due = vm.mode.tiered() && next_migrate.is_some_and(|t| now >= t);
+        if !epoch_due && !migrate_due {
+            if vm.pause.has_exited() {
+                return Ok(());
+            }
+            continue;
+        }
+        if !vm.pause.pause(|| vm.kick(thread)) {
+            return Ok(());
+        }
+        let r = (|| -> Result<(), VmmError> {
+            if migrate_due {
+                vm.shuffle_placement(&mut rng, spec.migrate_pages)?;
+                next_migrate = spec.migrate_interval.map(|d| now + d);
+            }
+            if epoch_due {
+                vm.take_epoch()?;
+                // The interval runs from the end of the pause: the guest always gets it.
+                next_epoch = spec.epoch_interval.map(|d| Instant::now() + d);
+            }
+            Ok(())
+        })();
+        vm.pause.resume();
+        r?;
+    }
+}
+
+/// The outcome: the guest's report, the counters and the pool's write totals.
+fn finish(vm: &VmContext, exit: ExitKind, elapsed: Duration) -> Result<VmOutcome, VmmError> {
+    let report = guest_map::read_report(&vm.ram).map_err(|source| VmmError::GuestMemory {
+        what: "read the guest's report",
+        source,
+    })?;
+    let mut stats = vm.stats.lock().expect("stats").clone();
+    let pool = vm.pool.lock().expect("pool");
+    let t = pool.tenant(vm.tenant)?;
+    stats.pm_bytes_written = t.stats().pm_home_bytes + t.stats().log_bytes;
+    stats.capacity_bytes_written = t.stats().capacity_home_bytes;
+    Ok(VmOutcome {
+        exit,
+        report,
+        stats,
+        elapsed,
+    })
+}

@@ -1,0 +1,123 @@
+//! What to run (a [`VmSpec`]) and how it ended (a [`VmOutcome`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vpm_abi::harness::{BootParams, GuestReport};
+
+use super::mode::Mode;
+use super::stats::VmStats;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    /// Tenant name in the pool.
+    pub name: String,
+    /// Persistence mode.
+    pub mode: Mode,
+    /// DRAM budget for the tiered modes, bytes.
+    pub dram_budget_bytes: u64,
+    /// Periodic epochs (tiered modes); `None` = only at the end and on request.
+    pub epoch_interval: Option<Duration>,
+    /// Forced random migrations at this interval (transparency stress), tiered modes.
+    pub migrate_interval: Option<Duration>,
+    /// Pages moved each way per forced migration.
+    pub migrate_pages: u64,
+    /// The guest's boot parameters (vPM base and size are filled in).
+    pub params: BootParams,
+    /// File to which acknowledged drains are appended (crash tests' witness).
+    pub witness: Option<PathBuf>,
+    /// File to which each committed epoch appends `epoch record`, the guest's newest complete
+    /// record (report value 2) at the pause that epoch committed (crash tests' F1 witness).
+    pub epoch_witness: Option<PathBuf>,
+    /// Directory of the PM working-copy file.
+    pub work_dir: PathBuf,
+    /// Stop the guest after this long.
+    pub time_limit: Option<Duration>,
+    /// How RING doorbells reach the host.
+    pub doorbell: DoorbellKind,
+}
+
+/// How the guest's RING doorbell reaches the hint service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DoorbellKind {
+    /// A userspace I/O exit: the vCPU waits in the exit until the ring is served
+    /// (feature SYNC_DOORBELL).
+    Exit,
+    /// An ioeventfd matching the RING byte: no userspace exit; a host thread serves the ring and
+    /// the guest polls `consumed`. Other doorbell bytes (registration) still exit.
+    IoEventFd,
+}
+
+impl DoorbellKind {
+    /// Hint features granted to a guest in `mode` with this doorbell: SYNC_DOORBELL only where
+    /// the vCPU waits in the exit.
+    pub fn features(self, mode: Mode) -> u32 {
+        match self {
+            DoorbellKind::Exit => mode.features(),
+            DoorbellKind::IoEventFd => mode.features() & !vpm_abi::features::SYNC_DOORBELL,
+        }
+    }
+}
+
+/// How the guest stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExitKind {
+    /// The workload finished.
+    Done,
+    /// The guest reported a failure.
+    Failed,
+    /// The VMM stopped it (time limit).
+    Stopped,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug)]
+pub struct VmOutcome {
+    /// How the guest stopped.
+    pub exit: ExitKind,
+    /// The guest's report.
+    pub report: GuestReport,
+    /// Counters.
+    pub stats: VmStats,
+    /// Wall time of the guest run.
+    pub elapsed: Duration,
+}
+
+/// Text helpers for the guest report.
+pub trait GuestReportExt {
+    /// The report's message as text.
+    fn message_text(&self) -> String;
+}
+
+impl GuestReportExt for GuestReport {
+    fn message_text(&self) -> String {
+        let n = (self.message_len as usize).min(self.message.len());
+        String::from_utf8_lossy(&self.message[..n]).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ioeventfd_doorbell_does_not_grant_sync_doorbell() {
+        let sync = vpm_abi::features::SYNC_DOORBELL;
+        assert_ne!(DoorbellKind::Exit.features(Mode::Pv) & sync, 0);
+        assert_eq!(DoorbellKind::IoEventFd.features(Mode::Pv) & sync, 0);
+    }
+
+    #[test]
+    fn message_text_is_clamped_to_the_buffer() {
+        // SAFETY: all-zero bytes are a valid GuestReport (integers and a byte array).
+        let mut r: GuestReport = unsafe { std::mem::zeroed() };
+        r.message[..2].copy_from_slice(b"hi");
+        r.message_len = 2;
+        assert_eq!(r.message_text(), "hi");
+        r.message_len = u32::MAX;
+        assert_eq!(r.message_text().len(), r.message.len());
+    }
+}
