@@ -1,7 +1,6 @@
 //! `vpm`: the VPM host service command. `vpm run` is the main job; see `vpm help`.
 
 mod cli;
-mod mainjob;
 
 use clap::Parser;
 

@@ -1,6 +1,7 @@
 //! Command line of `vpm` (clap): the subcommands, their typed options, and the command errors.
 
 mod guest;
+mod main_job;
 mod pool_info;
 mod qemu;
 mod soak;
@@ -176,7 +177,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// Runs the command line `cli` describes.
 pub fn main(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Some(Command::Run(a)) => crate::mainjob::run(&a.state),
+        Some(Command::Run(a)) => main_job::run(&a.state),
         Some(Command::Guest(a)) => guest::run(&a),
         Some(Command::PoolInfo(a)) => pool_info::run(&a),
         Some(Command::Qemu(a)) => qemu::run(&a),

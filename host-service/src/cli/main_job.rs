@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use vpm_host::state_dir::StateDir;
 
-use crate::cli::values::{ModeArg, WorkloadArg};
-use crate::cli::{open_pool, run_on, verdict, CliError, GuestArgs};
+use super::values::{ModeArg, WorkloadArg};
+use super::{open_pool, run_on, verdict, CliError, GuestArgs};
 
 const MODES: [(&str, &str); 5] = [
     ("direct", "all pages mapped to PM homes (like QEMU vNVDIMM)"),
@@ -34,11 +34,11 @@ fn vm_args(state: &Path, name: &str, mode: ModeArg) -> GuestArgs {
     g.epoch_ms = 10;
     if name == "pv-transient" {
         g.workload = WorkloadArg::Transient;
-        g.args = Some(crate::cli::WorkloadArgs(vec![0, 256, 20]));
+        g.args = Some(super::WorkloadArgs(vec![0, 256, 20]));
         g.transient_hints = true;
     } else {
         g.workload = WorkloadArg::Kv;
-        g.args = Some(crate::cli::WorkloadArgs(vec![20000]));
+        g.args = Some(super::WorkloadArgs(vec![20000]));
     }
     g
 }
