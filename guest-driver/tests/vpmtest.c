@@ -150,6 +150,30 @@ static void basic(void)
 	       (unsigned long long)info.rejected);
 }
 
+/* The sequence number a record word encodes (word() inverted: the multiplier is odd). */
+static uint64_t word_seq(uint64_t v, int i)
+{
+	const uint64_t c = 0x9e3779b97f4a7c15ULL;
+	uint64_t inv = c;
+	if (i == 0)
+		return v;
+	for (int k = 0; k < 6; k++)
+		inv *= 2 - c * inv;
+	return (v ^ (uint64_t)i) * inv;
+}
+
+/* Record r of a ring of n slots survived: each of its 8 words holds record r's word or that of
+ * a later record in the same slot (written after the ack; a crash may tear it word by word). */
+static int record_intact(const uint64_t *rec, uint64_t r, uint64_t n)
+{
+	for (int i = 0; i < 8; i++) {
+		uint64_t q = word_seq(rec[i], i);
+		if (q < r || (q - r) % n != 0 || q - r > (1ULL << 40))
+			return 0;
+	}
+	return 1;
+}
+
 static void writer(void)
 {
 	uint8_t *scratch = vpm + info.vpm_size - SCRATCH_PAGES * PAGE;
@@ -179,8 +203,8 @@ static void check(uint64_t acked)
 	uint64_t first = acked > n ? acked - n + 1 : 1;
 	for (uint64_t r = first; r <= acked && r > 0; r++) {
 		uint64_t *rec = (uint64_t *)(vpm + ((r - 1) % n) * REC);
-		/* The record, or a later one over it (written after the ack). */
-		if (rec[0] < r || (rec[0] - r) % n != 0) {
+		/* The record, or a later one over it (written after the ack), word by word. */
+		if (!record_intact(rec, r, n)) {
 			if (!bad++)
 				printf("VPMTEST FAIL record %llu lost (slot holds %llu)\n",
 				       (unsigned long long)r, (unsigned long long)rec[0]);

@@ -167,7 +167,7 @@ impl Channel {
             pr_err!("the VPM host refused the shared page: {:?}\n", page.status());
             return Err(ENODEV);
         }
-        channel.ring();
+        channel.ring()?;
         Ok(channel)
     }
 
@@ -175,23 +175,27 @@ impl Channel {
         self.producer.page()
     }
 
-    /// Rings the doorbell and waits until the host completed everything published.
-    fn ring(&mut self) {
+    /// Rings the doorbell and waits (bounded) until the host completed everything published;
+    /// `ETIMEDOUT` if it did not, so a stopped host never holds the channel lock for ever.
+    fn ring(&mut self) -> Result {
         outb(self.port, CMD_RING);
         COUNTERS.doorbells.fetch_add(1, Ordering::Relaxed);
         let p = &self.producer;
         if !wait_for(|| p.in_flight() == 0) {
             pr_err!("the VPM host stopped completing hints\n");
+            COUNTERS.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(ETIMEDOUT);
         }
+        Ok(())
     }
 
-    fn push(&mut self, op: Op, gpa: u64, len: u64) -> Ticket {
-        loop {
-            match self.producer.push(op.code(), gpa, len) {
-                Ok(t) => return t,
-                Err(_) => self.ring(),
-            }
+    /// Publishes one entry, first making room by ringing once if the ring is full.
+    fn push(&mut self, op: Op, gpa: u64, len: u64) -> Result<Ticket> {
+        if let Ok(t) = self.producer.push(op.code(), gpa, len) {
+            return Ok(t);
         }
+        self.ring()?;
+        self.producer.push(op.code(), gpa, len).map_err(|_| ETIMEDOUT)
     }
 
     /// Publishes `op` and waits for its result.
@@ -203,9 +207,9 @@ impl Channel {
     fn call_all(&mut self, op: Op, ranges: &[(u64, u64)]) -> Result {
         let mut tickets = [None; MAX_SEGMENTS];
         for (slot, &(gpa, len)) in tickets.iter_mut().zip(ranges) {
-            *slot = Some(self.push(op, gpa, len));
+            *slot = Some(self.push(op, gpa, len)?);
         }
-        self.ring();
+        self.ring()?;
         let mut result = Ok(());
         for t in tickets.iter().flatten() {
             let r = match self.producer.result(*t) {
@@ -603,7 +607,7 @@ fn range_op(op: Op, arg: usize) -> Result<isize> {
     with_channel(|c| match op {
         Op::Flush => {
             for &(gpa, len) in pieces {
-                c.push(Op::Flush, gpa, len);
+                c.push(Op::Flush, gpa, len)?;
             }
             COUNTERS.flushes.fetch_add(1, Ordering::Relaxed);
             Ok(0)
