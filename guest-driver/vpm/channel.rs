@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The hint channel: the doorbell port, the shared page registered with the host, and the ring
+//! producer that publishes hints and waits (bounded) for the host to complete them.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kernel::{
+    bindings,
+    prelude::*,
+    sync::global_lock,
+    time::{delay::fsleep, Delta},
+};
+
+use crate::abi::doorbell::{encode, DoorbellCmd, CMD_RING, PROBE_REPLY};
+use crate::abi::op::{features, HeaderStatus, HintResult, Op};
+use crate::abi::ring::{Producer, SharedPage, Ticket};
+use crate::MAX_SEGMENTS;
+
+const RING_ENTRIES: u32 = 64;
+/// Longest wait for the host to answer (registration, a drain): 10 s.
+const WAIT_STEPS: u32 = 10_000;
+
+/// Counters, printed at unload and returned (partly) by `VPM_IOC_INFO`.
+pub(crate) struct Counters {
+    pub(crate) persists: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) drains: AtomicU64,
+    pub(crate) doorbells: AtomicU64,
+    pub(crate) errors: AtomicU64,
+}
+
+pub(crate) static COUNTERS: Counters = Counters {
+    persists: AtomicU64::new(0),
+    flushes: AtomicU64::new(0),
+    drains: AtomicU64::new(0),
+    doorbells: AtomicU64::new(0),
+    errors: AtomicU64::new(0),
+};
+
+/// The registered hint channel.
+pub(crate) struct Channel {
+    producer: Producer<'static>,
+    port: u16,
+    page_addr: usize,
+}
+
+global_lock! {
+    // SAFETY: initialised in `VpmModule::init` before the device is registered.
+    pub(crate) unsafe(uninit) static CHANNEL: Mutex<Option<Channel>> = None;
+}
+
+fn outb(port: u16, value: u8) {
+    // SAFETY: a write to the VPM doorbell port; it has no effect on kernel memory. There is no
+    // port-I/O abstraction in 7.3.
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: a read of the VPM doorbell port (an unclaimed port reads 0xff).
+    unsafe {
+        core::arch::asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+fn doorbell(port: u16, cmd: DoorbellCmd) {
+    let mut bytes = [0u8; 9];
+    let n = encode(cmd, &mut bytes);
+    for &b in &bytes[..n] {
+        outb(port, b);
+    }
+}
+
+/// Waits (sleeping 1 ms a step) until `done()`; false on timeout.
+fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    for i in 0..WAIT_STEPS {
+        if done() {
+            return true;
+        }
+        if i < 100 {
+            core::hint::spin_loop();
+        } else {
+            fsleep(Delta::from_millis(1));
+        }
+    }
+    done()
+}
+
+fn errno(r: i32) -> Error {
+    match HintResult::from_code(r) {
+        Some(HintResult::OutOfRange) => EFAULT,
+        Some(HintResult::NoSpace) => ENOSPC,
+        Some(HintResult::Io) => EIO,
+        Some(HintResult::NotSupported) => EOPNOTSUPP,
+        _ => EINVAL,
+    }
+}
+
+impl Channel {
+    /// Handshake, shared page, registration.
+    pub(crate) fn open(port: u16) -> Result<Channel> {
+        if inb(port) != PROBE_REPLY {
+            pr_err!("no VPM host answers on port {:#x}\n", port);
+            return Err(ENODEV);
+        }
+        // SAFETY: allocating one zeroed page; freed in `Drop`.
+        let page_addr = unsafe { bindings::get_zeroed_page_noprof(bindings::GFP_KERNEL) } as usize;
+        if page_addr == 0 {
+            return Err(ENOMEM);
+        }
+        // SAFETY: the page is ours, page-aligned and mapped until `Drop`; the host accesses it
+        // only through atomics, as we do.
+        let page: &'static SharedPage = unsafe { SharedPage::from_ptr(page_addr as *mut u8) };
+        // SAFETY: `page_addr` is a direct-map address of a page we own.
+        let gpa = unsafe { bindings::slow_virt_to_phys(page_addr as *mut core::ffi::c_void) };
+        let mut channel = Channel {
+            producer: Producer::prepare(page, RING_ENTRIES, features::ALL).map_err(|_| EINVAL)?,
+            port,
+            page_addr,
+        };
+        doorbell(port, DoorbellCmd::Register(gpa));
+        if !wait_for(|| page.status() != Some(HeaderStatus::Pending)) {
+            pr_err!("the VPM host did not answer the registration\n");
+            return Err(ENODEV);
+        }
+        if page.status() != Some(HeaderStatus::Ok) {
+            pr_err!("the VPM host refused the shared page: {:?}\n", page.status());
+            return Err(ENODEV);
+        }
+        channel.ring()?;
+        Ok(channel)
+    }
+
+    pub(crate) fn page(&self) -> &'static SharedPage {
+        self.producer.page()
+    }
+
+    /// Rings the doorbell and waits (bounded) until the host completed everything published;
+    /// `ETIMEDOUT` if it did not, so a stopped host never holds the channel lock for ever.
+    fn ring(&mut self) -> Result {
+        outb(self.port, CMD_RING);
+        COUNTERS.doorbells.fetch_add(1, Ordering::Relaxed);
+        let p = &self.producer;
+        if !wait_for(|| p.in_flight() == 0) {
+            pr_err!("the VPM host stopped completing hints\n");
+            COUNTERS.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(ETIMEDOUT);
+        }
+        Ok(())
+    }
+
+    /// Publishes one entry, first making room by ringing once if the ring is full.
+    pub(crate) fn push(&mut self, op: Op, gpa: u64, len: u64) -> Result<Ticket> {
+        if let Ok(t) = self.producer.push(op.code(), gpa, len) {
+            return Ok(t);
+        }
+        self.ring()?;
+        self.producer.push(op.code(), gpa, len).map_err(|_| ETIMEDOUT)
+    }
+
+    /// Publishes `op` and waits for its result.
+    pub(crate) fn call(&mut self, op: Op, gpa: u64, len: u64) -> Result {
+        self.call_all(op, &[(gpa, len)])
+    }
+
+    /// Publishes `op` for every range, rings once and waits; the first error wins.
+    pub(crate) fn call_all(&mut self, op: Op, ranges: &[(u64, u64)]) -> Result {
+        let mut tickets = [None; MAX_SEGMENTS];
+        for (slot, &(gpa, len)) in tickets.iter_mut().zip(ranges) {
+            *slot = Some(self.push(op, gpa, len)?);
+        }
+        self.ring()?;
+        let mut result = Ok(());
+        for t in tickets.iter().flatten() {
+            let r = match self.producer.result(*t) {
+                Some(0) => Ok(()),
+                Some(r) => {
+                    COUNTERS.errors.fetch_add(1, Ordering::Relaxed);
+                    Err(errno(r))
+                }
+                None => Err(ETIMEDOUT),
+            };
+            result = result.and(r);
+        }
+        result
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        doorbell(self.port, DoorbellCmd::Unregister);
+        // SAFETY: the page came from `get_zeroed_page` in `open`; the host no longer reads it
+        // after UNREGISTER.
+        unsafe { bindings::free_pages(self.page_addr as _, 0) };
+    }
+}
+
+pub(crate) fn with_channel<T>(f: impl FnOnce(&mut Channel) -> Result<T>) -> Result<T> {
+    let mut guard = CHANNEL.lock();
+    match guard.as_mut() {
+        Some(c) => f(c),
+        None => Err(ENODEV),
+    }
+}
