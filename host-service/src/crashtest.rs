@@ -6,6 +6,50 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Why a trial could not be run or judged (a trial that ran and found data errors is not an
+/// error: see [`TrialResult::errors`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CrashTestError {
+    /// The trial directory could not be reset.
+    #[error("reset the trial directory")]
+    ResetDir(#[source] crate::state_dir::StateDirError),
+    /// `vpm` could not be started.
+    #[error("start {}", path.display())]
+    Start {
+        /// The executable.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The writer could not be killed.
+    #[error("kill -9 the writer")]
+    Kill(#[source] std::io::Error),
+    /// The writer exited before it was killed.
+    #[error("the writer stopped by itself ({status}) {when}: {stderr}")]
+    StoppedEarly {
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Before what.
+        when: &'static str,
+        /// What it printed.
+        stderr: String,
+    },
+    /// The writer committed no epoch in time.
+    #[error("the writer committed no epoch within {0} s")]
+    NoEpoch(u64),
+    /// The checker printed no JSON result.
+    #[error("vpm {args} gave no result (status {status}): {output}")]
+    NoResult {
+        /// Its arguments.
+        args: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed (stdout, then stderr).
+        output: String,
+    },
+}
+
 /// What a trial exercises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrialKind {
@@ -86,32 +130,31 @@ fn common(cfg: &TrialConfig, mode: &str) -> Vec<String> {
     .collect()
 }
 
-fn run_json(vpm: &Path, args: &[String]) -> Result<serde_json::Value, String> {
+fn run_json(vpm: &Path, args: &[String]) -> Result<serde_json::Value, CrashTestError> {
     let out = Command::new(vpm)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("start {}: {e}", vpm.display()))?;
+        .map_err(|source| CrashTestError::Start {
+            path: vpm.to_path_buf(),
+            source,
+        })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or("");
-    serde_json::from_str(line).map_err(|_| {
-        format!(
-            "vpm {} gave no result (status {}): {}{}",
-            args.join(" "),
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        )
+    serde_json::from_str(line).map_err(|_| CrashTestError::NoResult {
+        args: args.join(" "),
+        status: out.status,
+        output: format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
     })
 }
 
 /// Runs one trial with `seed` choosing the kill moment.
-pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
+pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, CrashTestError> {
     // Start from an empty pool: only VPM's own files go, and only from a VPM state directory;
     // the lock is released before the writer takes it.
     crate::state_dir::StateDir::open(&cfg.dir)
         .and_then(|d| d.reset())
-        .map_err(|e| format!("reset the trial directory: {}", error_chain(&e)))?;
+        .map_err(CrashTestError::ResetDir)?;
     let witness = cfg.dir.join("witness");
     let epochs = cfg.dir.join("epochs");
     let (mode, mut writer) = match cfg.kind {
@@ -155,7 +198,10 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("start {}: {e}", cfg.vpm.display()))?;
+        .map_err(|source| CrashTestError::Start {
+            path: cfg.vpm.clone(),
+            source,
+        })?;
     let (lo, hi) = cfg.kill_after_ms;
     let wait = lo + splitmix(seed) % (hi - lo + 1);
     // The kill moment counts from the first committed epoch, so a slow VM start (a loaded
@@ -164,12 +210,13 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(wait));
     if let Ok(Some(status)) = child.try_wait() {
-        return Err(format!(
-            "the writer stopped by itself ({status}) before the kill: {}",
-            child_stderr(&mut child)
-        ));
+        return Err(CrashTestError::StoppedEarly {
+            status,
+            when: "before the kill",
+            stderr: child_stderr(&mut child),
+        });
     }
-    child.kill().map_err(|e| format!("kill -9: {e}"))?;
+    child.kill().map_err(CrashTestError::Kill)?;
     let _ = child.wait();
     let killed_after_ms = started.elapsed().as_millis() as u64;
 
@@ -233,22 +280,27 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, String> {
 }
 
 /// Waits until the writer's host has committed its first epoch (a line in the epoch witness).
-fn wait_for_first_epoch(child: &mut std::process::Child, epochs: &Path) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+fn wait_for_first_epoch(
+    child: &mut std::process::Child,
+    epochs: &Path,
+) -> Result<(), CrashTestError> {
+    const LIMIT_S: u64 = 60;
+    let deadline = Instant::now() + Duration::from_secs(LIMIT_S);
     loop {
         if std::fs::read_to_string(epochs).is_ok_and(|w| w.lines().next().is_some()) {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "the writer stopped ({status}) before its first epoch: {}",
-                child_stderr(child)
-            ));
+            return Err(CrashTestError::StoppedEarly {
+                status,
+                when: "before its first epoch",
+                stderr: child_stderr(child),
+            });
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err("the writer committed no epoch within 60 s".into());
+            return Err(CrashTestError::NoEpoch(LIMIT_S));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -274,17 +326,6 @@ fn child_stderr(child: &mut std::process::Child) -> String {
         let _ = e.read_to_string(&mut err);
     }
     err
-}
-
-/// `e` and its sources, one after the other.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// A well-mixed 64-bit hash of `x`.

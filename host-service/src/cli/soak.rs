@@ -81,7 +81,7 @@ pub fn run(a: &SoakArgs) -> Result<(), CliError> {
                 }
                 Err(e) => {
                     failures += 1;
-                    eprintln!("{kind:?} trial {i}: {e}");
+                    eprintln!("{kind:?} trial {i}: {}", super::error_chain(&e));
                 }
             }
             if (i + 1) % 50 == 0 {
