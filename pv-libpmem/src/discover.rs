@@ -72,7 +72,7 @@ fn watch(fd: RawFd) -> Option<Watcher> {
     let page = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            4096,
+            vpm_abi::PAGE_SIZE as usize,
             libc::PROT_READ,
             libc::MAP_SHARED,
             fd,

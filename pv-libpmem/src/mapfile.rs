@@ -8,7 +8,7 @@ use crate::vpmdev;
 
 const MAP_SHARED_VALIDATE: i32 = 0x03;
 const MAP_SYNC: i32 = 0x80000;
-const PAGE: usize = 4096;
+const PAGE: usize = vpm_abi::PAGE_SIZE as usize;
 
 /// `PMEM_FILE_*` flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -39,7 +39,7 @@ impl Vpm {
 
     /// Number of 4 KiB pages.
     pub fn pages(&self) -> u64 {
-        self.size / 4096
+        self.size / vpm_abi::PAGE_SIZE
     }
 }
 

@@ -11,7 +11,7 @@ use crate::report::{self, set_ops, set_value};
 use crate::vpm::{Rng, Vpm};
 use crate::{guest_error, hostile};
 
-const PAGE: u64 = 4096;
+const PAGE: u64 = vpm_abi::PAGE_SIZE;
 const REC: u64 = 64;
 /// Guest RAM scratch for per-page versions (Checksum) and latency samples: 4 MiB at 10 MiB.
 const SCRATCH_GPA: u64 = 0x00a0_0000;
