@@ -139,6 +139,12 @@ fn hostile_hints_get_errors_and_the_host_keeps_serving() {
     ]);
     assert_eq!(n["report"]["errors"], 0);
     let before = vpm(&["pool-info", "--state", &d.s()]).1;
+    // The witness, kept outside the pool: every byte of the neighbour's durable vPM.
+    let neighbour_before = tenant_image(&d, "neighbour");
+    assert!(
+        neighbour_before.iter().any(|&b| b != 0),
+        "the neighbour wrote nothing"
+    );
 
     let r = guest(&[
         "--state",
@@ -182,6 +188,36 @@ fn hostile_hints_get_errors_and_the_host_keeps_serving() {
             .map(str::to_owned)
     };
     assert_eq!(line(&before), line(&after));
+    assert!(
+        tenant_image(&d, "neighbour") == neighbour_before,
+        "the attacker changed the neighbour's data"
+    );
+}
+
+/// Every byte of tenant `name`'s durable vPM, read through the pool library from the state
+/// directory `d` (no `vpm` process holds it meanwhile).
+fn tenant_image(d: &Dir, name: &str) -> Vec<u8> {
+    use std::sync::Arc;
+    use vpm_host::pm::file::FileDevice;
+    use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
+    use vpm_host::pool::Pool;
+    let page = vpm_abi::PAGE_SIZE as usize;
+    let opts = MapOptions {
+        size: 0,
+        policy: FlushPolicy::Auto,
+        exclusive: true,
+        populate: false,
+    };
+    let pm = Arc::new(MappedFile::open_with(&d.0.join("pool"), opts).expect("open the pool"));
+    let cap = Arc::new(FileDevice::open(&d.0.join("pool.cap")).expect("open pool.cap"));
+    let (pool, _) = Pool::open(pm, cap).expect("the pool opens");
+    let id = pool.tenant_by_name(name).expect("the tenant exists");
+    let pages = pool.tenant(id).expect("tenant").pages();
+    let mut image = vec![0u8; pages as usize * page];
+    for (vpn, buf) in image.chunks_mut(page).enumerate() {
+        pool.read_home(id, vpn as u64, buf).expect("read a home");
+    }
+    image
 }
 
 #[test]
