@@ -214,3 +214,32 @@ pub fn run(out: &Path, quick: bool) -> Result<(), LibpmemError> {
     println!("wrote {}", json_path.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_missing_library_says_which_and_why() {
+        let e = load("/nonexistent/vpm-bench/libpmem.so.1").unwrap_err();
+        match &e {
+            LibpmemError::Dlopen { path, reason } => {
+                assert_eq!(path, "/nonexistent/vpm-bench/libpmem.so.1");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e
+            .to_string()
+            .starts_with("dlmopen /nonexistent/vpm-bench/libpmem.so.1 failed"));
+    }
+
+    #[test]
+    fn a_path_with_a_nul_keeps_its_source() {
+        let e = load("lib\0pmem").unwrap_err();
+        assert!(matches!(e, LibpmemError::NulInPath(..)));
+        assert!(e.source().is_some());
+    }
+}

@@ -386,3 +386,30 @@ pub fn run(out: &Path, quick: bool) -> Result<(), PmCoreError> {
     println!("\nwrote {}", path.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use vpm_host::pm::sim::SimPm;
+
+    use super::*;
+
+    #[test]
+    fn a_pool_file_that_cannot_be_opened_names_it_and_keeps_the_device_error() {
+        let dir = Path::new("/nonexistent-vpm-bench-dir");
+        let e = open_pool_file(dir, 1 << 20, FlushPolicy::CpuFlush).unwrap_err();
+        assert!(matches!(e, PmCoreError::Open { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "open /nonexistent-vpm-bench-dir/pool");
+        assert!(e.source().is_some_and(|s| s.source().is_some()));
+    }
+
+    #[test]
+    fn a_floor_past_the_device_is_an_error_not_a_panic() {
+        let dev = SimPm::new(PAGE as u64);
+        assert!(copy_flush_floor(&dev, 0, 1, false).is_ok());
+        let e = copy_flush_floor(&dev, 0, 2, true).unwrap_err();
+        assert!(matches!(e, PmCoreError::Floor(PmError::OutOfBounds { .. })));
+        assert!(e.source().is_some());
+    }
+}
