@@ -8,6 +8,7 @@ mod pm_core;
 mod stats;
 mod suite;
 
+use std::error::Error;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -45,16 +46,46 @@ struct Common {
     quick: bool,
 }
 
+/// Why a benchmark failed: the error of the benchmark that ran.
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    /// `vpm-bench pm-core` failed.
+    #[error(transparent)]
+    PmCore(#[from] pm_core::PmCoreError),
+    /// `vpm-bench libpmem` failed.
+    #[error(transparent)]
+    Libpmem(#[from] libpmem::LibpmemError),
+    /// `vpm-bench suite` failed.
+    #[error(transparent)]
+    Suite(#[from] suite::SuiteError),
+}
+
+/// `e` followed by its sources, each joined with ": " and skipped when the text so far already
+/// says it (some errors print their source themselves).
+fn error_chain(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
+}
+
 fn main() {
     // Bad options end here with clap's message and exit status 2.
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Bench::PmCore(c) => pm_core::run(&c.out, c.quick),
-        Bench::Libpmem(c) => libpmem::run(&c.out, c.quick),
-        Bench::Suite(c) => suite::run(&c.out, c.quick),
+    let result: Result<(), BenchError> = match &cli.command {
+        Bench::PmCore(c) => pm_core::run(&c.out, c.quick).map_err(Into::into),
+        Bench::Libpmem(c) => libpmem::run(&c.out, c.quick).map_err(Into::into),
+        Bench::Suite(c) => suite::run(&c.out, c.quick).map_err(Into::into),
     };
     if let Err(e) = result {
-        eprintln!("vpm-bench: {e}");
+        eprintln!("vpm-bench: {}", error_chain(&e));
         std::process::exit(2)
     }
 }
@@ -75,5 +106,25 @@ mod tests {
         assert!(p(&["suite", "--bogus"]).is_err());
         assert!(p(&["fast"]).is_err());
         assert!(p(&[]).is_err());
+    }
+
+    #[test]
+    fn an_error_prints_with_its_sources_once_each() {
+        let io = std::io::Error::other("disk on fire");
+        let e = BenchError::from(suite::SuiteError::io("write", std::path::Path::new("r/x"))(
+            io,
+        ));
+        assert_eq!(error_chain(&e), "write r/x: disk on fire");
+        // A source whose text is already in the message is not repeated.
+        let pm = vpm_host::pm::PmError::Io {
+            what: "open",
+            path: "p".into(),
+            source: std::io::Error::other("gone"),
+        };
+        let e = BenchError::from(pm_core::PmCoreError::Floor(pm));
+        assert_eq!(
+            error_chain(&e),
+            "measure the copy+flush floor: open p: gone"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! endurance, with the floors measured in the same run; writes results.json, CSV tables, SVG
 //! plots and report.md under `--out`.
 
+mod error;
 mod report;
 mod svg;
 mod vm;
@@ -16,6 +17,7 @@ use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
 use vpm_host::pm::PmDevice;
 use vpm_host::vmm::Mode;
 
+pub use error::SuiteError;
 use vm::{run_alone, Job};
 
 /// Where emulated PM lives (tmpfs) and where the virtio-pmem-like baseline's backing file lives
@@ -37,7 +39,7 @@ fn tsc_per_us() -> f64 {
 }
 
 /// Copy + flush + drain of `size` bytes on an emulated-PM file, p50 in µs.
-fn copy_flush_floor(size: usize) -> Result<f64, String> {
+fn copy_flush_floor(size: usize) -> Result<f64, SuiteError> {
     let path = Path::new(PM_DIR).join(format!("vpm-suite-floor-{}", std::process::id()));
     let opts = MapOptions {
         size: 64 << 20,
@@ -45,14 +47,15 @@ fn copy_flush_floor(size: usize) -> Result<f64, String> {
         exclusive: false,
         populate: true,
     };
-    let dev = MappedFile::open_with(&path, opts).map_err(|e| e.to_string())?;
+    let dev = MappedFile::open_with(&path, opts).map_err(SuiteError::open(&path))?;
     let src = vec![0x5au8; size];
     let mut lat = Vec::new();
     for i in 0..2000usize {
         let off = ((i * size.max(vpm_abi::PAGE_SIZE as usize)) % (60 << 20)) as u64;
         let t = Instant::now();
-        dev.write_flush(off, &src).map_err(|e| e.to_string())?;
-        dev.drain().map_err(|e| e.to_string())?;
+        dev.write_flush(off, &src)
+            .and_then(|()| dev.drain())
+            .map_err(SuiteError::Floor)?;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let _ = std::fs::remove_file(&path);
@@ -61,7 +64,7 @@ fn copy_flush_floor(size: usize) -> Result<f64, String> {
 }
 
 /// Runs the suite.
-pub fn run(out: &Path, quick: bool) -> Result<(), String> {
+pub fn run(out: &Path, quick: bool) -> Result<(), SuiteError> {
     let t0 = Instant::now();
     let mut r = serde_json::Map::new();
     r.insert("platform".into(), json!(crate::stats::platform_note()));
@@ -198,7 +201,7 @@ pub fn run(out: &Path, quick: bool) -> Result<(), String> {
 
 /// Four PV VMs on one pool; the pool holds 100, 50 or 25 % of their summed vPM as PM homes,
 /// the rest goes to the capacity file.
-fn consolidation(quick: bool) -> Result<Vec<Value>, String> {
+fn consolidation(quick: bool) -> Result<Vec<Value>, SuiteError> {
     let mut rows = Vec::new();
     let vms = 4u64;
     let vpm = 16u64;
@@ -236,7 +239,7 @@ fn consolidation(quick: bool) -> Result<Vec<Value>, String> {
                 .collect();
             let mut outs = Vec::new();
             for h in handles {
-                outs.push(h.join().map_err(|_| "VM thread panicked".to_string())??);
+                outs.push(h.join().map_err(|_| SuiteError::VmThreadPanicked)??);
             }
             let wall = start.elapsed().as_secs_f64();
             let ops: u64 = outs.iter().map(|o| o.report.ops).sum();
@@ -259,15 +262,12 @@ fn consolidation(quick: bool) -> Result<Vec<Value>, String> {
 /// `vpm guest` full-mode writer recover it and run, kills that process with SIGKILL, and times the
 /// recovery of the pool (verify, replay) and the rebuild of the vPM (every page read from its
 /// home).
-fn recovery(quick: bool) -> Result<Vec<Value>, String> {
+fn recovery(quick: bool) -> Result<Vec<Value>, SuiteError> {
     use std::process::{Command, Stdio};
     use vpm_host::pool::{PageSource, SourceError};
     let vpm_exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vpm");
     if !vpm_exe.exists() {
-        return Err(format!(
-            "{} missing: cargo build --release -p vpm-host",
-            vpm_exe.display()
-        ));
+        return Err(SuiteError::VpmMissing { path: vpm_exe });
     }
     let sizes: &[u64] = if quick { &[256] } else { &[256, 1024] };
     let mut rows = Vec::new();
@@ -284,7 +284,7 @@ fn recovery(quick: bool) -> Result<Vec<Value>, String> {
                     dram_budget_bytes: 64 << 20,
                     log_bytes: ((mib << 20) / 8).max(2 << 20),
                 })
-                .map_err(|e| e.to_string())?;
+                .map_err(SuiteError::pool("add the recovery tenant"))?;
             let chunk = 16384u64;
             let mut img = vec![1u8; (chunk * vpm_abi::PAGE_SIZE) as usize];
             for first in (0..mib * 256).step_by(chunk as usize) {
@@ -301,7 +301,7 @@ fn recovery(quick: bool) -> Result<Vec<Value>, String> {
                 }
                 let dirty: Vec<u64> = (first..first + chunk).collect();
                 p.commit_epoch(t, &dirty, &At(first, &img))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(SuiteError::pool("fill the vPM (commit an epoch)"))?;
             }
         }
         let state = s.0.to_string_lossy().into_owned();
@@ -328,9 +328,17 @@ fn recovery(quick: bool) -> Result<Vec<Value>, String> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| SuiteError::Process {
+                what: "start",
+                path: vpm_exe.clone(),
+                source,
+            })?;
         std::thread::sleep(std::time::Duration::from_millis(1500));
-        child.kill().map_err(|e| e.to_string())?;
+        child.kill().map_err(|source| SuiteError::Process {
+            what: "kill",
+            path: vpm_exe.clone(),
+            source,
+        })?;
         let _ = child.wait();
         let opts = MapOptions {
             size: 0,
@@ -339,25 +347,34 @@ fn recovery(quick: bool) -> Result<Vec<Value>, String> {
             populate: false,
         };
         let t = Instant::now();
+        let (pm_path, cap_path) = (s.0.join("pool"), s.0.join("pool.cap"));
         let pm =
-            Arc::new(MappedFile::open_with(&s.0.join("pool"), opts).map_err(|e| e.to_string())?);
+            Arc::new(MappedFile::open_with(&pm_path, opts).map_err(SuiteError::open(&pm_path))?);
         let cap = Arc::new(
-            vpm_host::pm::file::FileDevice::open(&s.0.join("pool.cap"))
-                .map_err(|e| e.to_string())?,
+            vpm_host::pm::file::FileDevice::open(&cap_path).map_err(SuiteError::open(&cap_path))?,
         );
-        let (pool, rep) = vpm_host::pool::Pool::open(pm, cap).map_err(|e| e.to_string())?;
+        let (pool, rep) = vpm_host::pool::Pool::open(pm, cap)
+            .map_err(SuiteError::pool("open and recover the pool"))?;
         let open_ms = t.elapsed().as_secs_f64() * 1000.0;
         let t = Instant::now();
         let mut page = vec![0u8; vpm_abi::PAGE_SIZE as usize];
-        let pages = pool.tenant(0).map_err(|e| e.to_string())?.pages();
+        let pages = pool
+            .tenant(0)
+            .map_err(SuiteError::pool("find the recovered tenant"))?
+            .pages();
         for vpn in 0..pages {
             pool.read_home(0, vpn, &mut page)
-                .map_err(|e| e.to_string())?;
+                .map_err(SuiteError::pool("read a page from its home"))?;
         }
         let read_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let homes = pool
+            .tenant(0)
+            .map_err(SuiteError::pool("find the recovered tenant"))?
+            .home_counts()
+            .0;
         rows.push(
             json!({"vpm_mib": mib, "epoch": rep.tenants.first().map_or(0, |t| t.epoch),
-            "homes": pool.tenant(0).map_err(|e| e.to_string())?.home_counts().0,
+            "homes": homes,
             "open_verify_ms": open_ms, "rebuild_read_ms": read_ms}),
         );
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::svg::bars;
+use super::SuiteError;
 
 /// Assumed VM-exit round trip to a userspace VMM on a VMX host (µs), for the projection.
 const VMX_EXIT_US: f64 = 3.0;
@@ -22,7 +23,13 @@ fn find(rows: &[Value], pred: impl Fn(&Value) -> bool) -> Option<&Value> {
     rows.iter().find(|r| pred(r))
 }
 
-fn write_csv(out: &Path, name: &str, rows: &[Value], cols: &[&str]) -> Result<(), String> {
+/// Writes `text` to `out/name`.
+fn write_file(out: &Path, name: &str, text: String) -> Result<(), SuiteError> {
+    let path = out.join(name);
+    std::fs::write(&path, text).map_err(SuiteError::io("write", &path))
+}
+
+fn write_csv(out: &Path, name: &str, rows: &[Value], cols: &[&str]) -> Result<(), SuiteError> {
     let mut s = cols.join(",") + "\n";
     for r in rows {
         let line: Vec<String> = cols
@@ -34,7 +41,7 @@ fn write_csv(out: &Path, name: &str, rows: &[Value], cols: &[&str]) -> Result<()
             .collect();
         s += &(line.join(",") + "\n");
     }
-    std::fs::write(out.join(name), s).map_err(|e| e.to_string())
+    write_file(out, name, s)
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -46,13 +53,10 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 /// Writes every output under `out`.
-pub fn write(out: &Path, doc: &Value) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(doc).expect("json"),
-    )
-    .map_err(|e| e.to_string())?;
+pub fn write(out: &Path, doc: &Value) -> Result<(), SuiteError> {
+    std::fs::create_dir_all(out).map_err(SuiteError::io("create the directory", out))?;
+    let json = serde_json::to_string_pretty(doc).map_err(SuiteError::Json)?;
+    write_file(out, "results.json", json)?;
     let lat = rows(doc, "persist_latency");
     let tput = rows(doc, "throughput");
     let cons = rows(doc, "consolidation");
@@ -123,11 +127,11 @@ pub fn write(out: &Path, doc: &Value) -> Result<(), String> {
             )
         })
         .collect();
-    std::fs::write(
-        out.join("persist-latency.svg"),
+    write_file(
+        out,
+        "persist-latency.svg",
         bars("Persist latency p50 (µs)", "µs", &groups, &series, true),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
 
     let wl: Vec<String> = [
         "kv puts",
@@ -147,11 +151,11 @@ pub fn write(out: &Path, doc: &Value) -> Result<(), String> {
         .iter()
         .map(|m| (m.to_string(), wl.iter().map(|w| tp(w, m)).collect()))
         .collect();
-    std::fs::write(
-        out.join("throughput.svg"),
+    write_file(
+        out,
+        "throughput.svg",
         bars("Workload throughput (ops/s)", "ops/s", &wl, &series, true),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
 
     let cg: Vec<String> = ["100 %", "50 %", "25 %"]
         .iter()
@@ -166,8 +170,9 @@ pub fn write(out: &Path, doc: &Value) -> Result<(), String> {
             })
             .collect()
     };
-    std::fs::write(
-        out.join("consolidation.svg"),
+    write_file(
+        out,
+        "consolidation.svg",
         bars(
             "4 VMs, pool sized as % of their vPM: total ops/s",
             "ops/s",
@@ -178,11 +183,9 @@ pub fn write(out: &Path, doc: &Value) -> Result<(), String> {
             ],
             false,
         ),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
 
-    std::fs::write(out.join("report.md"), markdown(doc, lat, tput, cons, rec))
-        .map_err(|e| e.to_string())
+    write_file(out, "report.md", markdown(doc, lat, tput, cons, rec))
 }
 
 fn markdown(doc: &Value, lat: &[Value], tput: &[Value], cons: &[Value], rec: &[Value]) -> String {

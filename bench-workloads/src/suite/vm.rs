@@ -8,17 +8,19 @@ use vpm_abi::harness::{BootParams, Workload, BOOT_MAGIC, FLAG_PV, FLAG_TRANSIENT
 use vpm_host::pm::file::FileDevice;
 use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
 use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
-use vpm_host::vmm::{run_vm, DoorbellKind, ExitKind, Mode, VmOutcome, VmSpec};
+use vpm_host::vmm::{run_vm, DoorbellKind, ExitKind, GuestReportExt, Mode, VmOutcome, VmSpec};
+
+use super::SuiteError;
 
 /// A scratch directory removed on drop.
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     /// A fresh directory under `parent`.
-    pub fn new(parent: &str, name: &str) -> Result<Scratch, String> {
+    pub fn new(parent: &str, name: &str) -> Result<Scratch, SuiteError> {
         let d = PathBuf::from(parent).join(format!("vpm-suite-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        std::fs::create_dir_all(&d).map_err(SuiteError::io("create the scratch directory", &d))?;
         Ok(Scratch(d))
     }
 }
@@ -30,7 +32,7 @@ impl Drop for Scratch {
 }
 
 /// A new pool in `dir` with `data_mib` MiB of PM homes and `meta_mib` MiB of metadata.
-pub fn pool(dir: &Path, data_mib: u64, meta_mib: u64) -> Result<Arc<Mutex<Pool>>, String> {
+pub fn pool(dir: &Path, data_mib: u64, meta_mib: u64) -> Result<Arc<Mutex<Pool>>, SuiteError> {
     let mib = data_mib + meta_mib + 1;
     let opts = MapOptions {
         size: mib << 20,
@@ -38,8 +40,9 @@ pub fn pool(dir: &Path, data_mib: u64, meta_mib: u64) -> Result<Arc<Mutex<Pool>>
         exclusive: true,
         populate: true,
     };
-    let pm = Arc::new(MappedFile::open_with(&dir.join("pool"), opts).map_err(|e| e.to_string())?);
-    let cap = Arc::new(FileDevice::open(&dir.join("pool.cap")).map_err(|e| e.to_string())?);
+    let (pm_path, cap_path) = (dir.join("pool"), dir.join("pool.cap"));
+    let pm = Arc::new(MappedFile::open_with(&pm_path, opts).map_err(SuiteError::open(&pm_path))?);
+    let cap = Arc::new(FileDevice::open(&cap_path).map_err(SuiteError::open(&cap_path))?);
     let cfg = PoolConfig {
         size: mib << 20,
         max_tenants: 8,
@@ -48,7 +51,7 @@ pub fn pool(dir: &Path, data_mib: u64, meta_mib: u64) -> Result<Arc<Mutex<Pool>>
     };
     Pool::create(pm, cap, &cfg)
         .map(|p| Arc::new(Mutex::new(p)))
-        .map_err(|e| e.to_string())
+        .map_err(SuiteError::pool("create the pool"))
 }
 
 /// One VM to run.
@@ -97,7 +100,7 @@ impl Job {
 }
 
 /// Adds the job's tenant to `pool` and runs it.
-pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, String> {
+pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, SuiteError> {
     let vpm = job.vpm_mib << 20;
     let tenant = pool
         .lock()
@@ -109,7 +112,10 @@ pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, 
             dram_budget_bytes: job.dram_mib << 20,
             log_bytes: (vpm / 8).max(2 << 20),
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| SuiteError::AddTenant {
+            name: job.name.clone(),
+            source,
+        })?;
     let mut arg = [0u64; 6];
     for (i, v) in job.args.iter().take(6).enumerate() {
         arg[i] = *v;
@@ -141,24 +147,28 @@ pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, 
         time_limit: Some(Duration::from_secs(600)),
         doorbell: DoorbellKind::Exit,
     };
-    let out = run_vm(&spec, pool.clone(), tenant).map_err(|e| e.to_string())?;
+    let out = run_vm(&spec, pool.clone(), tenant).map_err(|source| SuiteError::Vm {
+        name: job.name.clone(),
+        source,
+    })?;
     if out.exit == ExitKind::Failed {
-        let n = (out.report.message_len as usize).min(out.report.message.len());
-        let msg = String::from_utf8_lossy(&out.report.message[..n]).into_owned();
-        return Err(format!("{}: the guest failed: {msg}", job.name));
+        return Err(SuiteError::GuestFailed {
+            name: job.name.clone(),
+            message: out.report.message_text(),
+        });
     }
     if out.report.errors != 0 {
-        return Err(format!(
-            "{}: guest reported {} errors",
-            job.name, out.report.errors
-        ));
+        return Err(SuiteError::GuestErrors {
+            name: job.name.clone(),
+            errors: out.report.errors,
+        });
     }
     Ok(out)
 }
 
 /// Runs `job` alone on a fresh pool with `pool_mib` MiB of homes in a scratch directory under
 /// `parent`.
-pub fn run_alone(job: &Job, parent: &str, pool_mib: u64) -> Result<VmOutcome, String> {
+pub fn run_alone(job: &Job, parent: &str, pool_mib: u64) -> Result<VmOutcome, SuiteError> {
     let s = Scratch::new(parent, &job.name)?;
     let p = pool(&s.0, pool_mib, 16)?;
     run(job, &p, &s.0)
