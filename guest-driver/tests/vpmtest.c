@@ -5,6 +5,9 @@
  *   vpmtest writer       sequence-numbered records, flushed, drained every 16; prints "ACKED n"
  *                        after each drain; the last 64 pages are transient scratch, rewritten
  *   vpmtest check N      after a host crash: every record <= N is intact, the scratch is zero
+ *   vpmtest flood        flushes records, more than the ring holds, draining every 1024; stops
+ *                        at the first error and prints "VPMTEST flood stopped: <errno>" (a host
+ *                        that stops answering must give ETIMEDOUT, never a hang)
  *   vpmtest pattern N B  the first N bytes of vPM all hold byte B (what another program wrote)
  * Prints "VPMTEST <mode> OK" or "VPMTEST FAIL <why>".
  */
@@ -197,6 +200,27 @@ static void writer(void)
 	}
 }
 
+static void flood(void)
+{
+	for (uint64_t seq = 1;; seq++) {
+		uint64_t *rec = (uint64_t *)(vpm + ((seq - 1) % slots()) * REC);
+		for (int i = 7; i >= 0; i--)
+			rec[i] = word(seq, i);
+		int r = call(VPM_IOC_FLUSH, rec, REC);
+		if (!r && seq % 1024 == 0)
+			r = ioctl(fd, VPM_IOC_DRAIN) == 0 ? 0 : errno;
+		if (r) {
+			printf("VPMTEST flood stopped: %d (%s) after %llu records\n", r, strerror(r),
+			       (unsigned long long)seq);
+			return;
+		}
+		if (seq % 1024 == 0) {
+			printf("ACKED %llu\n", (unsigned long long)seq);
+			fflush(stdout);
+		}
+	}
+}
+
 static void check(uint64_t acked)
 {
 	uint64_t n = slots(), bad = 0;
@@ -263,6 +287,8 @@ int main(int argc, char **argv)
 		writer();
 	else if (!strcmp(mode, "check"))
 		check(argc > 2 ? strtoull(argv[2], NULL, 10) : 0);
+	else if (!strcmp(mode, "flood"))
+		flood();
 	else if (!strcmp(mode, "pattern") && argc > 3)
 		pattern(strtoull(argv[2], NULL, 0), (int)strtol(argv[3], NULL, 0));
 	else

@@ -185,6 +185,47 @@ fn crash_trial(name: &str, prog: &str, wait_ms: u64) -> (u64, String) {
     )
 }
 
+/// A host that stops answering (the service SIGSTOPped, QEMU and the guest still running): the
+/// driver's calls fail with ETIMEDOUT after a bounded wait, even when the ring is full, instead
+/// of retrying for ever with the channel lock held.
+#[test]
+fn a_host_that_stops_answering_gets_etimedout_not_a_hang() {
+    let s = State::new("stall");
+    let host = HostRun::start(qemu_cmd(&s, "flood", &["--fresh"]));
+    let console = s.0.join("linux.console");
+    let read = || std::fs::read_to_string(&console).unwrap_or_default();
+    let start = Instant::now();
+    while !read().contains("ACKED 2048") {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the flood never got going:\n{}",
+            read()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our child, the host service only (QEMU keeps running the guest).
+    unsafe { libc::kill(host.0.id() as i32, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let text = loop {
+        let text = read();
+        if text.contains("VPMTEST flood stopped") || stopped.elapsed() > Duration::from_secs(120) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // SAFETY: as above; then the whole group goes.
+    unsafe { libc::kill(host.0.id() as i32, libc::SIGCONT) };
+    host.kill();
+    assert!(
+        text.contains("VPMTEST flood stopped: 110"),
+        "no ETIMEDOUT within 120 s of the host stopping:\n{text}"
+    );
+    println!(
+        "the driver gave up after {:.1} s",
+        stopped.elapsed().as_secs_f64()
+    );
+}
+
 #[test]
 fn acknowledged_persists_survive_killing_qemu_and_the_host() {
     for trial in 0..3u64 {

@@ -179,7 +179,7 @@ pub fn run(out: &Path, quick: bool) -> Result<(), SuiteError> {
         tput.push(json!({"workload": "transient scratch", "mode": if transient { "pv+transient" } else { "pv" },
             "ops_per_s": o.report.ops as f64 / o.elapsed.as_secs_f64(), "epochs": o.stats.epochs,
             "pause_us_total": o.stats.pause_us_total, "pm_bytes_written": o.stats.pm_bytes_written,
-            "dirty_mib": o.stats.dirty_pages as f64 / 256.0}));
+            "dirty_mib": (o.stats.dirty_pages * vpm_abi::PAGE_SIZE) as f64 / 1048576.0}));
     }
     r.insert("throughput".into(), Value::Array(tput));
 
