@@ -12,10 +12,11 @@ use super::layout::{
     unpack_version, RawEntry, ABI_MAJOR, ABI_MINOR, ABI_VERSION, ENTRY_SIZE, HEADER_SIZE, MAGIC,
     MAX_RING_ENTRIES, PAGE_SIZE, RING_OFFSET, RING_SLOTS,
 };
-use super::op::{HeaderStatus, RESULT_PENDING};
+use super::op::{features, HeaderStatus, RESULT_PENDING};
+use super::poll::{self, NeedsDoorbell, SleepCheck, HOST_SLEEPING};
 
 /// The shared page header. Guest-written fields: `magic`, `version`, `guest_features`,
-/// `ring_entries`, `produced`. Host-written: everything else.
+/// `ring_entries`, `produced`. Host-written: everything else (`host_state` since 1.1).
 #[repr(C)]
 pub struct SharedHeader {
     /// [`MAGIC`].
@@ -48,8 +49,13 @@ pub struct SharedHeader {
     pub served: AtomicU64,
     /// Entries the host refused, plus header faults.
     pub rejected: AtomicU64,
+    /// ABI 1.1, feature `POLLED`: [`HOST_SLEEPING`] or [`HOST_POLLING`], written by the host only
+    /// (see [`super::poll`]). Zero (sleeping, so: ring the doorbell) for 1.0 hosts.
+    pub host_state: AtomicU32,
+    /// Reserved, zero.
+    pub reserved1: AtomicU32,
     /// Reserved for later minor versions, zero.
-    pub reserved: [AtomicU64; 5],
+    pub reserved: [AtomicU64; 4],
 }
 
 /// One ring entry in shared memory; the same layout as [`RawEntry`].
@@ -86,6 +92,9 @@ const _: () = assert!(core::mem::offset_of!(SharedHeader, produced) == 32);
 const _: () = assert!(core::mem::offset_of!(SharedHeader, consumed) == 36);
 const _: () = assert!(core::mem::offset_of!(SharedHeader, completed_seq) == 40);
 const _: () = assert!(core::mem::offset_of!(SharedHeader, rejected) == 80);
+const _: () = assert!(core::mem::offset_of!(SharedHeader, host_state) == 88);
+const _: () = assert!(core::mem::offset_of!(SharedHeader, reserved1) == 92);
+const _: () = assert!(core::mem::offset_of!(SharedHeader, reserved) == 96);
 const _: () = assert!(core::mem::offset_of!(SharedEntry, seq) == 8);
 const _: () = assert!(core::mem::offset_of!(SharedEntry, len) == 24);
 
@@ -145,7 +154,9 @@ impl SharedPage {
                 epoch: AtomicU64::new(0),
                 served: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
-                reserved: [const { AtomicU64::new(0) }; 5],
+                host_state: AtomicU32::new(HOST_SLEEPING),
+                reserved1: AtomicU32::new(0),
+                reserved: [const { AtomicU64::new(0) }; 4],
             },
             ring: [const { SharedEntry::zeroed() }; RING_SLOTS],
         }
@@ -182,6 +193,10 @@ pub struct Ticket {
 /// The ring is full: the guest must ring the doorbell and wait for the host to complete entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingFull;
+
+/// [`Producer::wait_for`] ran out of budget before the host completed the entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StillPending;
 
 /// Whether free-running index `a` is at or past `b` (wrap-around safe).
 const fn reached(a: u32, b: u32) -> bool {
@@ -227,6 +242,7 @@ impl<'a> Producer<'a> {
         h.ring_entries.store(entries, Ordering::Relaxed);
         h.produced.store(first_index, Ordering::Relaxed);
         h.consumed.store(first_index, Ordering::Relaxed);
+        h.host_state.store(HOST_SLEEPING, Ordering::Relaxed);
         h.status
             .store(HeaderStatus::Pending as u32, Ordering::Relaxed);
         h.magic.store(MAGIC, Ordering::Release);
@@ -277,6 +293,36 @@ impl<'a> Producer<'a> {
             .produced
             .store(self.produced, Ordering::Release);
         Ok(Ticket { index, seq })
+    }
+
+    /// Whether the host granted polled rings ([`features::POLLED`], ABI 1.1).
+    pub fn polled(&self) -> bool {
+        self.page.header.host_features.load(Ordering::Relaxed) & features::POLLED != 0
+    }
+
+    /// Publishes everything pushed so far and tells whether the doorbell is needed: always
+    /// [`NeedsDoorbell::Yes`] unless the host granted [`features::POLLED`] and is polling (the
+    /// handshake of [`super::poll::announce`]).
+    pub fn publish(&self) -> NeedsDoorbell {
+        let h = &self.page.header;
+        poll::announce(&h.produced, &h.host_state, self.produced, self.polled())
+    }
+
+    /// Spins until the host has completed `ticket`, at most `budget` times
+    /// [`core::hint::spin_loop`]; returns the entry's result code, or [`StillPending`] when the
+    /// budget ran out (the caller decides: spin again, ring, or give up).
+    pub fn wait_for(&self, ticket: Ticket, budget: u64) -> Result<i32, StillPending> {
+        let mut spins = 0u64;
+        loop {
+            if let Some(result) = self.result(ticket) {
+                return Ok(result);
+            }
+            if spins >= budget {
+                return Err(StillPending);
+            }
+            spins += 1;
+            core::hint::spin_loop();
+        }
     }
 
     /// Whether the host has completed the entry of `ticket`.
@@ -337,7 +383,12 @@ impl Consumer {
             return Err(bad);
         }
         let entries = h.ring_entries.load(Ordering::Relaxed);
-        let granted = h.guest_features.load(Ordering::Relaxed) & host_features;
+        let mut granted = h.guest_features.load(Ordering::Relaxed) & host_features;
+        if unpack_version(h.version.load(Ordering::Relaxed)).1 < 1 {
+            // A 1.0 guest never reads `host_state`: it must always ring.
+            granted &= features::ALL_1_0;
+        }
+        h.host_state.store(HOST_SLEEPING, Ordering::Relaxed);
         h.host_features.store(granted, Ordering::Relaxed);
         let start = h.produced.load(Ordering::Relaxed);
         h.consumed.store(start, Ordering::Relaxed);
@@ -377,6 +428,31 @@ impl Consumer {
         let entry = page.ring[(index & (self.entries - 1)) as usize].load();
         self.taken = index.wrapping_add(1);
         Ok(Some(Taken { index, entry }))
+    }
+
+    /// Whether the guest has published entries not taken yet (one acquire load of `produced`).
+    pub fn has_published(&self, page: &SharedPage) -> bool {
+        page.header.produced.load(Ordering::Acquire) != self.taken
+    }
+
+    /// Before the host blocks on the doorbell (polled rings): announces `SLEEPING` and re-checks
+    /// `produced` ([`super::poll::prepare_sleep`]). On [`SleepCheck::Pending`] the host must take
+    /// the new entries instead of sleeping. A stopped ring (status not `Ok`) always sleeps.
+    pub fn prepare_sleep(&self, page: &SharedPage) -> SleepCheck {
+        let h = &page.header;
+        let check = poll::prepare_sleep(&h.host_state, &h.produced, self.taken);
+        if check == SleepCheck::Pending
+            && h.status.load(Ordering::Acquire) != HeaderStatus::Ok as u32
+        {
+            h.host_state.store(HOST_SLEEPING, Ordering::Relaxed);
+            return SleepCheck::Sleep;
+        }
+        check
+    }
+
+    /// After a wake-up (polled rings): announces `POLLING`; the caller then polls the ring.
+    pub fn wake(&self, page: &SharedPage) {
+        poll::wake(&page.header.host_state);
     }
 
     /// Entries taken and not yet finished.
