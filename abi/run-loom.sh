@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Model-checks the polled-ring handshake (abi/src/proto/poll.rs) with loom: every interleaving of a
-# publishing guest and a host that goes to sleep, up to 3 preemptions. About a minute on a loaded
+# publishing guest and a host that goes to sleep, up to 3 preemptions. About three minutes on a loaded
 # 2-core machine the first time (building loom); the model itself runs in about half a second.
 set -euo pipefail
 cd "$(dirname "$0")"
