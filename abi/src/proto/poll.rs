@@ -191,7 +191,9 @@ mod tests {
         let page = SharedPage::zeroed();
         let (_p, mut c) = registered(&page, 2);
         page.header.produced.store(9, Ordering::Release);
+        assert!(c.has_published(&page));
         assert_eq!(c.take(&page), Err(HeaderStatus::BadIndex));
+        assert!(!c.has_published(&page));
         assert_eq!(c.prepare_sleep(&page), SleepCheck::Sleep);
     }
 }

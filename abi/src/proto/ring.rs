@@ -430,9 +430,12 @@ impl Consumer {
         Ok(Some(Taken { index, entry }))
     }
 
-    /// Whether the guest has published entries not taken yet (one acquire load of `produced`).
+    /// Whether the guest has published entries not taken yet on a ring that is served (status
+    /// `Ok`). A poller spins on this, so a stopped ring reads as empty.
     pub fn has_published(&self, page: &SharedPage) -> bool {
-        page.header.produced.load(Ordering::Acquire) != self.taken
+        let h = &page.header;
+        h.produced.load(Ordering::Acquire) != self.taken
+            && h.status.load(Ordering::Relaxed) == HeaderStatus::Ok as u32
     }
 
     /// Before the host blocks on the doorbell (polled rings): announces `SLEEPING` and re-checks

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod memory;
 pub mod mode;
 pub mod pause;
+pub mod poller;
 pub mod stats;
 pub mod vcpu;
 
@@ -458,6 +459,9 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
     let epoch_witness = open_witness(spec.epoch_witness.as_deref())?;
     // Direct modes map every page to its home: "PM" throughout, no DRAM.
     let tiers = TierTable::new(pages, if spec.mode.tiered() { budget } else { 0 });
+    // Polled rings need the ioeventfd ring thread. TODO(integrator): `spec.poll_us` (CLI
+    // `--poll-us N`) instead of the environment.
+    let poll = poller::poll_window_from_env().filter(|_| spec.doorbell == DoorbellKind::IoEventFd);
     let shared = Arc::new(Shared {
         mode: spec.mode,
         tenant,
@@ -478,7 +482,10 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
         hints: Mutex::new(HintService::new(VPM_BASE_GPA, vpm_size)),
         features: match spec.doorbell {
             DoorbellKind::Exit => spec.mode.features(),
-            DoorbellKind::IoEventFd => spec.mode.features() & !vpm_abi::features::SYNC_DOORBELL,
+            DoorbellKind::IoEventFd => {
+                let polled = poll.map_or(0, |_| vpm_abi::features::POLLED);
+                spec.mode.features() & !vpm_abi::features::SYNC_DOORBELL | polled
+            }
         },
         pause: PauseGate::default(),
         stop: AtomicBool::new(false),
@@ -488,7 +495,7 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
     let start = Instant::now();
     let ring_thread = match spec.doorbell {
         DoorbellKind::Exit => None,
-        DoorbellKind::IoEventFd => Some(spawn_ring_thread(&shared)?),
+        DoorbellKind::IoEventFd => Some(spawn_ring_thread(&shared, poll)?),
     };
     let vcpu_shared = shared.clone();
     let handle = std::thread::Builder::new()
@@ -564,8 +571,9 @@ type RingThread = (
     std::thread::JoinHandle<Result<(), VmmError>>,
 );
 
-/// Registers an ioeventfd for the RING byte and starts the thread that serves it.
-fn spawn_ring_thread(shared: &Arc<Shared>) -> Result<RingThread, VmmError> {
+/// Registers an ioeventfd for the RING byte and starts the thread that serves it: the ring
+/// poller when `poll` is set (idle window before it sleeps), else one ring pass per doorbell.
+fn spawn_ring_thread(shared: &Arc<Shared>, poll: Option<Duration>) -> Result<RingThread, VmmError> {
     use kvm_ioctls::IoEventAddress;
     use vmm_sys_util::eventfd::EventFd;
     use vpm_abi::proto::doorbell::CMD_RING;
@@ -579,6 +587,9 @@ fn spawn_ring_thread(shared: &Arc<Shared>) -> Result<RingThread, VmmError> {
     let t = std::thread::Builder::new()
         .name("vpm-hints".into())
         .spawn(move || -> Result<(), VmmError> {
+            if let Some(window) = poll {
+                return poller::run(&vm, &e, window);
+            }
             loop {
                 let _ = e.read();
                 if vm.stop.load(Ordering::Acquire) {
