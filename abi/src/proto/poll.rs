@@ -21,6 +21,8 @@
 
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 
+use super::ring::{Producer, Ticket};
+
 /// `host_state`: the host may be blocked on the doorbell; a guest that publishes must ring.
 /// Zero, so a header nobody updates (a 1.0 host, a channel without [`super::op::features::POLLED`])
 /// always asks for the doorbell.
@@ -115,10 +117,33 @@ pub fn wake<W: HandshakeWord>(host_state: &W) {
     W::full_fence();
 }
 
+/// [`Producer::wait_for`] ran out of budget before the host completed the entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StillPending;
+
+impl Producer<'_> {
+    /// Spins until the host has completed `ticket`, at most `budget` times
+    /// [`core::hint::spin_loop`]; returns the entry's result code, or [`StillPending`] when the
+    /// budget ran out (the caller decides: spin again, ring, or give up).
+    pub fn wait_for(&self, ticket: Ticket, budget: u64) -> Result<i32, StillPending> {
+        let mut spins = 0u64;
+        loop {
+            if let Some(result) = self.result(ticket) {
+                return Ok(result);
+            }
+            if spins >= budget {
+                return Err(StillPending);
+            }
+            spins += 1;
+            core::hint::spin_loop();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::op::{features, HeaderStatus, Op};
-    use super::super::ring::{Consumer, Producer, SharedPage, StillPending};
+    use super::super::ring::{Consumer, SharedPage};
     use super::*;
 
     fn registered(page: &SharedPage, entries: u32) -> (Producer<'_>, Consumer) {
@@ -168,6 +193,19 @@ mod tests {
         assert_eq!(c.prepare_sleep(&page), SleepCheck::Sleep);
         p.push(Op::Nop.code(), 0, 0).unwrap();
         assert_eq!(p.publish(), NeedsDoorbell::Yes);
+    }
+
+    #[test]
+    fn a_staged_entry_is_invisible_until_published() {
+        let page = SharedPage::zeroed();
+        let (mut p, mut c) = registered(&page, 4);
+        let t = p.stage(Op::Persist.code(), 0x1000, 64).unwrap();
+        assert_eq!(p.in_flight(), 1);
+        assert!(!c.has_published(&page));
+        assert_eq!(c.take(&page), Ok(None));
+        assert_eq!(p.publish(), NeedsDoorbell::Yes);
+        let taken = c.take(&page).unwrap().unwrap();
+        assert_eq!((taken.index, taken.entry.gpa), (t.index, 0x1000));
     }
 
     #[test]

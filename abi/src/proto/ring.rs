@@ -194,10 +194,6 @@ pub struct Ticket {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingFull;
 
-/// [`Producer::wait_for`] ran out of budget before the host completed the entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StillPending;
-
 /// Whether free-running index `a` is at or past `b` (wrap-around safe).
 const fn reached(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
@@ -259,7 +255,8 @@ impl<'a> Producer<'a> {
         self.page
     }
 
-    /// Entries published and not yet completed by the host (as the host reports it, clamped).
+    /// Entries published (or staged) and not yet completed by the host (as the host reports it,
+    /// clamped).
     pub fn in_flight(&self) -> u32 {
         let consumed = self.page.header.consumed.load(Ordering::Acquire);
         self.produced.wrapping_sub(consumed).min(self.entries)
@@ -272,6 +269,17 @@ impl<'a> Producer<'a> {
 
     /// Publishes one entry. Fails with [`RingFull`] when every slot is in flight.
     pub fn push(&mut self, op: u16, gpa: u64, len: u64) -> Result<Ticket, RingFull> {
+        let ticket = self.stage(op, gpa, len)?;
+        self.page
+            .header
+            .produced
+            .store(self.produced, Ordering::Release);
+        Ok(ticket)
+    }
+
+    /// Writes one entry without publishing it: the host sees it only after the next
+    /// [`Producer::publish`] (or [`Producer::push`]). Fails with [`RingFull`] like `push`.
+    pub fn stage(&mut self, op: u16, gpa: u64, len: u64) -> Result<Ticket, RingFull> {
         if self.free() == 0 {
             return Err(RingFull);
         }
@@ -288,10 +296,6 @@ impl<'a> Producer<'a> {
         });
         self.produced = index.wrapping_add(1);
         self.next_seq += 1;
-        self.page
-            .header
-            .produced
-            .store(self.produced, Ordering::Release);
         Ok(Ticket { index, seq })
     }
 
@@ -300,29 +304,12 @@ impl<'a> Producer<'a> {
         self.page.header.host_features.load(Ordering::Relaxed) & features::POLLED != 0
     }
 
-    /// Publishes everything pushed so far and tells whether the doorbell is needed: always
+    /// Publishes everything pushed or staged so far and tells whether the doorbell is needed: always
     /// [`NeedsDoorbell::Yes`] unless the host granted [`features::POLLED`] and is polling (the
     /// handshake of [`super::poll::announce`]).
     pub fn publish(&self) -> NeedsDoorbell {
         let h = &self.page.header;
         poll::announce(&h.produced, &h.host_state, self.produced, self.polled())
-    }
-
-    /// Spins until the host has completed `ticket`, at most `budget` times
-    /// [`core::hint::spin_loop`]; returns the entry's result code, or [`StillPending`] when the
-    /// budget ran out (the caller decides: spin again, ring, or give up).
-    pub fn wait_for(&self, ticket: Ticket, budget: u64) -> Result<i32, StillPending> {
-        let mut spins = 0u64;
-        loop {
-            if let Some(result) = self.result(ticket) {
-                return Ok(result);
-            }
-            if spins >= budget {
-                return Err(StillPending);
-            }
-            spins += 1;
-            core::hint::spin_loop();
-        }
     }
 
     /// Whether the host has completed the entry of `ticket`.

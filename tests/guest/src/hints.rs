@@ -80,6 +80,17 @@ impl Hints {
         }
     }
 
+    /// Writes an entry without publishing it (the next [`Hints::complete`] or [`Hints::ring`]
+    /// publishes it), making room like [`Hints::push`].
+    pub fn stage(&mut self, op: u16, gpa: u64, len: u64) -> Ticket {
+        loop {
+            match self.producer.stage(op, gpa, len) {
+                Ok(t) => return t,
+                Err(_) => self.ring(),
+            }
+        }
+    }
+
     /// Publishes everything pushed, rings the doorbell unless a polling host makes it unnecessary,
     /// and waits until the host has completed everything published.
     pub fn ring(&mut self) {
