@@ -14,6 +14,8 @@ bitflags::bitflags! {
         const EPOCHS = features::EPOCHS;
         /// [`features::SYNC_DOORBELL`].
         const SYNC_DOORBELL = features::SYNC_DOORBELL;
+        /// [`features::POLLED`] (ABI 1.1).
+        const POLLED = features::POLLED;
     }
 }
 

@@ -87,6 +87,8 @@ pub struct TrialConfig {
     pub kill_after_ms: (u64, u64),
     /// vPM size in MiB.
     pub vpm_mib: u64,
+    /// The writer's `--poll-us` (0: no ring poller).
+    pub poll_us: u64,
 }
 
 /// What a trial found.
@@ -189,6 +191,8 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, CrashTestE
     }
     let epochs_arg = epochs.to_string_lossy().into_owned();
     writer.extend(["--epoch-witness", &epochs_arg]);
+    let poll_arg = cfg.poll_us.to_string();
+    writer.extend(["--poll-us", &poll_arg]);
     let mut args = common(cfg, mode);
     args.push("--fresh".into());
     args.extend(writer.iter().map(|s| s.to_string()));

@@ -18,6 +18,7 @@ fn config(kind: TrialKind, name: &str, kill_after_ms: (u64, u64)) -> TrialConfig
         kind,
         kill_after_ms,
         vpm_mib: 8,
+        poll_us: 0,
     }
 }
 
@@ -63,6 +64,23 @@ fn pv_acknowledged_persists_survive_kill_9() {
     assert!(
         acked >= 40,
         "only {acked} of 50 trials had acknowledged drains"
+    );
+    assert!(results.iter().all(|r| r.found >= r.acked));
+}
+
+/// The same with the ring poller on (ABI 1.1 polled rings): persists acknowledged without a
+/// doorbell survive too.
+#[test]
+fn pv_acknowledged_persists_survive_kill_9_with_polling() {
+    let cfg = TrialConfig {
+        poll_us: 50,
+        ..config(TrialKind::PvPersisted, "pv-poll", (20, 250))
+    };
+    let results = trials(&cfg, 30, 400);
+    let acked = results.iter().filter(|r| r.acked > 0).count();
+    assert!(
+        acked >= 24,
+        "only {acked} of 30 trials had acknowledged drains"
     );
     assert!(results.iter().all(|r| r.found >= r.acked));
 }

@@ -16,7 +16,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"VPMHINTS");
 /// Major ABI version: a host serves only guests with the same major.
 pub const ABI_MAJOR: u16 = 1;
 /// Minor ABI version: a host serves guests whose minor is at most its own.
-pub const ABI_MINOR: u16 = 0;
+pub const ABI_MINOR: u16 = 1;
 /// The version word as stored in the header: `major << 16 | minor`.
 pub const ABI_VERSION: u32 = pack_version(ABI_MAJOR, ABI_MINOR);
 
@@ -136,6 +136,6 @@ mod tests {
     #[test]
     fn version_packing() {
         assert_eq!(unpack_version(pack_version(3, 9)), (3, 9));
-        assert_eq!(ABI_VERSION, 0x0001_0000);
+        assert_eq!(ABI_VERSION, 0x0001_0001);
     }
 }

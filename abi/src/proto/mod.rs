@@ -8,10 +8,13 @@
 //! Data path of one hint: the guest fills a [`ring::SharedEntry`] through a [`ring::Producer`],
 //! rings the [`doorbell`], the host takes it with a [`ring::Consumer`], checks it with
 //! [`validate::decode_entry`], acts on the resulting [`validate::Hint`] and writes a [`op::HintResult`].
+//! With polled rings (ABI 1.1, [`poll`]) the guest rings only when the host announced that it
+//! sleeps.
 
 pub mod doorbell;
 pub mod layout;
 pub mod op;
+pub mod poll;
 pub mod ring;
 pub mod uapi;
 pub mod validate;

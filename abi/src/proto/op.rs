@@ -188,8 +188,14 @@ pub mod features {
     /// The host completes the ring before the doorbell write returns (KVM I/O exit); without it
     /// the guest polls `consumed` (e.g. QEMU's isa-debugcon carries the doorbell asynchronously).
     pub const SYNC_DOORBELL: u32 = 1 << 3;
+    /// ABI 1.1: polled rings. The host keeps the header's `host_state` up to date and a guest may
+    /// skip the doorbell while the host polls (`proto::poll`). Granted only to 1.1 guests, and
+    /// only while a host thread polls the ring.
+    pub const POLLED: u32 = 1 << 4;
     /// All bits ABI 1.0 defines.
-    pub const ALL: u32 = PERSIST | TRANSIENT | EPOCHS | SYNC_DOORBELL;
+    pub const ALL_1_0: u32 = PERSIST | TRANSIENT | EPOCHS | SYNC_DOORBELL;
+    /// All bits this ABI version (1.1) defines.
+    pub const ALL: u32 = ALL_1_0 | POLLED;
 }
 
 #[cfg(test)]

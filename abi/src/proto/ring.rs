@@ -12,10 +12,11 @@ use super::layout::{
     unpack_version, RawEntry, ABI_MAJOR, ABI_MINOR, ABI_VERSION, ENTRY_SIZE, HEADER_SIZE, MAGIC,
     MAX_RING_ENTRIES, PAGE_SIZE, RING_OFFSET, RING_SLOTS,
 };
-use super::op::{HeaderStatus, RESULT_PENDING};
+use super::op::{features, HeaderStatus, RESULT_PENDING};
+use super::poll::{self, NeedsDoorbell, SleepCheck, HOST_SLEEPING};
 
 /// The shared page header. Guest-written fields: `magic`, `version`, `guest_features`,
-/// `ring_entries`, `produced`. Host-written: everything else.
+/// `ring_entries`, `produced`. Host-written: everything else (`host_state` since 1.1).
 #[repr(C)]
 pub struct SharedHeader {
     /// [`MAGIC`].
@@ -48,8 +49,13 @@ pub struct SharedHeader {
     pub served: AtomicU64,
     /// Entries the host refused, plus header faults.
     pub rejected: AtomicU64,
+    /// ABI 1.1, feature `POLLED`: [`HOST_SLEEPING`] or [`HOST_POLLING`], written by the host only
+    /// (see [`super::poll`]). Zero (sleeping, so: ring the doorbell) for 1.0 hosts.
+    pub host_state: AtomicU32,
+    /// Reserved, zero.
+    pub reserved1: AtomicU32,
     /// Reserved for later minor versions, zero.
-    pub reserved: [AtomicU64; 5],
+    pub reserved: [AtomicU64; 4],
 }
 
 /// One ring entry in shared memory; the same layout as [`RawEntry`].
@@ -86,6 +92,9 @@ const _: () = assert!(core::mem::offset_of!(SharedHeader, produced) == 32);
 const _: () = assert!(core::mem::offset_of!(SharedHeader, consumed) == 36);
 const _: () = assert!(core::mem::offset_of!(SharedHeader, completed_seq) == 40);
 const _: () = assert!(core::mem::offset_of!(SharedHeader, rejected) == 80);
+const _: () = assert!(core::mem::offset_of!(SharedHeader, host_state) == 88);
+const _: () = assert!(core::mem::offset_of!(SharedHeader, reserved1) == 92);
+const _: () = assert!(core::mem::offset_of!(SharedHeader, reserved) == 96);
 const _: () = assert!(core::mem::offset_of!(SharedEntry, seq) == 8);
 const _: () = assert!(core::mem::offset_of!(SharedEntry, len) == 24);
 
@@ -145,7 +154,9 @@ impl SharedPage {
                 epoch: AtomicU64::new(0),
                 served: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
-                reserved: [const { AtomicU64::new(0) }; 5],
+                host_state: AtomicU32::new(HOST_SLEEPING),
+                reserved1: AtomicU32::new(0),
+                reserved: [const { AtomicU64::new(0) }; 4],
             },
             ring: [const { SharedEntry::zeroed() }; RING_SLOTS],
         }
@@ -227,6 +238,7 @@ impl<'a> Producer<'a> {
         h.ring_entries.store(entries, Ordering::Relaxed);
         h.produced.store(first_index, Ordering::Relaxed);
         h.consumed.store(first_index, Ordering::Relaxed);
+        h.host_state.store(HOST_SLEEPING, Ordering::Relaxed);
         h.status
             .store(HeaderStatus::Pending as u32, Ordering::Relaxed);
         h.magic.store(MAGIC, Ordering::Release);
@@ -243,7 +255,8 @@ impl<'a> Producer<'a> {
         self.page
     }
 
-    /// Entries published and not yet completed by the host (as the host reports it, clamped).
+    /// Entries published (or staged) and not yet completed by the host (as the host reports it,
+    /// clamped).
     pub fn in_flight(&self) -> u32 {
         let consumed = self.page.header.consumed.load(Ordering::Acquire);
         self.produced.wrapping_sub(consumed).min(self.entries)
@@ -256,6 +269,17 @@ impl<'a> Producer<'a> {
 
     /// Publishes one entry. Fails with [`RingFull`] when every slot is in flight.
     pub fn push(&mut self, op: u16, gpa: u64, len: u64) -> Result<Ticket, RingFull> {
+        let ticket = self.stage(op, gpa, len)?;
+        self.page
+            .header
+            .produced
+            .store(self.produced, Ordering::Release);
+        Ok(ticket)
+    }
+
+    /// Writes one entry without publishing it: the host sees it only after the next
+    /// [`Producer::publish`] (or [`Producer::push`]). Fails with [`RingFull`] like `push`.
+    pub fn stage(&mut self, op: u16, gpa: u64, len: u64) -> Result<Ticket, RingFull> {
         if self.free() == 0 {
             return Err(RingFull);
         }
@@ -272,11 +296,20 @@ impl<'a> Producer<'a> {
         });
         self.produced = index.wrapping_add(1);
         self.next_seq += 1;
-        self.page
-            .header
-            .produced
-            .store(self.produced, Ordering::Release);
         Ok(Ticket { index, seq })
+    }
+
+    /// Whether the host granted polled rings ([`features::POLLED`], ABI 1.1).
+    pub fn polled(&self) -> bool {
+        self.page.header.host_features.load(Ordering::Relaxed) & features::POLLED != 0
+    }
+
+    /// Publishes everything pushed or staged so far and tells whether the doorbell is needed: always
+    /// [`NeedsDoorbell::Yes`] unless the host granted [`features::POLLED`] and is polling (the
+    /// handshake of [`super::poll::announce`]).
+    pub fn publish(&self) -> NeedsDoorbell {
+        let h = &self.page.header;
+        poll::announce(&h.produced, &h.host_state, self.produced, self.polled())
     }
 
     /// Whether the host has completed the entry of `ticket`.
@@ -337,7 +370,12 @@ impl Consumer {
             return Err(bad);
         }
         let entries = h.ring_entries.load(Ordering::Relaxed);
-        let granted = h.guest_features.load(Ordering::Relaxed) & host_features;
+        let mut granted = h.guest_features.load(Ordering::Relaxed) & host_features;
+        if unpack_version(h.version.load(Ordering::Relaxed)).1 < 1 {
+            // A 1.0 guest never reads `host_state`: it must always ring.
+            granted &= features::ALL_1_0;
+        }
+        h.host_state.store(HOST_SLEEPING, Ordering::Relaxed);
         h.host_features.store(granted, Ordering::Relaxed);
         let start = h.produced.load(Ordering::Relaxed);
         h.consumed.store(start, Ordering::Relaxed);
@@ -377,6 +415,34 @@ impl Consumer {
         let entry = page.ring[(index & (self.entries - 1)) as usize].load();
         self.taken = index.wrapping_add(1);
         Ok(Some(Taken { index, entry }))
+    }
+
+    /// Whether the guest has published entries not taken yet on a ring that is served (status
+    /// `Ok`). A poller spins on this, so a stopped ring reads as empty.
+    pub fn has_published(&self, page: &SharedPage) -> bool {
+        let h = &page.header;
+        h.produced.load(Ordering::Acquire) != self.taken
+            && h.status.load(Ordering::Relaxed) == HeaderStatus::Ok as u32
+    }
+
+    /// Before the host blocks on the doorbell (polled rings): announces `SLEEPING` and re-checks
+    /// `produced` ([`super::poll::prepare_sleep`]). On [`SleepCheck::Pending`] the host must take
+    /// the new entries instead of sleeping. A stopped ring (status not `Ok`) always sleeps.
+    pub fn prepare_sleep(&self, page: &SharedPage) -> SleepCheck {
+        let h = &page.header;
+        let check = poll::prepare_sleep(&h.host_state, &h.produced, self.taken);
+        if check == SleepCheck::Pending
+            && h.status.load(Ordering::Acquire) != HeaderStatus::Ok as u32
+        {
+            h.host_state.store(HOST_SLEEPING, Ordering::Relaxed);
+            return SleepCheck::Sleep;
+        }
+        check
+    }
+
+    /// After a wake-up (polled rings): announces `POLLING`; the caller then polls the ring.
+    pub fn wake(&self, page: &SharedPage) {
+        poll::wake(&page.header.host_state);
     }
 
     /// Entries taken and not yet finished.

@@ -146,6 +146,7 @@ pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, 
         work_dir: dir.to_path_buf(),
         time_limit: Some(Duration::from_secs(600)),
         doorbell: DoorbellKind::Exit,
+        poll_us: 0,
     };
     let out = run_vm(&spec, pool.clone(), tenant).map_err(|source| SuiteError::Vm {
         name: job.name.clone(),

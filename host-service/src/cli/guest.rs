@@ -132,6 +132,12 @@ pub struct GuestArgs {
     /// How the guest's ring doorbell reaches the host.
     #[arg(long, value_enum, value_name = "K", default_value_t = DoorbellArg::Exit)]
     pub doorbell: DoorbellArg,
+    /// Polled rings: a host thread keeps polling the hint ring for US microseconds after the
+    /// last hint before it sleeps on the doorbell, so a PV guest persists without a VM exit
+    /// (0 = no poller; a poller implies the ioeventfd doorbell and wants a spare host core).
+    #[arg(long, value_name = "US", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub poll_us: u64,
 }
 
 /// Parses guest options alone (for [`GuestArgs::defaults`]).
@@ -323,6 +329,7 @@ pub fn spec_for(o: &GuestArgs) -> VmSpec {
         work_dir: o.state.clone(),
         time_limit: o.seconds.map(Duration::from_secs_f64),
         doorbell: o.doorbell.into(),
+        poll_us: o.poll_us,
     }
 }
 

@@ -42,6 +42,10 @@ pub struct SoakArgs {
     /// State directory for the trials (reset per trial, removed at the end).
     #[arg(long, value_name = "DIR", default_value = "/dev/shm/vpm-soak")]
     pub dir: PathBuf,
+    /// The writers' ring poller window (`vpm guest --poll-us`; 0 = doorbell only).
+    #[arg(long, value_name = "US", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub poll_us: u64,
 }
 
 /// Runs the soak; fails if any trial failed.
@@ -70,6 +74,7 @@ pub fn run(a: &SoakArgs) -> Result<(), CliError> {
             kind,
             kill_after_ms: (lo, hi),
             vpm_mib: 8,
+            poll_us: a.poll_us,
         };
         let mut worst_recover = 0;
         for i in 0..a.trials {

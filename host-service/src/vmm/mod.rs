@@ -20,6 +20,7 @@ pub mod mapping;
 pub mod memory;
 pub mod mode;
 pub mod pause;
+pub mod poller;
 pub mod range;
 pub mod run;
 pub mod setup;

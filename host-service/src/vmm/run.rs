@@ -14,7 +14,7 @@ use vpm_abi::{DOORBELL_PORT, PROBE_REPLY};
 use super::context::VmContext;
 use super::guest_map;
 use super::setup::build_vm;
-use super::spec::{DoorbellKind, ExitKind, VmOutcome, VmSpec};
+use super::spec::{ExitKind, VmOutcome, VmSpec};
 use super::VmmError;
 use crate::pool::Pool;
 use crate::tier::Rng;
@@ -23,9 +23,10 @@ use crate::tier::Rng;
 pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOutcome, VmmError> {
     let (vm, vcpu) = build_vm(spec, pool, tenant)?;
     let start = Instant::now();
-    let ring_thread = match spec.doorbell {
-        DoorbellKind::Exit => None,
-        DoorbellKind::IoEventFd => Some(spawn_ring_thread(&vm)?),
+    let ring_thread = if spec.ring_thread() {
+        Some(spawn_ring_thread(&vm, spec.poll_window())?)
+    } else {
+        None
     };
     let vcpu_vm = vm.clone();
     let handle = std::thread::Builder::new()
@@ -61,8 +62,9 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
 
 type RingThread = (Arc<EventFd>, std::thread::JoinHandle<Result<(), VmmError>>);
 
-/// Registers an ioeventfd for the RING byte and starts the thread that serves it.
-fn spawn_ring_thread(vm: &Arc<VmContext>) -> Result<RingThread, VmmError> {
+/// Registers an ioeventfd for the RING byte and starts the thread that serves it: the poller
+/// when `poll` is set (its idle window), else one ring pass per doorbell.
+fn spawn_ring_thread(vm: &Arc<VmContext>, poll: Option<Duration>) -> Result<RingThread, VmmError> {
     let evt = Arc::new(EventFd::new(0).map_err(VmmError::EventFd)?);
     let port = IoEventAddress::Pio(DOORBELL_PORT as u64);
     vm.vm
@@ -72,6 +74,9 @@ fn spawn_ring_thread(vm: &Arc<VmContext>) -> Result<RingThread, VmmError> {
     let t = std::thread::Builder::new()
         .name("vpm-hints".into())
         .spawn(move || -> Result<(), VmmError> {
+            if let Some(window) = poll {
+                return super::poller::run(&vm, &e, window);
+            }
             loop {
                 let _ = e.read();
                 if vm.stop.load(Ordering::Acquire) {

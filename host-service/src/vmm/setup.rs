@@ -115,7 +115,7 @@ pub fn build_vm(
             pm_pages: pages,
             ..VmStats::default()
         }),
-        features: spec.doorbell.features(spec.mode),
+        features: spec.hint_features(),
         pause: PauseGate::default(),
         stop: AtomicBool::new(false),
         witnesses,

@@ -36,6 +36,38 @@ pub struct VmSpec {
     pub time_limit: Option<Duration>,
     /// How RING doorbells reach the host.
     pub doorbell: DoorbellKind,
+    /// Polled rings (ABI 1.1): microseconds a host thread keeps polling the ring after the last
+    /// hint before it sleeps on the doorbell; 0 = no poller, every batch rings. A poller serves
+    /// the ring from its own thread, so it implies the ioeventfd doorbell.
+    pub poll_us: u64,
+}
+
+impl VmSpec {
+    /// The poller's idle window, `None` without polling.
+    pub fn poll_window(&self) -> Option<Duration> {
+        (self.poll_us > 0).then(|| Duration::from_micros(self.poll_us))
+    }
+
+    /// Whether a host thread serves the ring (ioeventfd doorbell or poller).
+    pub fn ring_thread(&self) -> bool {
+        self.doorbell == DoorbellKind::IoEventFd || self.poll_window().is_some()
+    }
+
+    /// Hint features granted to the guest: SYNC_DOORBELL only where the vCPU waits in the exit,
+    /// POLLED only while a poller runs.
+    pub fn hint_features(&self) -> u32 {
+        let doorbell = if self.ring_thread() {
+            DoorbellKind::IoEventFd
+        } else {
+            DoorbellKind::Exit
+        };
+        let polled = if self.poll_window().is_some() {
+            vpm_abi::features::POLLED
+        } else {
+            0
+        };
+        doorbell.features(self.mode) | polled
+    }
 }
 
 /// How the guest's RING doorbell reaches the hint service.

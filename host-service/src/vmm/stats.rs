@@ -59,4 +59,12 @@ pub struct VmStats {
     pub io_exits: u64,
     /// Progress exits.
     pub progress_exits: u64,
+    /// CPU time of the ring poller thread (polled rings), µs.
+    pub poller_cpu_us: u64,
+    /// Times the ring poller was woken by a doorbell after sleeping.
+    pub poller_wakeups: u64,
+    /// Batches the ring poller found by polling, each one a doorbell the guest did not ring.
+    pub doorbells_suppressed: u64,
+    /// Hint entries the ring poller completed without a doorbell.
+    pub poller_hints: u64,
 }

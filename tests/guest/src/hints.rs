@@ -1,14 +1,21 @@
 //! The guest's hint client: registers the shared page and sends persist/flush/drain/transient
 //! hints through the `vpm-abi` ring producer (the same code the kernel driver uses), one doorbell
-//! per batch.
+//! per batch. When the host grants polled rings (ABI 1.1, `POLLED`) the doorbell is rung only if
+//! the host announced that it sleeps ([`Producer::publish`]); completion is always awaited by
+//! polling `consumed`.
 
 use vpm_abi::proto::doorbell::{encode, CMD_RING, DOORBELL_PORT, PROBE_REPLY};
-use vpm_abi::{features, DoorbellCmd, HeaderStatus, Op, Producer, SharedPage, Ticket};
+use vpm_abi::{
+    features, DoorbellCmd, HeaderStatus, NeedsDoorbell, Op, Producer, SharedPage, Ticket,
+};
 
 use crate::io::{inb, outb};
 
 /// Ring size the guest asks for.
 pub const RING_ENTRIES: u32 = 64;
+
+/// Spins a guest waits for the host before it reports a failure.
+const WAIT_SPINS: u64 = 2_000_000_000;
 
 /// A registered hint channel.
 pub struct Hints {
@@ -73,25 +80,48 @@ impl Hints {
         }
     }
 
-    /// Rings the doorbell and waits until the host has completed everything published.
+    /// Writes an entry without publishing it (the next [`Hints::complete`] or [`Hints::ring`]
+    /// publishes it), making room like [`Hints::push`].
+    pub fn stage(&mut self, op: u16, gpa: u64, len: u64) -> Ticket {
+        loop {
+            match self.producer.stage(op, gpa, len) {
+                Ok(t) => return t,
+                Err(_) => self.ring(),
+            }
+        }
+    }
+
+    /// Publishes everything pushed, rings the doorbell unless a polling host makes it unnecessary,
+    /// and waits until the host has completed everything published.
     pub fn ring(&mut self) {
-        outb(DOORBELL_PORT, CMD_RING);
+        self.kick();
         let mut spins = 0u64;
         while self.producer.in_flight() != 0 {
             core::hint::spin_loop();
             spins += 1;
-            if spins > 2_000_000_000 {
+            if spins > WAIT_SPINS {
                 crate::report::fail("host stopped completing hints");
             }
         }
     }
 
+    /// Publishes everything pushed and rings the doorbell if the host may be asleep.
+    fn kick(&mut self) {
+        if self.producer.publish() == NeedsDoorbell::Yes {
+            outb(DOORBELL_PORT, CMD_RING);
+        }
+    }
+
     /// Waits for `t` and returns its result code.
     pub fn complete(&mut self, t: Ticket) -> i32 {
-        if !self.producer.is_done(t) {
-            self.ring();
+        if self.producer.is_done(t) {
+            return self.producer.result(t).unwrap_or(i32::MIN);
         }
-        self.producer.result(t).unwrap_or(i32::MIN)
+        self.kick();
+        match self.producer.wait_for(t, WAIT_SPINS) {
+            Ok(result) => result,
+            Err(_) => crate::report::fail("host stopped completing hints"),
+        }
     }
 
     /// Persists a range and returns the host's result.

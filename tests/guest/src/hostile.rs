@@ -67,8 +67,9 @@ pub fn run(vpm: Vpm, h: &mut Hints) {
     let st = Op::SetTransient.code();
     expect("unaligned transient", h.call(st, vpm.base + 64, 4096), HintResult::Unaligned, &mut refusals);
 
-    // Flags this ABI does not define: set them after publishing, before the doorbell.
-    let t = h.push(p, vpm.base, 64);
+    // Flags this ABI does not define: set them after writing the entry, before publishing it (a
+    // polling host may take a published entry at once).
+    let t = h.stage(p, vpm.base, 64);
     shared_page(SHARED_PAGE_GPA).ring[(t.index & (RING_ENTRIES - 1)) as usize]
         .flags
         .store(0x80, Ordering::Relaxed);

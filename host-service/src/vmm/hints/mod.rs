@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use vpm_abi::{
     decode_entry, Consumer, DoorbellCmd, DoorbellDecoder, HeaderStatus, Hint, HintResult,
-    SharedPage, VpmRegion,
+    SharedPage, SleepCheck, VpmRegion,
 };
 
 use super::mode::Mode;
@@ -84,7 +84,7 @@ impl HintService {
             }
             Some(DoorbellCmd::Ring) => {
                 vm.stats().lock().expect("stats").doorbells += 1;
-                self.serve_ring(vm)
+                self.serve_ring(vm).map(|_| ())
             }
             Some(DoorbellCmd::Unknown(_)) => {
                 vm.stats().lock().expect("stats").doorbell_unknown += 1;
@@ -115,10 +115,41 @@ impl HintService {
         }
     }
 
-    fn serve_ring(&mut self, vm: &dyn HintTarget) -> Result<(), VmmError> {
+    /// Whether the registered ring has published entries not taken yet (polled rings).
+    pub fn has_published(&self) -> bool {
+        self.channel
+            .as_ref()
+            .is_some_and(|ch| ch.consumer.has_published(ch.page))
+    }
+
+    /// Serves the ring without a doorbell (polled rings); returns the entries completed.
+    pub fn serve_polled(&mut self, vm: &dyn HintTarget) -> Result<u64, VmmError> {
+        if self.channel.is_none() {
+            return Ok(0);
+        }
+        self.serve_ring(vm)
+    }
+
+    /// Announces that the poller goes to sleep and re-checks the ring (`Consumer::prepare_sleep`).
+    pub fn prepare_sleep(&self) -> SleepCheck {
+        match &self.channel {
+            Some(ch) => ch.consumer.prepare_sleep(ch.page),
+            None => SleepCheck::Sleep,
+        }
+    }
+
+    /// Announces that the poller is polling (`Consumer::wake`).
+    pub fn wake(&self) {
+        if let Some(ch) = &self.channel {
+            ch.consumer.wake(ch.page);
+        }
+    }
+
+    /// Serves published entries; returns how many were completed.
+    fn serve_ring(&mut self, vm: &dyn HintTarget) -> Result<u64, VmmError> {
         let Some(ch) = self.channel.as_mut() else {
             vm.stats().lock().expect("stats").hints_rejected += 1;
-            return Ok(());
+            return Ok(0);
         };
         let page = ch.page;
         // Counted locally and added once per doorbell: no lock per entry on the hint path.
@@ -151,7 +182,7 @@ impl HintService {
         s.hints_served += served;
         s.hints_rejected += rejected;
         s.rings_stopped += stopped as u64;
-        outcome
+        outcome.map(|()| served + rejected)
     }
 }
 
