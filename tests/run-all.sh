@@ -28,6 +28,9 @@ step "tests"
 cargo test --workspace --release
 cargo test -p vpm-abi --release --features derive
 
+step "loom model check of the polled-ring handshake (ABI 1.1)"
+bash abi/run-loom.sh
+
 step "crash-point enumeration of the commit protocol (crash states checked)"
 cargo test -p vpm-host --release --test crash_points -- --nocapture 2>&1 | grep -E 'crash states|test result'
 
