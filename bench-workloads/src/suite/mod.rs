@@ -63,6 +63,9 @@ fn copy_flush_floor(size: usize) -> Result<f64, SuiteError> {
     Ok(lat[lat.len() / 2])
 }
 
+/// The ring poller's idle window for the `pv-poll` rows (`vpm guest --poll-us`).
+const POLL_US: u64 = 50;
+
 /// Runs the suite.
 pub fn run(out: &Path, quick: bool) -> Result<(), SuiteError> {
     let t0 = Instant::now();
@@ -88,26 +91,28 @@ pub fn run(out: &Path, quick: bool) -> Result<(), SuiteError> {
     step(t0, "persist latency per mode and size");
     let n = if quick { 300 } else { 2000 };
     let mut lat = Vec::new();
-    for (mode, dir) in [
-        (Mode::Direct, PM_DIR),
-        (Mode::Msync, DISK_DIR),
-        (Mode::Pv, PM_DIR),
+    for (label, mode, poll_us, dir) in [
+        ("direct", Mode::Direct, 0, PM_DIR),
+        ("msync", Mode::Msync, 0, DISK_DIR),
+        ("pv", Mode::Pv, 0, PM_DIR),
+        ("pv-poll", Mode::Pv, POLL_US, PM_DIR),
     ] {
         for size in [64u64, 4096, 65536] {
             let mut job = Job::new(
-                &format!("lat-{}-{size}", mode.name()),
+                &format!("lat-{label}-{size}"),
                 mode,
                 Workload::PersistLatency,
                 &[n, size],
             );
             // Every mode sends the persist hint here; in `direct` it is the bare exit + ring.
             job.hints = true;
+            job.poll_us = poll_us;
             let o = run_alone(&job, dir, 96)?;
             let (p50, p99) = (
                 o.report.values[0] as f64 / tsc,
                 o.report.values[1] as f64 / tsc,
             );
-            lat.push(json!({"mode": mode.name(), "bytes": size, "p50_us": p50, "p99_us": p99, "pm_bytes_written": o.stats.pm_bytes_written, "persisted_bytes": o.stats.persist_requested_bytes}));
+            lat.push(json!({"mode": label, "bytes": size, "poller_cpu_us": o.stats.poller_cpu_us, "p50_us": p50, "p99_us": p99, "pm_bytes_written": o.stats.pm_bytes_written, "persisted_bytes": o.stats.persist_requested_bytes}));
         }
     }
     r.insert("persist_latency".into(), Value::Array(lat));
@@ -137,29 +142,35 @@ pub fn run(out: &Path, quick: bool) -> Result<(), SuiteError> {
             200,
         ),
     ];
-    let modes: [(&str, Mode, u64, &str); 5] = [
-        ("direct", Mode::Direct, 0, PM_DIR),
-        ("msync", Mode::Msync, 0, DISK_DIR),
-        ("full-10ms", Mode::Full, 10, PM_DIR),
-        ("full-100ms", Mode::Full, 100, PM_DIR),
-        ("pv", Mode::Pv, 100, PM_DIR),
+    // (name, mode, epoch ms, poller µs, directory): the exit-bound modes (msync, pv with a
+    // doorbell per persist) run fewer operations than the others.
+    let modes: [(&str, Mode, u64, u64, &str); 6] = [
+        ("direct", Mode::Direct, 0, 0, PM_DIR),
+        ("msync", Mode::Msync, 0, 0, DISK_DIR),
+        ("full-10ms", Mode::Full, 10, 0, PM_DIR),
+        ("full-100ms", Mode::Full, 100, 0, PM_DIR),
+        ("pv", Mode::Pv, 100, 0, PM_DIR),
+        ("pv-poll", Mode::Pv, 100, POLL_US, PM_DIR),
     ];
     let mut tput = Vec::new();
     for (wname, w, args, factor) in &workloads {
-        for (mname, mode, epoch, dir) in modes {
+        for (mname, mode, epoch, poll_us, dir) in modes {
             let mut args = args.clone();
-            if !matches!(mode, Mode::Pv | Mode::Msync) {
+            let exit_bound = mode == Mode::Msync || (mode == Mode::Pv && poll_us == 0);
+            if !exit_bound {
                 args[0] *= if quick { 30 } else { *factor };
             }
             let mut job = Job::new(&format!("w-{mname}"), mode, *w, &args);
             job.epoch_ms = epoch;
+            job.poll_us = poll_us;
             let o = run_alone(&job, dir, 96)?;
             let secs = o.elapsed.as_secs_f64();
             let dirty_mib = (o.stats.dirty_pages * vpm_abi::PAGE_SIZE) as f64 / 1048576.0;
             tput.push(json!({"workload": wname, "mode": mname, "ops_per_s": o.report.ops as f64 / secs,
                 "epochs": o.stats.epochs, "pause_us_total": o.stats.pause_us_total, "pause_us_max": o.stats.pause_us_max,
                 "dirty_mib": dirty_mib, "pm_bytes_written": o.stats.pm_bytes_written,
-                "persisted_bytes": o.stats.persist_requested_bytes, "dram_pages_max": o.stats.dram_pages_max}));
+                "persisted_bytes": o.stats.persist_requested_bytes, "dram_pages_max": o.stats.dram_pages_max,
+                "poller_cpu_us": o.stats.poller_cpu_us, "poller_hints": o.stats.poller_hints}));
         }
     }
     step(
@@ -265,7 +276,12 @@ fn consolidation(quick: bool) -> Result<Vec<Value>, SuiteError> {
 fn recovery(quick: bool) -> Result<Vec<Value>, SuiteError> {
     use std::process::{Command, Stdio};
     use vpm_host::pool::{PageSource, SourceError};
-    let vpm_exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vpm");
+    // The `vpm` built with this `vpm-bench` (same target directory).
+    let vpm_exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("vpm")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vpm"));
     if !vpm_exe.exists() {
         return Err(SuiteError::VpmMissing { path: vpm_exe });
     }

@@ -77,6 +77,8 @@ pub struct Job {
     pub hints: bool,
     /// Transient hints.
     pub transient: bool,
+    /// Ring poller window in µs (0: doorbell only).
+    pub poll_us: u64,
 }
 
 impl Job {
@@ -95,6 +97,7 @@ impl Job {
             // flush); `direct` and `full` run the unmodified guest.
             hints: matches!(mode, Mode::Pv | Mode::Msync),
             transient: false,
+            poll_us: 0,
         }
     }
 }
@@ -146,7 +149,7 @@ pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, 
         work_dir: dir.to_path_buf(),
         time_limit: Some(Duration::from_secs(600)),
         doorbell: DoorbellKind::Exit,
-        poll_us: 0,
+        poll_us: job.poll_us,
     };
     let out = run_vm(&spec, pool.clone(), tenant).map_err(|source| SuiteError::Vm {
         name: job.name.clone(),
