@@ -167,6 +167,28 @@ fn a_directory_without_the_marker_is_neither_used_nor_deleted() {
 }
 
 #[test]
+fn a_zero_length_pool_is_refused_and_its_capacity_file_kept() {
+    let t = tempfile::tempdir().unwrap();
+    // What a crash can leave: an empty pool file beside a capacity file holding homes.
+    std::fs::write(t.path().join("pool"), b"").unwrap();
+    let cap = t.path().join("pool.cap");
+    std::fs::write(&cap, vec![0x5a; 8192]).unwrap();
+    let dir = t.path().to_str().unwrap();
+    let (code, text) = vpm(&["guest", "--state", dir, "--seconds", "1"]);
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "an empty pool was used: {text}"
+    );
+    assert!(text.contains("pool"), "no word of the pool in: {text}");
+    assert_eq!(
+        std::fs::read(&cap).unwrap(),
+        vec![0x5a; 8192],
+        "the capacity file was deleted or changed"
+    );
+    assert_eq!(std::fs::metadata(t.path().join("pool")).unwrap().len(), 0);
+}
+
+#[test]
 fn help_lists_every_command() {
     let (code, text) = vpm(&["help"]);
     assert_eq!(code, Some(0), "{text}");

@@ -168,9 +168,9 @@ impl GuestArgs {
 pub fn open_pool(state: &StateDir, pool_mib: u64) -> Result<Pool, CliError> {
     let dir = state.path();
     let path = dir.join("pool");
-    let exists = std::fs::metadata(&path)
-        .map(|m| m.len() > 0)
-        .unwrap_or(false);
+    // Any pool file counts, an empty one too: it is refused when opened (never taken for a
+    // missing pool, which would delete the capacity file beside it).
+    let exists = std::fs::symlink_metadata(&path).is_ok();
     // A new pool is formatted under another name and renamed into place once its header is
     // durable, so a crash during creation never leaves a half-made pool behind.
     let fresh = dir.join("pool.new");
