@@ -6,8 +6,12 @@
  *   pmemtest writer     64-byte records with pmem_memcpy_nodrain, pmem_drain every 16 records,
  *                       "ACKED n" after each drain
  *   pmemtest check N    every record <= N survived the host crash, all 8 words of it
+ *   pmemtest threads    4 threads persist records into their own quarters at once (copies with
+ *                       pmem_memcpy_nodrain + pmem_drain, and pmem_persist); each reads its
+ *                       records back, and no PV persist was lost
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +53,63 @@ static int record_intact(const uint64_t *rec, uint64_t r, uint64_t n)
 			return 0;
 	}
 	return 1;
+}
+
+#define THREADS 4
+#define THREAD_RECORDS 20000ULL
+
+struct worker {
+	char *base;	/* this thread's quarter */
+	uint64_t slots;
+	int id;
+	int bad;
+};
+
+/* One thread's records: word(seq, i) tagged with the thread id in the high byte of seq. */
+static void *worker_run(void *arg)
+{
+	struct worker *w = arg;
+	for (uint64_t n = 1; n <= THREAD_RECORDS; n++) {
+		uint64_t seq = ((uint64_t)w->id << 56) | n, rec[8];
+		char *dst = w->base + ((n - 1) % w->slots) * REC;
+		for (int i = 0; i < 8; i++)
+			rec[i] = word(seq, i);
+		if (n % 2) {
+			pmem_memcpy_nodrain(dst, rec, REC);
+			if (n % 8 == 7)
+				pmem_drain();
+		} else {
+			memcpy(dst, rec, REC);
+			pmem_persist(dst, REC);
+		}
+	}
+	pmem_drain();
+	for (uint64_t n = THREAD_RECORDS > w->slots ? THREAD_RECORDS - w->slots + 1 : 1;
+	     n <= THREAD_RECORDS; n++) {
+		const uint64_t *rec = (const uint64_t *)(w->base + ((n - 1) % w->slots) * REC);
+		uint64_t seq = ((uint64_t)w->id << 56) | n;
+		for (int i = 0; i < 8; i++)
+			if (rec[i] != word(seq, i))
+				w->bad++;
+	}
+	return NULL;
+}
+
+static void threads(char *p, size_t len)
+{
+	pthread_t t[THREADS];
+	struct worker w[THREADS];
+	size_t quarter = len / THREADS / REC * REC;
+	for (int i = 0; i < THREADS; i++) {
+		w[i] = (struct worker){ .base = p + i * quarter, .slots = quarter / REC, .id = i + 1 };
+		CHECK(pthread_create(&t[i], NULL, worker_run, &w[i]) == 0, "pthread_create");
+	}
+	for (int i = 0; i < THREADS; i++) {
+		pthread_join(t[i], NULL);
+		CHECK(w[i].bad == 0, "a thread's records read back wrong");
+	}
+	CHECK(pmem_vpm_failures() == 0, "a PV persist was lost");
+	printf("%d threads persisted %llu records each\n", THREADS, THREAD_RECORDS);
 }
 
 int main(int argc, char **argv)
@@ -93,6 +154,8 @@ int main(int argc, char **argv)
 				fflush(stdout);
 			}
 		}
+	} else if (!strcmp(mode, "threads")) {
+		threads(p, len);
 	} else if (!strcmp(mode, "check")) {
 		uint64_t acked = argc > 2 ? strtoull(argv[2], NULL, 10) : 0, lost = 0;
 		for (uint64_t r = acked > slots ? acked - slots + 1 : 1; r <= acked && r > 0; r++) {

@@ -248,6 +248,9 @@ fn a_libpmem_program_on_dev_vpm_gets_pv_persistence() {
         stats["stats"]["hints_served"].as_u64().unwrap() >= 10,
         "host counted too few hints: {stats}"
     );
+    // Four threads persisting at once on /dev/vpm: per-thread flush queues, nothing lost.
+    let console = run(&s, "threads", &["--append", "vpmprog=pmemtest"]);
+    assert!(console.contains("PMEMTEST threads OK"), "{console}");
     for trial in 0..2u64 {
         let (acked, out) = crash_trial(&format!("pmemcrash{trial}"), "pmemtest", 200 + trial * 500);
         assert!(
