@@ -122,7 +122,7 @@ pub fn build_vm(
         state: Mutex::new(VpmState {
             memory,
             placements,
-            writable: WritableSet::new(pages, kvm::protection_fault_us()),
+            writable: WritableSet::new(pages, kvm::protection_fault_us(), spec.epoch_interval),
         }),
         ram,
     });
