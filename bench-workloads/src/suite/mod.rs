@@ -175,6 +175,23 @@ pub fn run(out: &Path, quick: bool) -> Result<(), SuiteError> {
     }
     step(
         t0,
+        "KV puts beyond 32 MiB: full virtualization against direct",
+    );
+    for mib in [64u64, 128] {
+        for (mname, mode, epoch) in [("direct", Mode::Direct, 0), ("full-100ms", Mode::Full, 100)] {
+            let puts = 4000 * scale * if quick { 30 } else { 2000 };
+            let mut job = Job::new(&format!("big-{mname}"), mode, Workload::KvStore, &[puts]);
+            job.epoch_ms = epoch;
+            job.vpm_mib = mib;
+            let o = run_alone(&job, PM_DIR, 2 * mib + 64)?;
+            tput.push(json!({"workload": format!("kv puts {mib} MiB"), "mode": mname,
+                "ops_per_s": o.report.ops as f64 / o.elapsed.as_secs_f64(), "epochs": o.stats.epochs,
+                "pause_us_total": o.stats.pause_us_total, "pause_us_max": o.stats.pause_us_max,
+                "writable_pages_last": o.stats.writable_pages_last}));
+        }
+    }
+    step(
+        t0,
         "transient-scratch-heavy job: pv with and without transient hints",
     );
     for transient in [false, true] {

@@ -279,6 +279,19 @@ nothing else runs.\n");
             per_mib
         );
     }
+    for mib in [64, 128] {
+        let w = format!("kv puts {mib} MiB");
+        let (full, direct) = (tp(&w, "full-100ms"), tp(&w, "direct"));
+        let rate = |r: Option<&Value>| r.map_or(f64::NAN, |r| f(&r["ops_per_s"]));
+        let _ = writeln!(
+            m,
+            "| kv puts, {mib} MiB vPM | {:.0} | – | – | {:.0} | – | – | {} | max pause {:.0} ms |",
+            rate(direct),
+            rate(full),
+            full.map_or("–".into(), |r| r["epochs"].to_string()),
+            full.map_or(f64::NAN, |r| f(&r["pause_us_max"]) / 1000.0)
+        );
+    }
     let t_off = tp("transient scratch", "pv").map_or(f64::NAN, |r| f(&r["ops_per_s"]));
     let t_on = tp("transient scratch", "pv+transient").map_or(f64::NAN, |r| f(&r["ops_per_s"]));
     let _ = writeln!(m, "\nTransient-scratch job (rounds/s): pv {t_off:.1}, pv with transient hints {t_on:.1} (×{:.2}).\n", t_on / t_off);
@@ -330,11 +343,13 @@ compare pool sizes within a row group, not the two groups.\n\n\
         );
         vmx.push((b, ms_v / pv_v));
     }
-    let full_ok: Vec<String> = [
+    let full_ratios: Vec<(&str, f64)> = [
         "kv puts",
         "log appends",
         "random 4K writes",
         "seq 64K writes",
+        "kv puts 64 MiB",
+        "kv puts 128 MiB",
     ]
     .iter()
     .map(|w| {
@@ -342,9 +357,13 @@ compare pool sizes within a row group, not the two groups.\n\n\
             tp(w, "full-100ms").map_or(f64::NAN, |r| f(&r["ops_per_s"])),
             tp(w, "direct").map_or(f64::NAN, |r| f(&r["ops_per_s"])),
         );
-        format!("{w} {:.0} %", 100.0 * full / direct)
+        (*w, full / direct)
     })
     .collect();
+    let full_ok: Vec<String> = full_ratios
+        .iter()
+        .map(|(w, r)| format!("{w} {:.0} %", 100.0 * r))
+        .collect();
     let cons_ratio = |t: bool| {
         let at = |p: u64| {
             find(cons, |r| r["pool_pct"] == p && r["transient_hints"] == t)
@@ -385,8 +404,9 @@ compare pool sizes within a row group, not the two groups.\n\n\
     );
     let _ = writeln!(
         m,
-        "| full at 100 ms ≥ 95 % of direct (write workloads) | {} | see below |",
-        full_ok.join(", ")
+        "| full at 100 ms ≥ 95 % of direct (write workloads, 32–128 MiB) | {} | {} |",
+        full_ok.join(", "),
+        verdict(full_ratios.iter().all(|(_, r)| *r >= 0.95))
     );
     let _ = writeln!(
         m,

@@ -174,6 +174,7 @@ pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, 
 /// `parent`.
 pub fn run_alone(job: &Job, parent: &str, pool_mib: u64) -> Result<VmOutcome, SuiteError> {
     let s = Scratch::new(parent, &job.name)?;
-    let p = pool(&s.0, pool_mib, 16)?;
+    // Metadata: the tenant's page map and redo log grow with its vPM.
+    let p = pool(&s.0, pool_mib, (job.vpm_mib / 2 + 8).max(16))?;
     run(job, &p, &s.0)
 }
