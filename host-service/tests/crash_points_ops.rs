@@ -12,7 +12,7 @@ use common::{fill_line, image, pool_config, tenant_config, Devices, Visited, LIN
 use rand::{Rng, SeedableRng};
 use vpm_host::pool::{Home, Pool, PoolError};
 
-const POOL: u64 = 192 << 10;
+const POOL: u64 = 80 << 10;
 const PAGES: u64 = 8;
 
 /// Fills `len` bytes at byte `off` of `img` with random non-zero bytes.
@@ -77,7 +77,12 @@ fn persist_keeps_acknowledged_ranges_exact_and_the_rest_per_word() {
     let p = PAGE as u64;
     let batches: [&[(u64, u64)]; 3] = [
         &[(74, 100), (p, p), (2 * p + 320, 8), (3 * p + 200, 300)],
-        &[(124, 300), (4 * p, 64), (5 * p + 1000, 2000), (2 * p + 10, 30)],
+        &[
+            (124, 300),
+            (4 * p, 64),
+            (5 * p + 1000, 2000),
+            (2 * p + 10, 30),
+        ],
         &[(0, 2 * p), (3 * p + 4000, 96)],
     ];
     let mut total = Visited::default();
@@ -137,7 +142,10 @@ fn check_transient(
     for vpn in zero {
         let vpn = *vpn as usize;
         let got = &img[vpn * PAGE..][..PAGE];
-        assert!(got.iter().all(|&b| b == 0), "crash at {at}: page {vpn} not zero");
+        assert!(
+            got.iter().all(|&b| b == 0),
+            "crash at {at}: page {vpn} not zero"
+        );
         assert!(
             matches!(
                 pool.tenant(t).unwrap().home(vpn as u64),
@@ -226,10 +234,16 @@ fn transient_pages_read_zero_and_never_reach_pm() {
         let d2 = Devices::from_images(pm, cap);
         let (pool2, _) = d2.open().unwrap();
         let img = image(&pool2, t);
-        assert!(img[2 * PAGE..3 * PAGE].iter().all(|&b| b == 0), "crash at {at}");
+        assert!(
+            img[2 * PAGE..3 * PAGE].iter().all(|&b| b == 0),
+            "crash at {at}"
+        );
         let page1 = &img[PAGE..2 * PAGE];
         if at == tr.end {
-            assert!(page1 == &cur2[PAGE..2 * PAGE], "crash at {at}: persist lost");
+            assert!(
+                page1 == &cur2[PAGE..2 * PAGE],
+                "crash at {at}: persist lost"
+            );
         } else {
             // No home yet (zeros) or the new home: its whole page, written before the map word.
             let ok = page1.iter().all(|&b| b == 0) || page1 == &cur2[PAGE..2 * PAGE];
@@ -251,7 +265,7 @@ struct TenantWitness {
 
 /// Checks a recovered pool against witnesses: each of `present` exists with its epoch and image,
 /// each of `maybe` either exists exactly so or does not exist at all, and no other tenant exists.
-/// `raw` pairs the pool bytes that must be untouched with the crash image's.
+/// Returns how many of them exist.
 fn check_tenants(
     pool: &Pool,
     present: &[&TenantWitness],
@@ -306,11 +320,11 @@ fn adding_and_removing_tenants_is_all_or_nothing_and_leaves_others_alone() {
     let a_meta = a_meta.0 as usize..a_meta.1 as usize;
     let a_raw = d.pm.current()[a_meta.clone()].to_vec();
     let mut total = Visited::default();
-    let mut check = |tr: &common::Traces,
-                     seed: u64,
-                     maybe: &TenantWitness,
-                     end_present: bool,
-                     total: &mut Visited| {
+    let check = |tr: &common::Traces,
+                 seed: u64,
+                 maybe: &TenantWitness,
+                 end_present: bool,
+                 total: &mut Visited| {
         *total += tr.for_each_state(seed, |at, pm, cap| {
             assert!(
                 pm[a_meta.clone()] == a_raw[..],
@@ -388,14 +402,20 @@ fn check_created(
         }
         Err(e) => panic!("crash at {at}: unexpected error {e}"),
         Ok((mut pool, _)) if pool.header().pool_id == new_id => {
-            assert!(pool.tenant_ids().is_empty(), "crash at {at}: new pool has tenants");
+            assert!(
+                pool.tenant_ids().is_empty(),
+                "crash at {at}: new pool has tenants"
+            );
             let t = pool.add_tenant(&tenant_config("n", 2, 1)).unwrap();
             let mut img = vec![0u8; 2 * PAGE];
             fill_line(&mut img, 1, 4, 0x77);
             pool.commit_epoch(t, &[1], &img).unwrap();
             drop(pool);
             let (pool, _) = d.open().expect("reopen the new pool");
-            assert!(image(&pool, t) == img, "crash at {at}: new pool lost an epoch");
+            assert!(
+                image(&pool, t) == img,
+                "crash at {at}: new pool lost an epoch"
+            );
         }
         Ok((pool, _)) => {
             let (old_id, w) = old.unwrap_or_else(|| panic!("crash at {at}: a pool nobody made"));

@@ -306,10 +306,15 @@ fn line_states(durable: &[u8; LINE], versions: &[[u8; LINE]], seed: u64) -> Vec<
     }
     // A copy torn part way, forwards and backwards: the latest value on one side of the tear.
     let latest = |w: usize| cands[w].len() - 1;
-    for k in 1..uncertain.len() {
-        let cut = uncertain[k];
-        push(&mut states, compose(&|w| if w < cut { latest(w) } else { 0 }));
-        push(&mut states, compose(&|w| if w < cut { 0 } else { latest(w) }));
+    for &cut in &uncertain[1..] {
+        push(
+            &mut states,
+            compose(&|w| if w < cut { latest(w) } else { 0 }),
+        );
+        push(
+            &mut states,
+            compose(&|w| if w < cut { 0 } else { latest(w) }),
+        );
     }
     let mut rng = Mixer(seed);
     for _ in 0..RANDOM_MIXES {
@@ -381,9 +386,9 @@ impl CrashSpace {
 
     /// Number of crash states (saturating).
     pub fn count(&self) -> u128 {
-        self.lines
-            .iter()
-            .fold(1u128, |acc, l| acc.saturating_mul(l.states.len() as u128 + 1))
+        self.lines.iter().fold(1u128, |acc, l| {
+            acc.saturating_mul(l.states.len() as u128 + 1)
+        })
     }
 
     /// Lines whose content is uncertain.
@@ -462,7 +467,10 @@ mod tests {
         // Eight uncertain words of two values each: durable, new, 2 x 7 torn copies and the
         // random mixes that are not among those.
         let count = space.count();
-        assert!((17..=2 + 14 + RANDOM_MIXES as u128).contains(&count), "{count}");
+        assert!(
+            (17..=2 + 14 + RANDOM_MIXES as u128).contains(&count),
+            "{count}"
+        );
     }
 
     #[test]

@@ -17,7 +17,23 @@ pub const LINE: usize = vpm_abi::LINE_SIZE as usize;
 /// Crash points with at most this many states are enumerated in full.
 pub const EXHAUSTIVE: u128 = 4096;
 /// Random states checked at a crash point with more than [`EXHAUSTIVE`] states.
-pub const SAMPLES: usize = 16;
+pub const SAMPLES: usize = 64;
+
+/// Keeps freed memory in the allocator: every crash state allocates and frees a few pool-sized
+/// images, and glibc otherwise returns them to the kernel each time (page faults dominated the
+/// run time). Call at the start of each test.
+pub fn keep_freed_memory() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: mallopt only changes glibc allocator tunables; it is called once, before this
+        // test binary's threads allocate concurrently through it (Once serialises callers), and
+        // the values are valid sizes.
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        }
+    });
+}
 
 /// A simulated pool device and capacity device on one clock.
 pub struct Devices {
@@ -35,6 +51,7 @@ impl Devices {
 
     /// Devices whose durable content is the given images.
     pub fn from_images(pm: Vec<u8>, cap: Vec<u8>) -> Devices {
+        keep_freed_memory();
         let clock = SimClock::default();
         Devices {
             pm: Arc::new(SimPm::from_image(pm, clock.clone())),
@@ -159,24 +176,26 @@ impl Crash {
     }
 }
 
-/// A pool of `size` bytes with room for `max_tenants` tenants.
+/// A pool of `size` bytes with room for `max_tenants` tenants and 40 KiB of tenant metadata
+/// (two tenants of [`tenant_config`] with up to 512 pages).
 pub fn pool_config(size: u64, max_tenants: u32) -> PoolConfig {
     PoolConfig {
         size,
         max_tenants,
-        meta_bytes: 96 << 10,
+        meta_bytes: 40 << 10,
         pool_id: 1,
     }
 }
 
-/// A tenant of `pages` pages with a PM quota of `quota` pages (the rest go to the capacity file).
+/// A tenant of `pages` pages with a PM quota of `quota` pages (the rest go to the capacity file)
+/// and an 8 KiB redo log.
 pub fn tenant_config(name: &str, pages: u64, quota: u64) -> TenantConfig {
     TenantConfig {
         name: name.into(),
         vpm_bytes: pages * PAGE as u64,
         pm_quota_bytes: quota * PAGE as u64,
         dram_budget_bytes: 0,
-        log_bytes: 32 << 10,
+        log_bytes: 8 << 10,
     }
 }
 
