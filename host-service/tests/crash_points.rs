@@ -1,9 +1,11 @@
 //! Crash-point enumeration for the epoch commit protocol under the power-failure model: at every
 //! operation boundary of a commit (and of a recovery), every combination of not-yet-durable line
-//! versions (exhaustive where there are at most `EXHAUSTIVE` states, sampled above) must recover
-//! to exactly the old epoch's image or exactly the new one, with the matching epoch number.
+//! contents, torn at 8-byte words (see `vpm_host::pm::sim`; exhaustive where there are at most
+//! `EXHAUSTIVE` states, sampled above), must recover to exactly the old epoch's image or exactly
+//! the new one, with the matching epoch number. The other pool operations are in
+//! `crash_points_ops.rs`.
 //!
-//! Run with `--nocapture` to see how many crash states were checked.
+//! Run with `--nocapture` to see how many crash points and states were checked.
 
 mod common;
 
