@@ -17,7 +17,7 @@ pub const LINE: usize = vpm_abi::LINE_SIZE as usize;
 /// Crash points with at most this many states are enumerated in full.
 pub const EXHAUSTIVE: u128 = 4096;
 /// Random states checked at a crash point with more than [`EXHAUSTIVE`] states.
-pub const SAMPLES: usize = 64;
+pub const SAMPLES: usize = 128;
 
 /// Keeps freed memory in the allocator: every crash state allocates and frees a few pool-sized
 /// images, and glibc otherwise returns them to the kernel each time (page faults dominated the
