@@ -1,5 +1,6 @@
 //! Crash-point enumeration for the pool operations other than the epoch commit: persist (P1, P2),
-//! transient marks (P3), adding and removing a tenant, and creating a pool. At every operation
+//! transient marks (P3), adding and removing a tenant, creating a pool, and giving every page a
+//! home (the direct modes). At every operation
 //! boundary, every crash state (exhaustive where there are at most `EXHAUSTIVE`, sampled above;
 //! 8-byte tearing per the simulator) is recovered and compared with a witness the test keeps:
 //! what it wrote, never what the recovered pool says about itself.
@@ -478,6 +479,44 @@ fn a_crash_while_creating_a_pool_leaves_no_pool_or_a_complete_one() {
     });
     println!(
         "create: {} crash points, {} crash states checked",
+        total.points, total.states
+    );
+}
+
+#[test]
+fn giving_every_page_a_home_never_changes_the_image() {
+    let d = Devices::new(POOL);
+    let mut pool = Pool::create(d.pm.clone(), d.cap.clone(), &pool_config(POOL, 2)).unwrap();
+    let t = pool.add_tenant(&tenant_config("vm0", PAGES, 3)).unwrap();
+    let mut committed = vec![0u8; PAGES as usize * PAGE];
+    for vpn in 0..3 {
+        for line in 0..64 {
+            fill_line(&mut committed, vpn, line, 0x40 + vpn as u8);
+        }
+    }
+    pool.commit_epoch(t, &[0, 1, 2], &committed).unwrap();
+    // Page 1's home (full of 0x41) is freed: the next home handed out may be that slot.
+    pool.set_transient(t, 1, 1).unwrap();
+    committed[PAGE..2 * PAGE].fill(0);
+    let (r, tr) = d.traced(|| pool.ensure_homes(t));
+    r.unwrap();
+    let total = tr.for_each_state(1, |at, pm, cap| {
+        let (pool2, _) = Devices::from_images(pm, cap).open().expect("recovery");
+        assert_eq!(pool2.tenant(t).unwrap().epoch(), 1, "crash at {at}");
+        assert!(
+            image(&pool2, t) == committed,
+            "crash at {at}: giving pages homes changed the image"
+        );
+        if at == tr.end {
+            let t2 = pool2.tenant(t).unwrap();
+            assert!(
+                (0..PAGES).all(|vpn| matches!(t2.home(vpn), Home::Pm(_) | Home::Capacity(_))),
+                "crash at {at}: a page without a home"
+            );
+        }
+    });
+    println!(
+        "ensure homes: {} crash points, {} crash states checked",
         total.points, total.states
     );
 }
