@@ -5,8 +5,16 @@
 //! Model (x86 with ADR): stores go to the cache; a cache line reaches PM whenever it is written
 //! back, which can happen at any time, so after a crash each line holds its last durable content
 //! or any later content it had. `flush` + `drain` (clwb + sfence) make a line's content at flush
-//! time durable. Stores of at most 256 bytes are recorded word by word (8-byte failure atomicity,
-//! so torn metadata is explored); larger stores line by line.
+//! time durable. PM's failure-atomic unit is 8 bytes: a line written back while a crash cuts the
+//! write-back short may hold any mix, word by word, of its durable content and the contents it
+//! had later, whatever the size of the store.
+//!
+//! Stores are recorded one line chunk at a time (a crash point between lines). The crash states of
+//! one uncertain line are: its durable content, each later content (the line written back whole),
+//! and word-wise mixes of those ([`CrashSpace`]): every mix while there are at most
+//! [`EXACT_MIXES`], else the torn-copy mixes (the first k uncertain words new, the rest durable,
+//! and the reverse) and [`RANDOM_MIXES`] mixes drawn by a RNG seeded with the crash point and the
+//! line, so runs are repeatable.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,14 +22,19 @@ use std::sync::{Arc, Mutex};
 
 use super::{check_bounds, DeviceCounters, DeviceStats, FlushMethod, PmDevice, PmError};
 
-const LINE: usize = 64;
-const WORDWISE_MAX: usize = 256;
+const LINE: usize = vpm_abi::LINE_SIZE as usize;
+/// 8-byte words per line.
+const WORDS: usize = LINE / 8;
+/// Word-wise mixes of one line enumerated in full when there are at most this many.
+pub const EXACT_MIXES: usize = 16;
+/// Random word-wise mixes per uncertain line when there are more than [`EXACT_MIXES`].
+pub const RANDOM_MIXES: usize = 2;
 
 /// One recorded device operation, stamped with a global sequence number (shared by all devices
 /// built on the same [`SimClock`], so crashes across a PM device and a capacity device line up).
 #[derive(Clone, Debug)]
 pub enum SimOp {
-    /// A store that does not cross a line.
+    /// A store that does not cross a line (8-byte failure atomicity: it may be torn by word).
     Store {
         /// Global sequence number.
         at: u64,
@@ -128,11 +141,10 @@ impl SimPm {
 
     fn record(&self, s: &mut SimState, off: u64, data: &[u8]) {
         s.current[off as usize..off as usize + data.len()].copy_from_slice(data);
-        let step = if data.len() <= WORDWISE_MAX { 8 } else { LINE };
         let mut pos = off as usize;
         let end = off as usize + data.len();
         while pos < end {
-            let next = ((pos / step) + 1) * step;
+            let next = ((pos / LINE) + 1) * LINE;
             let chunk_end = next.min(end);
             s.trace.push(SimOp::Store {
                 at: self.clock.tick(),
@@ -208,17 +220,119 @@ struct LineHistory {
     flushed: Option<usize>,
 }
 
+/// One line whose content after a crash is uncertain.
+#[derive(Clone, Debug)]
+struct UncertainLine {
+    /// Offset of the line.
+    off: usize,
+    /// Whole-line contents it had after each store since it was last durable, then word-wise
+    /// mixes of those with the durable content.
+    states: Vec<[u8; LINE]>,
+}
+
 /// Every image a device can hold after a crash at one point of its trace.
 #[derive(Clone, Debug)]
 pub struct CrashSpace {
     durable: Vec<u8>,
-    /// (line offset, possible contents other than the durable one).
-    lines: Vec<(usize, Vec<[u8; LINE]>)>,
+    lines: Vec<UncertainLine>,
+}
+
+/// A small deterministic generator (splitmix64) for the random mixes.
+struct Mixer(u64);
+
+impl Mixer {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    }
+}
+
+fn word(line: &[u8; LINE], w: usize) -> [u8; 8] {
+    line[w * 8..w * 8 + 8].try_into().expect("8 bytes")
+}
+
+/// The crash states of one line: `versions` (later whole-line contents) and word-wise mixes of
+/// them with `durable`, without repeats and without the durable content itself.
+fn line_states(durable: &[u8; LINE], versions: &[[u8; LINE]], seed: u64) -> Vec<[u8; LINE]> {
+    let mut states: Vec<[u8; LINE]> = Vec::with_capacity(versions.len() + EXACT_MIXES);
+    let push = |states: &mut Vec<[u8; LINE]>, l: [u8; LINE]| {
+        if l != *durable && !states.contains(&l) {
+            states.push(l);
+        }
+    };
+    for v in versions {
+        push(&mut states, *v);
+    }
+    // Per word: the values it may hold (durable first, then later ones in order).
+    let cands: Vec<Vec<[u8; 8]>> = (0..WORDS)
+        .map(|w| {
+            let mut c = vec![word(durable, w)];
+            for v in versions {
+                if !c.contains(&word(v, w)) {
+                    c.push(word(v, w));
+                }
+            }
+            c
+        })
+        .collect();
+    let uncertain: Vec<usize> = (0..WORDS).filter(|&w| cands[w].len() > 1).collect();
+    if uncertain.len() < 2 {
+        return states; // one uncertain word: the whole-line versions cover every value
+    }
+    let compose = |pick: &dyn Fn(usize) -> usize| {
+        let mut l = *durable;
+        for (w, c) in cands.iter().enumerate() {
+            l[w * 8..w * 8 + 8].copy_from_slice(&c[pick(w)]);
+        }
+        l
+    };
+    let combos = uncertain
+        .iter()
+        .try_fold(1usize, |acc, &w| acc.checked_mul(cands[w].len()))
+        .unwrap_or(usize::MAX);
+    if combos <= EXACT_MIXES {
+        for mut k in 0..combos {
+            let mut pick = [0usize; WORDS];
+            for &w in &uncertain {
+                pick[w] = k % cands[w].len();
+                k /= cands[w].len();
+            }
+            push(&mut states, compose(&|w| pick[w]));
+        }
+        return states;
+    }
+    // A copy torn part way, forwards and backwards: the latest value on one side of the tear.
+    let latest = |w: usize| cands[w].len() - 1;
+    for &cut in &uncertain[1..] {
+        push(
+            &mut states,
+            compose(&|w| if w < cut { latest(w) } else { 0 }),
+        );
+        push(
+            &mut states,
+            compose(&|w| if w < cut { 0 } else { latest(w) }),
+        );
+    }
+    let mut rng = Mixer(seed);
+    for _ in 0..RANDOM_MIXES {
+        let pick: Vec<usize> = cands.iter().map(|c| rng.below(c.len())).collect();
+        push(&mut states, compose(&|w| pick[w]));
+    }
+    states
 }
 
 impl CrashSpace {
-    /// The crash states after the operations of `trace` stamped before `crash_at`.
+    /// The crash states after the operations of `trace` stamped before `crash_at` (random mixes
+    /// seeded by `crash_at`).
     pub fn at(base: &[u8], trace: &[SimOp], crash_at: u64) -> CrashSpace {
+        CrashSpace::at_seeded(base, trace, crash_at, 0)
+    }
+
+    /// [`CrashSpace::at`] with the random mixes also seeded by `seed`.
+    pub fn at_seeded(base: &[u8], trace: &[SimOp], crash_at: u64, seed: u64) -> CrashSpace {
         let mut durable = base.to_vec();
         let mut current = base.to_vec();
         let mut lines: BTreeMap<usize, LineHistory> = BTreeMap::new();
@@ -256,19 +370,25 @@ impl CrashSpace {
                 }
             }
         }
+        let seed = seed ^ crash_at.wrapping_mul(0x2545_f491_4f6c_dd1d);
         let lines = lines
             .into_iter()
             .filter(|(_, h)| !h.versions.is_empty())
-            .map(|(line, h)| (line, h.versions))
+            .map(|(off, h)| {
+                let d: [u8; LINE] = durable[off..off + LINE].try_into().expect("a line");
+                let states = line_states(&d, &h.versions, seed ^ off as u64);
+                UncertainLine { off, states }
+            })
+            .filter(|l| !l.states.is_empty())
             .collect();
         CrashSpace { durable, lines }
     }
 
-    /// Number of distinct crash states (saturating).
+    /// Number of crash states (saturating).
     pub fn count(&self) -> u128 {
-        self.lines
-            .iter()
-            .fold(1u128, |acc, (_, v)| acc.saturating_mul(v.len() as u128 + 1))
+        self.lines.iter().fold(1u128, |acc, l| {
+            acc.saturating_mul(l.states.len() as u128 + 1)
+        })
     }
 
     /// Lines whose content is uncertain.
@@ -276,12 +396,13 @@ impl CrashSpace {
         self.lines.len()
     }
 
-    /// The image for `choice`: per uncertain line, 0 = durable content, i = i-th later version.
+    /// The image for `choice`: per uncertain line, 0 = durable content, i = its i-th crash
+    /// state (later contents first, then word-wise mixes).
     pub fn image(&self, choice: &[usize]) -> Vec<u8> {
         let mut img = self.durable.clone();
-        for ((line, versions), &c) in self.lines.iter().zip(choice) {
+        for (l, &c) in self.lines.iter().zip(choice) {
             if c > 0 {
-                img[*line..*line + LINE].copy_from_slice(&versions[c - 1]);
+                img[l.off..l.off + LINE].copy_from_slice(&l.states[c - 1]);
             }
         }
         img
@@ -294,7 +415,7 @@ impl CrashSpace {
 
     /// Calls `f` with every choice vector (mixed radix), in order; stops early if `f` says so.
     pub fn for_each_choice(&self, mut f: impl FnMut(&[usize]) -> bool) {
-        let radix: Vec<usize> = self.lines.iter().map(|(_, v)| v.len() + 1).collect();
+        let radix: Vec<usize> = self.lines.iter().map(|l| l.states.len() + 1).collect();
         let mut choice = vec![0usize; radix.len()];
         loop {
             if !f(&choice) {
@@ -319,7 +440,7 @@ impl CrashSpace {
     pub fn random_choice(&self, mut rand_below: impl FnMut(usize) -> usize) -> Vec<usize> {
         self.lines
             .iter()
-            .map(|(_, v)| rand_below(v.len() + 1))
+            .map(|l| rand_below(l.states.len() + 1))
             .collect()
     }
 }
@@ -343,8 +464,70 @@ mod tests {
         assert_eq!(space.pessimistic()[0], 1, "flushed line is durable");
         assert_eq!(space.pessimistic()[64], 0, "unflushed line may be lost");
         assert_eq!(space.uncertain_lines(), 1);
-        // Store of 64 bytes is recorded word by word: 8 later versions + the durable one.
-        assert_eq!(space.count(), 9);
+        // Eight uncertain words of two values each: durable, new, 2 x 7 torn copies and the
+        // random mixes that are not among those.
+        let count = space.count();
+        assert!(
+            (17..=2 + 14 + RANDOM_MIXES as u128).contains(&count),
+            "{count}"
+        );
+    }
+
+    #[test]
+    fn stores_of_any_size_tear_by_word() {
+        let dev = SimPm::new(PAGE_SIZE);
+        dev.write(0, &vec![0xabu8; PAGE_SIZE as usize]).unwrap();
+        let (base, trace) = dev.trace();
+        let space = CrashSpace::at(&base, &trace, dev.clock().now());
+        assert_eq!(space.uncertain_lines(), (PAGE_SIZE / 64) as usize);
+        let mut torn = 0;
+        space.for_each_choice(|c| {
+            let img = space.image(c);
+            let line0 = &img[..64];
+            if line0[..8] == [0xab; 8] && line0[56..] == [0; 8] {
+                torn += 1;
+            }
+            torn < 3
+        });
+        assert!(torn > 0, "no state with line 0 torn between its words");
+    }
+
+    #[test]
+    fn few_uncertain_words_are_mixed_exhaustively() {
+        let dev = SimPm::new(PAGE_SIZE);
+        dev.write_u64(0, 1).unwrap();
+        dev.write_u64(8, 2).unwrap();
+        dev.write_u64(0, 3).unwrap();
+        let (base, trace) = dev.trace();
+        let space = CrashSpace::at(&base, &trace, dev.clock().now());
+        // Word 0 in {0, 1, 3}, word 1 in {0, 2}: all 6 combinations.
+        assert_eq!(space.count(), 6);
+        let mut seen = Vec::new();
+        space.for_each_choice(|c| {
+            let img = space.image(c);
+            seen.push((img[0], img[8]));
+            true
+        });
+        seen.sort_unstable();
+        assert_eq!(seen, vec![(0, 0), (0, 2), (1, 0), (1, 2), (3, 0), (3, 2)]);
+    }
+
+    #[test]
+    fn mixes_are_repeatable_for_a_seed() {
+        let dev = SimPm::new(PAGE_SIZE);
+        let data: Vec<u8> = (0..64).collect();
+        dev.write(0, &data).unwrap();
+        let (base, trace) = dev.trace();
+        let all = |seed| {
+            let space = CrashSpace::at_seeded(&base, &trace, dev.clock().now(), seed);
+            let mut v = Vec::new();
+            space.for_each_choice(|c| {
+                v.push(space.image(c)[..64].to_vec());
+                true
+            });
+            v
+        };
+        assert_eq!(all(5), all(5));
     }
 
     #[test]

@@ -66,6 +66,14 @@ pub struct PoolConfig {
     pub pool_id: u64,
 }
 
+/// Stores the header's magic word atomically and makes it durable.
+fn write_magic(pm: &dyn PmDevice, magic: u64) -> Result<(), PoolError> {
+    pm.write_u64(0, magic)?;
+    pm.flush(0, 8)?;
+    pm.drain()?;
+    Ok(())
+}
+
 /// An open pool.
 #[derive(Debug)]
 pub struct Pool {
@@ -112,10 +120,14 @@ impl Pool {
             data_pages: (cfg.size - data_off) / PAGE_SIZE,
             pool_id: cfg.pool_id,
         };
-        // The table first, the header last: a crash in between leaves "not a pool".
+        // The magic word goes first and comes back last, each time in one atomic 8-byte store:
+        // a crash in between, even one that tears the header, leaves "not a pool".
+        write_magic(&*pm, 0)?;
         write_durable(&*pm, 0, &[0u8; PAGE_SIZE as usize])?;
         write_durable(&*pm, PAGE_SIZE, &vec![0u8; table_bytes as usize])?;
-        write_durable(&*pm, 0, &header.encode())?;
+        let encoded = header.encode();
+        write_durable(&*pm, 8, &encoded[8..])?;
+        write_magic(&*pm, media::POOL_MAGIC)?;
         tracing::info!(
             size = cfg.size,
             data_pages = header.data_pages,
