@@ -31,8 +31,9 @@ cargo test -p vpm-abi --release --features derive
 step "loom model check of the polled-ring handshake (ABI 1.1)"
 bash abi/run-loom.sh
 
-step "crash-point enumeration of the commit protocol (crash states checked)"
-cargo test -p vpm-host --release --test crash_points -- --nocapture 2>&1 | grep -E 'crash states|test result'
+step "crash-point enumeration: commit, recovery, persist, transient, tenants, create (crash states checked)"
+cargo test -p vpm-host --release --test crash_points --test crash_points_ops -- --nocapture 2>&1 | grep -E 'crash states|test result'
+
 
 step "main job"
 ./target/release/vpm run
