@@ -10,6 +10,7 @@
  *                       pmem_memcpy_nodrain + pmem_drain, and pmem_persist); each reads its
  *                       records back, and no PV persist was lost
  */
+#include "records.h"
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -26,33 +27,11 @@ static int failures;
 #define CHECK(c, what) do { if (!(c)) { failures++; printf("PMEMTEST FAIL %s (errno %d: %s)\n", what, errno, \
 	pmem_errormsg()); } } while (0)
 
+#define SALT 100
+
 static uint64_t word(uint64_t seq, int i)
 {
-	return i == 0 ? seq : (seq * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)(i + 100);
-}
-
-/* The sequence number a record word encodes (word() inverted: the multiplier is odd). */
-static uint64_t word_seq(uint64_t v, int i)
-{
-	const uint64_t c = 0x9e3779b97f4a7c15ULL;
-	uint64_t inv = c;
-	if (i == 0)
-		return v;
-	for (int k = 0; k < 6; k++)
-		inv *= 2 - c * inv;
-	return (v ^ (uint64_t)(i + 100)) * inv;
-}
-
-/* Record r of a ring of n slots survived: each of its 8 words holds record r's word or that of
- * a later record in the same slot (written after the ack; a crash may tear it word by word). */
-static int record_intact(const uint64_t *rec, uint64_t r, uint64_t n)
-{
-	for (int i = 0; i < 8; i++) {
-		uint64_t q = word_seq(rec[i], i);
-		if (q < r || (q - r) % n != 0 || q - r > (1ULL << 40))
-			return 0;
-	}
-	return 1;
+	return record_word(seq, i, SALT);
 }
 
 #define THREADS 4
@@ -160,7 +139,7 @@ int main(int argc, char **argv)
 		uint64_t acked = argc > 2 ? strtoull(argv[2], NULL, 10) : 0, lost = 0;
 		for (uint64_t r = acked > slots ? acked - slots + 1 : 1; r <= acked && r > 0; r++) {
 			uint64_t *rec = (uint64_t *)(p + ((r - 1) % slots) * REC);
-			if (!record_intact(rec, r, slots))
+			if (!record_intact(rec, r, slots, SALT))
 				lost++;
 		}
 		CHECK(lost == 0, "acknowledged records lost");

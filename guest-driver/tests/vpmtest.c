@@ -11,6 +11,7 @@
  *   vpmtest pattern N B  the first N bytes of vPM all hold byte B (what another program wrote)
  * Prints "VPMTEST <mode> OK" or "VPMTEST FAIL <why>".
  */
+#include "records.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -52,9 +53,11 @@ static void expect(const char *what, int got, int want)
 		fail(what, got, want);
 }
 
+#define SALT 0
+
 static uint64_t word(uint64_t seq, int i)
 {
-	return i == 0 ? seq : (seq * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)i;
+	return record_word(seq, i, SALT);
 }
 
 static uint64_t slots(void)
@@ -153,30 +156,6 @@ static void basic(void)
 	       (unsigned long long)info.rejected);
 }
 
-/* The sequence number a record word encodes (word() inverted: the multiplier is odd). */
-static uint64_t word_seq(uint64_t v, int i)
-{
-	const uint64_t c = 0x9e3779b97f4a7c15ULL;
-	uint64_t inv = c;
-	if (i == 0)
-		return v;
-	for (int k = 0; k < 6; k++)
-		inv *= 2 - c * inv;
-	return (v ^ (uint64_t)i) * inv;
-}
-
-/* Record r of a ring of n slots survived: each of its 8 words holds record r's word or that of
- * a later record in the same slot (written after the ack; a crash may tear it word by word). */
-static int record_intact(const uint64_t *rec, uint64_t r, uint64_t n)
-{
-	for (int i = 0; i < 8; i++) {
-		uint64_t q = word_seq(rec[i], i);
-		if (q < r || (q - r) % n != 0 || q - r > (1ULL << 40))
-			return 0;
-	}
-	return 1;
-}
-
 static void writer(void)
 {
 	uint8_t *scratch = vpm + info.vpm_size - SCRATCH_PAGES * PAGE;
@@ -228,7 +207,7 @@ static void check(uint64_t acked)
 	for (uint64_t r = first; r <= acked && r > 0; r++) {
 		uint64_t *rec = (uint64_t *)(vpm + ((r - 1) % n) * REC);
 		/* The record, or a later one over it (written after the ack), word by word. */
-		if (!record_intact(rec, r, n)) {
+		if (!record_intact(rec, r, n, SALT)) {
 			if (!bad++)
 				printf("VPMTEST FAIL record %llu lost (slot holds %llu)\n",
 				       (unsigned long long)r, (unsigned long long)rec[0]);

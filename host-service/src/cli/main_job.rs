@@ -106,18 +106,7 @@ pub fn run(state_path: &Path) -> Result<(), CliError> {
     drop(pool);
     println!("\nreopening the pool (verify every checksum, replay pending logs):");
     let pool = open_pool(&state, 256)?;
-    for id in pool.tenant_ids() {
-        let t = pool.tenant(id).map_err(|source| CliError::Pool {
-            what: format!("read tenant {id}"),
-            source,
-        })?;
-        let (pm, cap) = t.home_counts();
-        println!(
-            "  {:<13} epoch {:>5}, {pm} PM homes, {cap} capacity homes",
-            t.desc().name_str(),
-            t.epoch()
-        );
-    }
+    super::pool_info::print_tenants(&pool)?;
     let path = state_path.join("main-job.json");
     std::fs::write(&path, serde_json::to_string_pretty(&results).expect("json")).map_err(
         |source| CliError::Write {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use vpm_host::pool::Pool;
 use vpm_host::state_dir::StateDir;
 
 use super::guest::{open_existing_pool, PAGES_PER_MIB};
@@ -29,6 +30,12 @@ pub fn run(a: &PoolInfoArgs) -> Result<(), CliError> {
         pool.free_pm_pages(),
         pool.pm().method().name()
     );
+    print_tenants(&pool)?;
+    Ok(())
+}
+
+/// Prints one line per tenant: name, vPM size, committed epoch and where its homes are.
+pub fn print_tenants(pool: &Pool) -> Result<(), CliError> {
     for id in pool.tenant_ids() {
         let t = pool.tenant(id).map_err(|source| CliError::Pool {
             what: format!("read tenant {id}"),
