@@ -428,7 +428,10 @@ compare pool sizes within a row group, not the two groups.\n\n\
     let _ = writeln!(m, "\n### Reading the targets on this machine\n\n\
 - Every PV persist pays one VM exit; here that is {exit_us:.0} µs (PVM), which dominates the 4 KiB copy+flush ({:.1} µs). \
 On VMX the exit is a few µs, hence the projection: host work per persist = the mode's p50 minus `direct`'s p50 \
-(same exit and ring, nothing to do), plus an assumed {VMX_EXIT_US} µs VMX exit.\n\
+(same exit and ring, nothing to do), plus an assumed {VMX_EXIT_US} µs VMX exit. \
+With the ring poller (`pv-poll`) the guest publishes without an exit while a host thread polls: what is left is the \
+host's copy and flush and the guest's wait for completion. A synchronous persist per KV put still bounds `pv-poll` \
+throughput by that round trip, and the poller needs a host core of its own (2 here, shared with the vCPU).\n\
 - `full` and `direct` run the same guest code; `full` additionally pauses the vCPU for each epoch (see pause per MiB dirtied). \
 Dirty logging write-protects pages, and each first write after a protection costs a fault (~20 µs on PVM, docs/costs.md §3); \
 VPM leaves recently changed pages writable and diffs them at each epoch instead (ski rental, `host-service/src/vmm/writable.rs`), \
