@@ -4,9 +4,9 @@
 use core::sync::atomic::Ordering;
 
 use crate::proto::doorbell::DoorbellDecoder;
-use crate::proto::layout::{RawEntry, ENTRY_SIZE, PAGE_SIZE};
 use crate::proto::ring::{Consumer, SharedPage};
 use crate::proto::validate::{decode_entry, Hint, VpmRegion};
+use crate::proto::wire::{RawEntry, ENTRY_SIZE, PAGE_SIZE};
 
 /// Reads `N` bytes at `*at` from `data` (zero-padded past the end) and advances `*at`.
 fn take<const N: usize>(data: &[u8], at: &mut usize) -> [u8; N] {

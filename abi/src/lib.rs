@@ -19,8 +19,8 @@ pub mod flags;
 pub mod fuzzing;
 
 pub use proto::doorbell::{DoorbellCmd, DoorbellDecoder, DOORBELL_PORT, PROBE_REPLY};
-pub use proto::layout::{RawEntry, ABI_VERSION, LINE_SIZE, MAGIC, MAX_RING_ENTRIES, PAGE_SIZE};
 pub use proto::op::{features, HeaderStatus, HintResult, Op, RESULT_PENDING};
 pub use proto::poll::{NeedsDoorbell, SleepCheck, StillPending, HOST_POLLING, HOST_SLEEPING};
 pub use proto::ring::{Consumer, Producer, RingFull, SharedPage, Taken, Ticket};
 pub use proto::validate::{decode_entry, GuestRange, Hint, VpmRegion};
+pub use proto::wire::{RawEntry, ABI_VERSION, LINE_SIZE, MAGIC, MAX_RING_ENTRIES, PAGE_SIZE};

@@ -50,7 +50,7 @@ module! {
     },
 }
 
-const PAGE: u64 = abi::layout::PAGE_SIZE;
+const PAGE: u64 = abi::wire::PAGE_SIZE;
 
 
 /// Kernel address of the status page (0 while there is none): a zeroed page holding a

@@ -12,9 +12,9 @@
 //! sleeps.
 
 pub mod doorbell;
-pub mod layout;
 pub mod op;
 pub mod poll;
 pub mod ring;
 pub mod uapi;
 pub mod validate;
+pub mod wire;

@@ -152,7 +152,7 @@ pub enum HeaderStatus {
     BadMagic = 2,
     /// The guest's major version differs, or its minor is newer than the host's.
     BadVersion = 3,
-    /// `ring_entries` is zero, not a power of two, or above [`super::layout::MAX_RING_ENTRIES`].
+    /// `ring_entries` is zero, not a power of two, or above [`super::wire::MAX_RING_ENTRIES`].
     BadGeometry = 4,
     /// `produced` ran more than `ring_entries` ahead of `consumed`; the ring is stopped until the
     /// guest registers again.

@@ -214,7 +214,7 @@ mod tests {
         let p = Producer::prepare(&page, 8, features::ALL).unwrap();
         page.header
             .version
-            .store(super::super::layout::pack_version(1, 0), Ordering::Relaxed);
+            .store(super::super::wire::pack_version(1, 0), Ordering::Relaxed);
         let c = Consumer::attach(&page, features::ALL).unwrap();
         assert_eq!(
             page.header.host_features.load(Ordering::Relaxed),

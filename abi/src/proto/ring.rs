@@ -8,12 +8,12 @@
 
 use core::sync::atomic::{AtomicI32, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
-use super::layout::{
+use super::op::{features, HeaderStatus, RESULT_PENDING};
+use super::poll::{self, NeedsDoorbell, SleepCheck, HOST_SLEEPING};
+use super::wire::{
     unpack_version, RawEntry, ABI_MAJOR, ABI_MINOR, ABI_VERSION, ENTRY_SIZE, HEADER_SIZE, MAGIC,
     MAX_RING_ENTRIES, PAGE_SIZE, RING_OFFSET, RING_SLOTS,
 };
-use super::op::{features, HeaderStatus, RESULT_PENDING};
-use super::poll::{self, NeedsDoorbell, SleepCheck, HOST_SLEEPING};
 
 /// The shared page header. Guest-written fields: `magic`, `version`, `guest_features`,
 /// `ring_entries`, `produced`. Host-written: everything else (`host_state` since 1.1).

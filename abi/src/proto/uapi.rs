@@ -80,7 +80,7 @@ pub struct VpmStatus {
 }
 
 const _: () = assert!(core::mem::size_of::<VpmStatus>() == 16);
-const _: () = assert!(VPM_STATUS_OFFSET % super::layout::PAGE_SIZE == 0);
+const _: () = assert!(VPM_STATUS_OFFSET % super::wire::PAGE_SIZE == 0);
 const _: () = assert!(core::mem::size_of::<VpmRange>() == 16);
 const _: () = assert!(core::mem::size_of::<VpmInfo>() == 48);
 const _: () = assert!(VPM_IOC_PERSIST == 0x4010_5602);

@@ -1,7 +1,7 @@
 //! Host-side checks of guest input: every entry is decoded here before the host acts on it.
 
-use super::layout::{RawEntry, PAGE_SIZE};
 use super::op::{HintResult, Op};
+use super::wire::{RawEntry, PAGE_SIZE};
 
 /// A checked byte range `[start, start + len)` of guest-physical memory: `len > 0` and the end does
 /// not overflow.
