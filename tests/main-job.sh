@@ -5,4 +5,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tests/setup/env.sh
 bash tests/setup/install-deps.sh
 cargo build --release --quiet -p vpm-host --bin vpm
-exec ./target/release/vpm run "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/vpm" run "$@"

@@ -36,7 +36,7 @@ cargo test -p vpm-host --release --test crash_points --test crash_points_ops -- 
 
 
 step "main job"
-./target/release/vpm run
+"${CARGO_TARGET_DIR:-target}/release/vpm" run
 
 step "fuzz smoke"
 bash tests/fuzz-smoke.sh
