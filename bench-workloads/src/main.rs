@@ -8,8 +8,8 @@ mod pm_core;
 mod stats;
 mod suite;
 
-use std::error::Error;
 use std::path::PathBuf;
+use vpm_host::error_chain;
 
 use clap::{Parser, Subcommand};
 
@@ -58,22 +58,6 @@ enum BenchError {
     /// `vpm-bench suite` failed.
     #[error(transparent)]
     Suite(#[from] suite::SuiteError),
-}
-
-/// `e` followed by its sources, each joined with ": " and skipped when the text so far already
-/// says it (some errors print their source themselves).
-fn error_chain(e: &dyn Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn main() {

@@ -23,3 +23,19 @@ pub mod state_dir;
 pub mod tier;
 #[cfg(feature = "vmm")]
 pub mod vmm;
+
+/// `e` and its sources, one after the other (`a: b: c`), leaving out a source whose text its
+/// predecessors already include: the one-line form the `vpm` and `vpm-bench` commands print.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
+}

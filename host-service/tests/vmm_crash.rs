@@ -22,21 +22,11 @@ fn config(kind: TrialKind, name: &str, kill_after_ms: (u64, u64)) -> TrialConfig
     }
 }
 
-/// An error and its sources, one after the other.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
-
 fn trials(cfg: &TrialConfig, n: u64, seed: u64) -> Vec<vpm_host::crashtest::TrialResult> {
     let results: Vec<_> = (0..n)
         .map(|i| {
-            let r = run_trial(cfg, seed + i).unwrap_or_else(|e| panic!("trial {i}: {}", chain(&e)));
+            let r = run_trial(cfg, seed + i)
+                .unwrap_or_else(|e| panic!("trial {i}: {}", vpm_host::error_chain(&e)));
             assert_eq!(
                 r.errors, 0,
                 "trial {i} (killed after {} ms): {}",

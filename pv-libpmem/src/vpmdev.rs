@@ -132,7 +132,7 @@ use tests::driver;
 /// everything written so far durable before it returns. False (counted, errormsg and errno set)
 /// if that fails too.
 fn fall_back_to_epoch(what: &str, len: usize, errno: i32) -> bool {
-    match plain_ioctl(VPM_IOC_REQUEST_EPOCH) {
+    match request_epoch() {
         Ok(()) => {
             REFUSALS.fetch_add(1, Ordering::Relaxed);
             true

@@ -143,14 +143,9 @@ impl Producer<'_> {
 #[cfg(test)]
 mod tests {
     use super::super::op::{features, HeaderStatus, Op};
+    use super::super::ring::tests::registered;
     use super::super::ring::{Consumer, SharedPage};
     use super::*;
-
-    fn registered(page: &SharedPage, entries: u32) -> (Producer<'_>, Consumer) {
-        let p = Producer::prepare(page, entries, 0).unwrap();
-        let c = Consumer::attach(page, u32::MAX).unwrap();
-        (p, c)
-    }
 
     #[test]
     fn a_sleeping_or_unpolled_host_needs_the_doorbell() {

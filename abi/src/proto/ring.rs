@@ -484,11 +484,15 @@ pub const fn check_header(magic: u64, version: u32, ring_entries: u32) -> Result
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::op::Op;
     use super::*;
 
-    fn registered(page: &SharedPage, entries: u32) -> (Producer<'_>, Consumer) {
+    /// A producer and a consumer on `page`, registered with `entries` ring entries.
+    pub(in super::super) fn registered(
+        page: &SharedPage,
+        entries: u32,
+    ) -> (Producer<'_>, Consumer) {
         let p = Producer::prepare(page, entries, 0).unwrap();
         let c = Consumer::attach(page, u32::MAX).unwrap();
         (p, c)

@@ -44,6 +44,23 @@ fn write_csv(out: &Path, name: &str, rows: &[Value], cols: &[&str]) -> Result<()
     write_file(out, name, s)
 }
 
+/// The write workloads every mode runs, as the suite names them.
+const WRITE_WORKLOADS: [&str; 4] = [
+    "kv puts",
+    "log appends",
+    "random 4K writes",
+    "seq 64K writes",
+];
+/// The throughput table's modes, in column order.
+const THROUGHPUT_MODES: [&str; 6] = [
+    "direct",
+    "msync",
+    "full-10ms",
+    "full-100ms",
+    "pv",
+    "pv-poll",
+];
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -133,23 +150,8 @@ pub fn write(out: &Path, doc: &Value) -> Result<(), SuiteError> {
         bars("Persist latency p50 (µs)", "µs", &groups, &series, true),
     )?;
 
-    let wl: Vec<String> = [
-        "kv puts",
-        "log appends",
-        "random 4K writes",
-        "seq 64K writes",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let modes = [
-        "direct",
-        "msync",
-        "full-10ms",
-        "full-100ms",
-        "pv",
-        "pv-poll",
-    ];
+    let wl: Vec<String> = WRITE_WORKLOADS.iter().map(|s| s.to_string()).collect();
+    let modes = THROUGHPUT_MODES;
     let tp = |w: &str, m: &str| {
         find(tput, |r| r["workload"] == w && r["mode"] == m)
             .map_or(f64::NAN, |r| f(&r["ops_per_s"]))
@@ -241,22 +243,9 @@ nothing else runs.\n");
 
     let _ = writeln!(m, "## Throughput (ops/s)\n\n![throughput](throughput.svg)\n\n| workload | direct | msync | full-10ms | full-100ms | pv | pv-poll | epochs (full-100ms) | pause per MiB dirtied (full-100ms) |\n|---|---|---|---|---|---|---|---|---|");
     let tp = |w: &str, mo: &str| find(tput, |r| r["workload"] == w && r["mode"] == mo);
-    for w in [
-        "kv puts",
-        "log appends",
-        "random 4K writes",
-        "seq 64K writes",
-        "transient scratch",
-    ] {
+    for w in WRITE_WORKLOADS.iter().chain(&["transient scratch"]) {
         let _ = write!(m, "| {w} |");
-        for mo in [
-            "direct",
-            "msync",
-            "full-10ms",
-            "full-100ms",
-            "pv",
-            "pv-poll",
-        ] {
+        for mo in THROUGHPUT_MODES {
             let v = tp(w, mo).map_or(f64::NAN, |r| f(&r["ops_per_s"]));
             let _ = write!(
                 m,
@@ -343,23 +332,17 @@ compare pool sizes within a row group, not the two groups.\n\n\
         );
         vmx.push((b, ms_v / pv_v));
     }
-    let full_ratios: Vec<(&str, f64)> = [
-        "kv puts",
-        "log appends",
-        "random 4K writes",
-        "seq 64K writes",
-        "kv puts 64 MiB",
-        "kv puts 128 MiB",
-    ]
-    .iter()
-    .map(|w| {
-        let (full, direct) = (
-            tp(w, "full-100ms").map_or(f64::NAN, |r| f(&r["ops_per_s"])),
-            tp(w, "direct").map_or(f64::NAN, |r| f(&r["ops_per_s"])),
-        );
-        (*w, full / direct)
-    })
-    .collect();
+    let full_ratios: Vec<(&str, f64)> = WRITE_WORKLOADS
+        .iter()
+        .chain(&["kv puts 64 MiB", "kv puts 128 MiB"])
+        .map(|w| {
+            let (full, direct) = (
+                tp(w, "full-100ms").map_or(f64::NAN, |r| f(&r["ops_per_s"])),
+                tp(w, "direct").map_or(f64::NAN, |r| f(&r["ops_per_s"])),
+            );
+            (*w, full / direct)
+        })
+        .collect();
     let full_ok: Vec<String> = full_ratios
         .iter()
         .map(|(w, r)| format!("{w} {:.0} %", 100.0 * r))

@@ -160,19 +160,7 @@ pub enum CliError {
     QemuMode,
 }
 
-/// `e` and its sources, each once.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text = format!("{text}: {t}");
-        }
-        source = s.source();
-    }
-    text
-}
+pub use vpm_host::error_chain;
 
 /// Runs the command line `cli` describes.
 pub fn main(cli: Cli) -> Result<(), CliError> {
