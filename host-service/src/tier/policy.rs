@@ -271,6 +271,92 @@ mod tests {
         assert_eq!(t.page(7).placement, Placement::Dram);
     }
 
+    /// One epoch of a trace as the epoch driver runs it: the writes, the heat update, then the
+    /// rebalance carried out.
+    fn epoch(t: &mut PagePlacements, writes: impl IntoIterator<Item = u64>) {
+        writes.into_iter().for_each(|v| t.note_write(v));
+        t.end_epoch();
+        rebalance_once(t);
+        assert!(t.dram_pages() <= t.budget(), "budget holds");
+    }
+
+    fn in_dram(t: &PagePlacements, pages: Range<u64>) -> usize {
+        pages
+            .filter(|&v| t.page(v).placement == Placement::Dram)
+            .count()
+    }
+
+    /// Skewed trace: 16 hot pages written every epoch, plus a few writes a round scattered over
+    /// the 1008 others (a page among those is written at most every few epochs). The hot set is
+    /// in DRAM after warm-up and stays; no scattered page takes one of the 8 spare DRAM slots.
+    #[test]
+    fn skewed_trace_keeps_the_hot_set_in_dram() {
+        let (pages, hot) = (1024u64, 16u64);
+        let mut t = PagePlacements::new(pages, hot + 8);
+        let mut rng = Rng::new(7);
+        for round in 0..40 {
+            let scattered: Vec<u64> = (0..8).map(|_| hot + rng.below(pages - hot)).collect();
+            epoch(&mut t, (0..hot).chain(scattered));
+            if round >= 3 {
+                assert_eq!(
+                    in_dram(&t, 0..hot),
+                    hot as usize,
+                    "round {round}: hot set in DRAM"
+                );
+                assert_eq!(t.dram_pages(), hot, "round {round}: nothing else in DRAM");
+            }
+        }
+    }
+
+    /// Phase change: hot set A (pages 0..24) fills the budget, then the writes move to set B
+    /// (pages 100..124). Within 5 epochs of the change B holds DRAM and A is back in PM.
+    #[test]
+    fn phase_change_replaces_the_hot_set_within_bounded_rounds() {
+        let mut t = PagePlacements::new(256, 24);
+        for _ in 0..8 {
+            epoch(&mut t, 0..24);
+        }
+        assert_eq!(in_dram(&t, 0..24), 24);
+        let mut rounds = None;
+        for round in 1..=12 {
+            epoch(&mut t, 100..124);
+            if in_dram(&t, 100..124) == 24 && in_dram(&t, 0..24) == 0 {
+                rounds = Some(round);
+                break;
+            }
+        }
+        let rounds = rounds.expect("the new hot set never replaced the old one in 12 epochs");
+        assert!(rounds <= 5, "took {rounds} epochs");
+    }
+
+    /// A scan writes every page of a vPM 10 times the budget once, 64 new pages per epoch, while
+    /// the hot set keeps being written: the hot set never leaves DRAM and no scanned page takes
+    /// one of the 16 spare slots.
+    #[test]
+    fn a_scan_does_not_flush_the_hot_set() {
+        let (pages, hot) = (512u64, 32u64);
+        let mut t = PagePlacements::new(pages, hot + 16);
+        for _ in 0..6 {
+            epoch(&mut t, 0..hot);
+        }
+        assert_eq!(in_dram(&t, 0..hot), hot as usize);
+        for chunk in (hot..pages).step_by(64) {
+            epoch(&mut t, (0..hot).chain(chunk..(chunk + 64).min(pages)));
+            assert_eq!(in_dram(&t, 0..hot), hot as usize, "scan at page {chunk}");
+            assert_eq!(
+                t.dram_pages(),
+                hot,
+                "a scanned page entered DRAM (scan at {chunk})"
+            );
+        }
+        // A scan that repeats over a set larger than the budget (every page hot by the
+        // three-epoch rule) still cannot push out pages that stay as hot.
+        for _ in 0..10 {
+            epoch(&mut t, (0..hot).chain(hot..hot + 3 * hot));
+            assert_eq!(in_dram(&t, 0..hot), hot as usize, "looping scan");
+        }
+    }
+
     #[test]
     fn rng_is_deterministic_and_bounded() {
         let (mut a, mut b) = (Rng::new(9), Rng::new(9));
