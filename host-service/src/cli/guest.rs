@@ -123,7 +123,8 @@ pub struct GuestArgs {
     /// Mark transient scratch with hints.
     #[arg(long)]
     pub transient_hints: bool,
-    /// Append acknowledged drain sequences to FILE.
+    /// Append acknowledged drain sequences to FILE (`vpm qemu`: each acknowledged persist range,
+    /// `OFFSET LEN` in vPM bytes).
     #[arg(long, value_name = "FILE")]
     pub witness: Option<PathBuf>,
     /// Append `epoch record` to FILE after each committed epoch (seq-writer).

@@ -54,6 +54,7 @@ pub fn run(a: &QemuArgs) -> Result<(), CliError> {
         ram_mib: 512,
         vpm_offset_mib: 384,
         timeout: Duration::from_secs_f64(a.timeout),
+        persist_witness: o.witness.clone(),
     };
     let out =
         run_qemu(&spec, Arc::new(Mutex::new(pool)), tenant).map_err(|source| CliError::Vmm {

@@ -41,6 +41,9 @@ pub struct QemuSpec {
     pub vpm_offset_mib: u64,
     /// Give up after this long.
     pub timeout: Duration,
+    /// Crash-test witness: each acknowledged persist range is appended as `OFFSET LEN` (vPM
+    /// bytes) before its ring entry completes.
+    pub persist_witness: Option<PathBuf>,
 }
 
 /// What happened.
@@ -63,6 +66,8 @@ struct QemuTarget {
     pool: Arc<Mutex<Pool>>,
     tenant: u32,
     stats: Mutex<VmStats>,
+    /// `QemuSpec::persist_witness`, open for appending.
+    witness: Option<Mutex<std::fs::File>>,
 }
 
 impl QemuTarget {
@@ -123,6 +128,12 @@ impl HintTarget for QemuTarget {
             .persist(self.tenant, &pairs, self.vpm());
         self.stats.lock().expect("stats").persist_requested_bytes +=
             ranges.iter().map(VpmRange::len).sum::<u64>();
+        if let (Ok(_), Some(w)) = (&r, &self.witness) {
+            use std::io::Write;
+            let lines: String = pairs.iter().map(|(o, l)| format!("{o} {l}\n")).collect();
+            // A crash test's witness: a lost line only weakens the check, never fakes a pass.
+            let _ = w.lock().expect("witness").write_all(lines.as_bytes());
+        }
         Ok(self.pool_result(r))
     }
 
@@ -198,6 +209,22 @@ pub fn run_qemu(
     }
     let ram_path = spec.state.join(format!("{}.ram", spec.name));
     let ram = map_ram(&ram_path, ram_len)?;
+    let witness = spec
+        .persist_witness
+        .as_ref()
+        .map(|p| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let open = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(p);
+            open.map(Mutex::new).map_err(|source| VmmError::Witness {
+                path: p.clone(),
+                source,
+            })
+        })
+        .transpose()?;
     let target = Arc::new(QemuTarget {
         ram,
         vpm_off,
@@ -205,6 +232,7 @@ pub fn run_qemu(
         pool: pool.clone(),
         tenant,
         stats: Mutex::new(VmStats::default()),
+        witness,
     });
     rebuild_vpm(&target)?;
     let sock = spec.state.join(format!("{}.sock", spec.name));
