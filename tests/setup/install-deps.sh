@@ -56,6 +56,12 @@ if ! rustup target list --installed | grep -q '^x86_64-unknown-none$'; then
   log "rustup target add x86_64-unknown-none"
   rustup target add x86_64-unknown-none
 fi
+# The hint-service fuzz target builds the test guest with the nightly toolchain the image carries.
+if rustup run nightly rustc --version >/dev/null 2>&1 &&
+  ! rustup target list --installed --toolchain nightly | grep -q '^x86_64-unknown-none$'; then
+  log "rustup target add x86_64-unknown-none --toolchain nightly"
+  rustup target add x86_64-unknown-none --toolchain nightly
+fi
 
 # bindgen-cli for the Rust-for-Linux build (Debian's is too old for 7.3).
 BINDGEN_ROOT="$VPM_CACHE_DIR/bindgen-$BINDGEN_VERSION"
