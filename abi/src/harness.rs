@@ -42,7 +42,8 @@ pub enum Workload {
     /// `errors` counts records that break the point-in-time (F1) or persisted-prefix (P1) rule
     /// (`arg[0]` = 1 for the P1 rule with the acknowledged sequence in `arg[1]`).
     SeqCheck = 3,
-    /// Random 4 KiB writes (`arg[0]` writes), persisting each in PV mode.
+    /// Random writes (`arg[0]` writes of `arg[1]` bytes, 0 = a whole 4 KiB page; smaller writes
+    /// land at a random aligned offset of a random page), persisting each in PV mode.
     RandomWrites = 4,
     /// Sequential writes of `arg[1]` bytes (`arg[0]` of them), persisting each in PV mode.
     SeqWrites = 5,
@@ -60,6 +61,9 @@ pub enum Workload {
     PersistLatency = 10,
     /// Exit round trip: `arg[0]` writes to the progress port; reports TSC cycles per exit.
     ExitLatency = 11,
+    /// Write-skewed random writes: `arg[0]` writes of `arg[1]` bytes (0 = 64), 90 % of them to a
+    /// hot set of every tenth page (10 % of vPM), the rest anywhere; persisting each in PV mode.
+    SkewedWrites = 12,
 }
 
 impl Workload {
@@ -77,6 +81,7 @@ impl Workload {
             9 => Workload::Hostile,
             10 => Workload::PersistLatency,
             11 => Workload::ExitLatency,
+            12 => Workload::SkewedWrites,
             _ => return None,
         })
     }

@@ -49,8 +49,10 @@ pub enum WorkloadArg {
     SeqWriter,
     /// Check a recovered sequence-numbered image.
     SeqCheck,
-    /// Random 4 KiB writes.
+    /// Random writes (`--args N,BYTES`: BYTES per write, 0 = a 4 KiB page).
     RandomWrites,
+    /// Write-skewed random writes: 90 % to a hot tenth of vPM (`--args N,BYTES`, 0 = 64 B).
+    SkewedWrites,
     /// Sequential writes.
     SeqWrites,
     /// A persistent key-value store.
@@ -74,6 +76,7 @@ impl From<WorkloadArg> for Workload {
             WorkloadArg::SeqWriter => Workload::SeqWriter,
             WorkloadArg::SeqCheck => Workload::SeqCheck,
             WorkloadArg::RandomWrites => Workload::RandomWrites,
+            WorkloadArg::SkewedWrites => Workload::SkewedWrites,
             WorkloadArg::SeqWrites => Workload::SeqWrites,
             WorkloadArg::Kv => Workload::KvStore,
             WorkloadArg::Log => Workload::AppendLog,

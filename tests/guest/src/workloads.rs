@@ -33,6 +33,7 @@ pub fn run(w: Workload, p: &BootParams) {
         Workload::SeqWriter => seq_writer(vpm, p, hints.as_mut()),
         Workload::SeqCheck => seq_check(vpm, p),
         Workload::RandomWrites => random_writes(vpm, p, hints.as_mut()),
+        Workload::SkewedWrites => skewed_writes(vpm, p, hints.as_mut()),
         Workload::SeqWrites => seq_writes(vpm, p, hints.as_mut()),
         Workload::KvStore => kv_store(vpm, p, hints.as_mut()),
         Workload::AppendLog => append_log(vpm, p, hints.as_mut()),
@@ -221,10 +222,48 @@ fn check_persisted(vpm: Vpm, slots: u64, k: u64, acked: u64) {
 
 fn random_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let mut rng = Rng::new(p.seed);
+    let len = write_len(p.arg[1], PAGE);
     for n in 0..p.arg[0] {
         let page = rng.below(vpm.pages());
-        write_page(vpm, p.seed, page, n as u32);
-        persist(hints.as_deref_mut(), vpm, page * PAGE, PAGE);
+        let off = write_in_page(vpm, &mut rng, p.seed, page, len, n);
+        persist(hints.as_deref_mut(), vpm, off, len);
+    }
+    set_ops(p.arg[0]);
+}
+
+/// Bytes per write: `arg` rounded down to 8-byte words, within [8, PAGE]; `default` when 0.
+fn write_len(arg: u64, default: u64) -> u64 {
+    if arg == 0 {
+        return default;
+    }
+    (arg / 8 * 8).clamp(8, PAGE)
+}
+
+/// Writes `len` bytes (version `n`) into `page`: the whole page, or a `len`-aligned piece of it
+/// at a random offset. Returns the vPM offset written.
+fn write_in_page(vpm: Vpm, rng: &mut Rng, seed: u64, page: u64, len: u64, n: u64) -> u64 {
+    if len >= PAGE {
+        write_page(vpm, seed, page, n as u32);
+        return page * PAGE;
+    }
+    let off = page * PAGE + rng.below(PAGE / len) * len;
+    vpm.fill(off, len, |w| n ^ (w << 32) ^ off);
+    off
+}
+
+/// 90 % of the writes go to a hot set of every tenth page, the rest anywhere in vPM.
+fn skewed_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
+    let mut rng = Rng::new(p.seed);
+    let len = write_len(p.arg[1], 64);
+    let hot_pages = (vpm.pages() / 10).max(1);
+    for n in 0..p.arg[0] {
+        let page = if rng.below(10) < 9 {
+            rng.below(hot_pages) * 10 % vpm.pages()
+        } else {
+            rng.below(vpm.pages())
+        };
+        let off = write_in_page(vpm, &mut rng, p.seed, page, len, n);
+        persist(hints.as_deref_mut(), vpm, off, len);
     }
     set_ops(p.arg[0]);
 }
