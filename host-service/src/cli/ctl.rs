@@ -42,7 +42,9 @@ pub fn run(a: &CtlArgs) -> Result<(), CliError> {
     let reply = client::request(&a.socket, &method, &a.path, a.body.as_deref())
         .map_err(CliError::Client)?;
     if !reply.body.is_empty() {
-        println!("{}", reply.body);
+        use std::io::Write;
+        // A closed stdout (`vpm ctl ... | head`) is not the request's failure.
+        let _ = writeln!(std::io::stdout(), "{}", reply.body);
     }
     if (200..300).contains(&reply.status) {
         Ok(())

@@ -151,11 +151,31 @@ impl Image {
         Ok(image)
     }
 
+    /// Byte ranges `(offset, len)` of the runs of pages that are not all zeros.
+    fn nonzero_runs(&self) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (vpn, page) in self.data.chunks_exact(PAGE_SIZE as usize).enumerate() {
+            if page.iter().all(|&b| b == 0) {
+                continue;
+            }
+            let off = vpn as u64 * PAGE_SIZE;
+            match runs.last_mut() {
+                Some((o, l)) if *o + *l == off => *l += PAGE_SIZE,
+                _ => runs.push((off, PAGE_SIZE)),
+            }
+        }
+        runs
+    }
+
     /// Makes the image the committed content of tenant `tenant` (a new, all-zero tenant of the
-    /// same size): one persist batch over the whole vPM, durable when this returns.
+    /// same size): one persist batch over its non-zero pages (zero pages need no home), durable
+    /// when this returns.
     pub fn restore_into(&self, pool: &mut Pool, tenant: u32) -> Result<(), SnapshotError> {
-        pool.persist(tenant, &[(0, self.data.len() as u64)], &self.data)
-            .map_err(SnapshotError::Pool)?;
+        let runs = self.nonzero_runs();
+        if !runs.is_empty() {
+            pool.persist(tenant, &runs, &self.data)
+                .map_err(SnapshotError::Pool)?;
+        }
         Ok(())
     }
 }
@@ -195,6 +215,11 @@ mod tests {
             })
         ));
         std::fs::write(&path, b"short").unwrap();
+        assert_eq!(
+            img.nonzero_runs(),
+            [(0, 2 * PAGE_SIZE)],
+            "both pages hold data"
+        );
         assert!(Image::read(&path).is_err());
     }
 }

@@ -1,0 +1,602 @@
+//! `vpm serve` end to end on real KVM: the API (every path of docs/api/openapi.json, every
+//! bad-input class), `promtool check metrics` on a scrape taken while VMs run, and the issue's
+//! scenario — several VMs on a pool smaller than their summed vPM, pause/resume, snapshot and
+//! restore (byte for byte), delete, a failing VM that leaves the others running, `kill -9` of
+//! the service, restart, and every VM's acknowledged data checked against witnesses kept outside
+//! the pool.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vpm_host::serve::client::{request, Reply};
+use vpm_host::serve::snapshot::HEADER_LEN;
+
+fn need_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "this test needs /dev/kvm (KVM) on this machine"
+    );
+}
+
+/// A running `vpm serve` (killed with SIGKILL when dropped).
+struct Serve {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn vpm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vpm"))
+}
+
+fn serve_args(dir: &Path, pool: &str) -> Vec<String> {
+    vec![
+        "serve".into(),
+        "--socket".into(),
+        dir.join("s.sock").display().to_string(),
+        "--pool".into(),
+        dir.join(pool).display().to_string(),
+        "--pm-mib".into(),
+        "64".into(),
+    ]
+}
+
+/// Starts `vpm serve` on `dir/pool` and waits until it answers.
+fn start(dir: &Path) -> Serve {
+    let child = vpm()
+        .args(serve_args(dir, "pool"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vpm serve");
+    let mut s = Serve {
+        child,
+        socket: dir.join("s.sock"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = request(&s.socket, "GET", "/api/v1/vmm.ping", None) {
+            assert_eq!(r.status, 200, "{}", r.body);
+            return s;
+        }
+        if let Ok(Some(st)) = s.child.try_wait() {
+            panic!("vpm serve exited: {st}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vpm serve did not answer in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Serve {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        let text = body.map(|b| b.to_string());
+        request(&self.socket, method, path, text.as_deref())
+            .unwrap_or_else(|e| panic!("{method} {path}: {}", vpm_host::error_chain(&e)))
+    }
+
+    /// `method path` must succeed (2xx); returns the body as JSON (null if empty).
+    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let r = self.call(method, path, body);
+        assert!(
+            (200..300).contains(&r.status),
+            "{method} {path}: HTTP {}: {}",
+            r.status,
+            r.body
+        );
+        if r.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&r.body).unwrap_or(Value::String(r.body))
+        }
+    }
+
+    /// `method path` must fail with `status` and a JSON fault message.
+    fn fault(&self, method: &str, path: &str, body: Option<&str>, status: u16) -> String {
+        let r = request(&self.socket, method, path, body).expect("request");
+        assert_eq!(r.status, status, "{method} {path} {body:?}: {}", r.body);
+        let v: Value = serde_json::from_str(&r.body).expect("fault JSON");
+        v["fault_message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fault_message in {}", r.body))
+            .to_string()
+    }
+
+    fn vm(&self, id: &str) -> Value {
+        self.ok("GET", &format!("/api/v1/vms/{id}"), None)
+    }
+
+    fn wait_state(&self, id: &str, states: &[&str], secs: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.vm(id);
+            if states.contains(&v["state"].as_str().unwrap_or("")) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "VM {id} not in {states:?} after {secs} s: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A scratch directory in /dev/shm (pools are memory-backed, as the other KVM tests do).
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(format!("/dev/shm/vpm-serve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn openapi() -> BTreeSet<(String, String)> {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api/openapi.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let mut set = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in item.as_object().unwrap().keys() {
+            set.insert((m.to_uppercase(), path.clone()));
+        }
+    }
+    set
+}
+
+/// The payload of a snapshot file (after its header).
+fn payload(path: &Path) -> Vec<u8> {
+    let b = std::fs::read(path).unwrap();
+    b[HEADER_LEN..].to_vec()
+}
+
+fn promtool(scrape: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool is missing ({e}): install Debian's prometheus package \
+                 (tests/setup/install-deps.sh does)"
+            )
+        });
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{scrape}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn kv(mode: &str, vpm_mib: u64) -> Value {
+    json!({"mode": mode, "vpm_mib": vpm_mib, "dram_mib": 2, "log_mib": 1, "epoch_ms": 20,
+           "workload": {"kind": "kv", "args": [100_000_000u64]}, "seconds": 60})
+}
+
+#[test]
+fn serve_api_covers_every_path_refuses_bad_input_and_metrics_pass_promtool() {
+    need_kvm();
+    let t0 = Instant::now();
+    let dir = scratch("api");
+    let s = start(&dir);
+    let mode = std::fs::metadata(&s.socket).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(mode.mode() & 0o777, 0o600, "the socket is 0600");
+
+    // A second service on the same pool is refused (the pool's lock); one on the same socket
+    // is refused too (a live socket).
+    let second = vpm().args(serve_args(&dir, "pool")).output().unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in use by another vpm process"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let other = vpm().args(serve_args(&dir, "pool2")).output().unwrap();
+    assert!(!other.status.success());
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("another service listens"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+
+    let mut covered = BTreeSet::new();
+    let mut ok = |m: &str, template: &str, path: &str, body: Option<Value>| {
+        covered.insert((m.to_string(), template.to_string()));
+        s.ok(m, path, body)
+    };
+    ok("GET", "/api/v1/vmm.ping", "/api/v1/vmm.ping", None);
+    let vm = "/api/v1/vms/{id}";
+    ok("PUT", vm, "/api/v1/vms/a", Some(kv("pv", 8)));
+    ok("PUT", vm, "/api/v1/vms/b", Some(kv("full", 8)));
+
+    // Bad input: each is a 4xx with a fault message, and changes nothing.
+    let before = s.ok("GET", "/api/v1/vms", None);
+    let pool_before = s.ok("GET", "/api/v1/pool", None);
+    let good = kv("pv", 8).to_string();
+    let bad_bodies = [
+        ("{\"mode\": ", "bad request body"),
+        (
+            &good.replace("\"mode\"", "\"nonsense\":1,\"mode\"") as &str,
+            "unknown field",
+        ),
+        (
+            &good.replace("\"vpm_mib\":8", "\"vpm_mib\":100000"),
+            "out of range",
+        ),
+        (
+            &good.replace("\"vpm_mib\":8", "\"vpm_mib\":0"),
+            "out of range",
+        ),
+        (
+            &good.replace("\"vpm_mib\":8", "\"vpm_mib\":-3"),
+            "bad request body",
+        ),
+        (
+            &good.replace("\"dram_mib\":2", "\"dram_mib\":9"),
+            "out of range",
+        ),
+        (&good.replace("\"mode\"", "\"vcpus\":2,\"mode\""), "vcpus"),
+        (
+            &good.replace("\"mode\"", "\"front\":\"qemu\",\"mode\""),
+            "qemu",
+        ),
+    ];
+    for (body, says) in bad_bodies {
+        let msg = s.fault("PUT", "/api/v1/vms/c", Some(body), 400);
+        assert!(msg.contains(says), "{body}: {msg}");
+    }
+    assert!(s
+        .fault("PUT", "/api/v1/vms/a", Some(&good), 409)
+        .contains("exists"));
+    assert!(s
+        .fault("PUT", "/api/v1/vms/a%2Fb", Some(&good), 400)
+        .contains("VM id"));
+    assert!(s
+        .fault("GET", "/api/v1/vms/nope", None, 404)
+        .contains("no VM"));
+    assert!(s
+        .fault("PUT", "/api/v1/vms/nope/boot", None, 404)
+        .contains("no VM"));
+    let msg = s.fault("PUT", "/api/v1/vms/a/pause", None, 409);
+    assert!(msg.contains("is created: cannot pause"), "{msg}");
+    assert!(s
+        .fault("PUT", "/api/v1/vms/a/boot", Some("{\"now\":1}"), 400)
+        .contains("unknown field"));
+    assert!(s
+        .fault("PUT", "/api/v1/vms/a/epoch", None, 409)
+        .contains("cannot"));
+    assert!(s
+        .fault("PUT", "/api/v1/vms/a/snapshot", Some("{}"), 400)
+        .contains("path"));
+    let msg = s.fault(
+        "PUT",
+        "/api/v1/vms/r/restore",
+        Some(&json!({"path": dir.join("missing"), "config": kv("pv", 8)}).to_string()),
+        400,
+    );
+    assert!(msg.contains("open"), "{msg}");
+    s.fault("GET", "/api/v1/nothing", None, 404);
+    s.fault("DELETE", "/api/v1/pool", None, 405);
+    assert_eq!(
+        s.ok("GET", "/api/v1/vms", None),
+        before,
+        "a refused call changed a VM"
+    );
+    assert_eq!(
+        s.ok("GET", "/api/v1/pool", None),
+        pool_before,
+        "a refused call changed the pool"
+    );
+
+    let mut ok = |m: &str, template: &str, path: &str, body: Option<Value>| {
+        covered.insert((m.to_string(), template.to_string()));
+        s.ok(m, path, body)
+    };
+    ok("PUT", "/api/v1/vms/{id}/boot", "/api/v1/vms/a/boot", None);
+    ok(
+        "PUT",
+        "/api/v1/vms/{id}/boot",
+        "/api/v1/vms/b/boot",
+        Some(json!({})),
+    );
+    s.wait_state("a", &["running"], 30);
+    s.wait_state("b", &["running"], 30);
+    let msg = s.fault("PUT", "/api/v1/vms/a/boot", None, 409);
+    assert!(msg.contains("is running: cannot boot"), "{msg}");
+    let e1 = ok("PUT", "/api/v1/vms/{id}/epoch", "/api/v1/vms/a/epoch", None)["epoch"]
+        .as_u64()
+        .unwrap();
+    let e2 = s.ok("PUT", "/api/v1/vms/a/epoch", None)["epoch"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        e2 > e1,
+        "an epoch request commits an epoch ({e1} then {e2})"
+    );
+    ok("PUT", "/api/v1/vms/{id}/pause", "/api/v1/vms/a/pause", None);
+    assert_eq!(s.vm("a")["state"], "paused");
+    ok(
+        "PUT",
+        "/api/v1/vms/{id}/resume",
+        "/api/v1/vms/a/resume",
+        None,
+    );
+    assert_eq!(s.vm("a")["state"], "running");
+    // Metrics while both VMs run.
+    std::thread::sleep(Duration::from_millis(300));
+    let scrape = ok("GET", "/metrics", "/metrics", None);
+    let scrape = scrape.as_str().expect("metrics text");
+    for series in [
+        "vpm_vm_persists_total{vm=\"a\"}",
+        "vpm_vm_epochs_total{vm=\"b\"}",
+        "vpm_vm_epoch_pause_seconds_count{vm=\"a\"}",
+        "vpm_vm_pm_written_bytes_total{vm=\"a\"}",
+        "vpm_vm_up{vm=\"b\"} 1",
+        "vpm_pool_free_bytes",
+    ] {
+        assert!(scrape.contains(series), "no {series} in\n{scrape}");
+    }
+    promtool(scrape);
+
+    let snap = dir.join("a.snap");
+    let info = ok(
+        "PUT",
+        "/api/v1/vms/{id}/snapshot",
+        "/api/v1/vms/a/snapshot",
+        Some(json!({"path": snap})),
+    );
+    assert_eq!(info["bytes"], 8 << 20);
+    ok(
+        "PUT",
+        "/api/v1/vms/{id}/restore",
+        "/api/v1/vms/a2/restore",
+        Some(json!({"path": snap, "config": kv("pv", 8)})),
+    );
+    ok(
+        "PUT",
+        "/api/v1/vms/{id}/shutdown",
+        "/api/v1/vms/a/shutdown",
+        None,
+    );
+    assert_eq!(s.vm("a")["state"], "stopped");
+    let msg = s.fault("PUT", "/api/v1/vms/a/pause", None, 409);
+    assert!(msg.contains("is stopped: cannot pause"), "{msg}");
+    ok("GET", "/api/v1/vms", "/api/v1/vms", None);
+    ok("GET", "/api/v1/pool", "/api/v1/pool", None);
+    ok("GET", vm, "/api/v1/vms/a2", None);
+    ok("DELETE", vm, "/api/v1/vms/b", None);
+    s.fault("GET", "/api/v1/vms/b", None, 404);
+    assert_eq!(
+        covered,
+        openapi(),
+        "every OpenAPI path and method is exercised"
+    );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("serve API test: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+fn witness_max(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn last_committed_record(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+fn wait_lines(path: &Path, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while std::fs::read_to_string(path).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no epoch witnessed in {} after {secs} s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a checker VM `id` on the recovered tenant and returns its report.
+fn check(s: &Serve, id: &str, mode: &str, vpm_mib: u64, args: Value) -> Value {
+    s.ok(
+        "PUT",
+        &format!("/api/v1/vms/{id}"),
+        Some(
+            json!({"mode": mode, "vpm_mib": vpm_mib, "log_mib": 1, "dram_mib": 2, "epoch_ms": 0,
+                    "hints": false, "workload": {"kind": "seq-check", "args": args}}),
+        ),
+    );
+    s.ok("PUT", &format!("/api/v1/vms/{id}/boot"), None);
+    let v = s.wait_state(id, &["stopped", "failed"], 60);
+    assert_eq!(v["state"], "stopped", "checker {id}: {v}");
+    v["result"]["report"].clone()
+}
+
+#[test]
+fn serve_runs_many_vms_and_recovers_all_after_kill_9() {
+    need_kvm();
+    let t0 = Instant::now();
+    let dir = scratch("many");
+    // Witnesses live outside the pool's directory.
+    let wdir = dir.join("witnesses");
+    std::fs::create_dir_all(&wdir).unwrap();
+    let s = start(&dir);
+    let pv_w = wdir.join("pv.acked");
+    let pv_e = wdir.join("pv.epochs");
+    let full_e = wdir.join("full.epochs");
+    let writer = |mode: &str, args: Value, w: Option<&Path>, e: &Path| {
+        json!({"mode": mode, "vpm_mib": 24, "dram_mib": 2, "log_mib": 1, "epoch_ms": 20,
+               "workload": {"kind": "seq-writer", "args": args},
+               "witness": w, "epoch_witness": e})
+    };
+    // 24 + 24 + 16 + 2 MiB of vPM (and 24 more restored) on a 64 MiB pool.
+    s.ok(
+        "PUT",
+        "/api/v1/vms/pv",
+        Some(writer("pv", json!([0, 8]), Some(&pv_w), &pv_e)),
+    );
+    s.ok(
+        "PUT",
+        "/api/v1/vms/full",
+        Some(writer("full", json!([]), None, &full_e)),
+    );
+    s.ok("PUT", "/api/v1/vms/direct", Some(kv("direct", 16)));
+    // A VM whose VMM fails at boot (its witness cannot be opened): the others keep running.
+    let mut broken = kv("pv", 2);
+    broken["witness"] = json!(dir.join("no-such-dir/w"));
+    s.ok("PUT", "/api/v1/vms/broken", Some(broken));
+    for id in ["pv", "full", "direct", "broken"] {
+        s.ok("PUT", &format!("/api/v1/vms/{id}/boot"), None);
+    }
+    let pool = s.ok("GET", "/api/v1/pool", None);
+    assert!(pool["size_bytes"].as_u64().unwrap() < (24 + 24 + 16 + 2) << 20);
+    let b = s.wait_state("broken", &["failed"], 30);
+    assert!(
+        b["result"]["error"].as_str().unwrap().contains("witness"),
+        "{b}"
+    );
+    wait_lines(&pv_e, 60);
+    wait_lines(&full_e, 60);
+    for id in ["pv", "full", "direct"] {
+        assert_eq!(s.vm(id)["state"], "running", "{id} after another VM failed");
+    }
+
+    // Pause and resume one: held, its guest makes no progress, then runs on.
+    s.ok("PUT", "/api/v1/vms/direct/pause", None);
+    std::thread::sleep(Duration::from_millis(50));
+    let exits = |v: &Value| v["stats"]["io_exits"].as_u64().unwrap();
+    let a = exits(&s.vm("direct"));
+    std::thread::sleep(Duration::from_millis(200));
+    let v = s.vm("direct");
+    assert_eq!(
+        (v["state"].as_str(), exits(&v)),
+        (Some("paused"), a),
+        "a paused VM ran"
+    );
+    s.ok("PUT", "/api/v1/vms/direct/resume", None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while exits(&s.vm("direct")) == a {
+        assert!(Instant::now() < deadline, "the resumed VM made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Snapshot a running VM, restore it as a new VM: the same vPM byte for byte, and the
+    // restored image passes the point-in-time check.
+    let snap = dir.join("full.snap");
+    let info = s.ok(
+        "PUT",
+        "/api/v1/vms/full/snapshot",
+        Some(json!({"path": snap})),
+    );
+    assert!(info["epoch"].as_u64().unwrap() > 0, "{info}");
+    let copy_cfg = json!({"mode": "full", "vpm_mib": 24, "dram_mib": 2, "log_mib": 1,
+                          "epoch_ms": 0, "workload": {"kind": "seq-check", "args": [0]}});
+    s.ok(
+        "PUT",
+        "/api/v1/vms/copy/restore",
+        Some(json!({"path": snap, "config": copy_cfg})),
+    );
+    let snap2 = dir.join("copy.snap");
+    s.ok(
+        "PUT",
+        "/api/v1/vms/copy/snapshot",
+        Some(json!({"path": snap2})),
+    );
+    assert!(
+        payload(&snap) == payload(&snap2),
+        "the restored vPM differs from the snapshot"
+    );
+    s.ok("PUT", "/api/v1/vms/copy/boot", None);
+    let v = s.wait_state("copy", &["stopped", "failed"], 60);
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert_eq!(v["result"]["report"]["errors"], 0, "{v}");
+    assert!(
+        v["result"]["report"]["values"][0].as_u64().unwrap() > 0,
+        "{v}"
+    );
+
+    // Delete one: gone from the service and the pool.
+    s.ok("DELETE", "/api/v1/vms/direct", None);
+    s.fault("GET", "/api/v1/vms/direct", None, 404);
+    let pool = s.ok("GET", "/api/v1/pool", None);
+    assert!(!pool.to_string().contains("\"direct\""), "{pool}");
+
+    // kill -9 of the service while pv and full write.
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(s.vm("pv")["state"], "running");
+    assert_eq!(s.vm("full")["state"], "running");
+    drop(s);
+    let acked = witness_max(&pv_w);
+    let committed = last_committed_record(&full_e);
+    assert!(
+        acked > 0 && committed > 0,
+        "acked {acked}, committed {committed}"
+    );
+
+    // Restart on the same pool: the tenants are there; each VM's data is checked.
+    let s = start(&dir);
+    let pool = s.ok("GET", "/api/v1/pool", None);
+    let names: BTreeSet<&str> = pool["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["broken", "copy", "full", "pv"]),
+        "{pool}"
+    );
+    let r = check(&s, "pv", "pv", 24, json!([1, acked]));
+    assert_eq!(r["errors"], 0, "pv: {r}");
+    assert!(
+        r["values"][0].as_u64().unwrap() >= acked,
+        "pv lost acknowledged records: {r}"
+    );
+    let r = check(&s, "full", "full", 24, json!([0]));
+    assert_eq!(r["errors"], 0, "full: {r}");
+    assert!(
+        r["values"][0].as_u64().unwrap() >= committed,
+        "full went back past its last commit: {r}"
+    );
+    let r = check(&s, "copy", "full", 24, json!([0]));
+    assert_eq!(r["errors"], 0, "copy: {r}");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "serve scenario: acked {acked}, committed {committed}; {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
