@@ -317,7 +317,6 @@ fn serve_runs_many_vms_and_recovers_all_after_kill_9() {
 
     // Pause and resume one: held, its guest makes no progress, then runs on.
     s.ok("PUT", "/api/v1/vms/direct/pause", None);
-    std::thread::sleep(Duration::from_millis(50));
     let exits = |v: &Value| v["stats"]["io_exits"].as_u64().unwrap();
     let a = exits(&s.vm("direct"));
     std::thread::sleep(Duration::from_millis(200));

@@ -159,7 +159,7 @@ async fn boot(State(s): State<AppState>, Path(id): Path<String>, b: Bytes) -> Re
 
 async fn pause(State(s): State<AppState>, Path(id): Path<String>, b: Bytes) -> Reply {
     no_body(&b)?;
-    s.pause(&id)?;
+    s.pause(&id).await?;
     no_content()
 }
 

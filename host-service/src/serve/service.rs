@@ -154,9 +154,17 @@ impl Service {
         })
     }
 
-    /// Holds VM `id`'s vCPU (running → paused).
-    pub fn pause(&self, id: &str) -> Result<(), VmsError> {
-        self.live(id, "pause", VmState::Running)?.hold();
+    /// Holds VM `id`'s vCPU (running → paused) and waits until it is parked.
+    pub async fn pause(&self, id: &str) -> Result<(), VmsError> {
+        let control = self.live(id, "pause", VmState::Running)?;
+        control.hold();
+        let deadline = Instant::now() + PARKED_TIMEOUT;
+        while !control.is_parked() {
+            if control.running().is_none() || Instant::now() > deadline {
+                return Err(VmsError::Ended(id.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         Ok(())
     }
 

@@ -15,6 +15,7 @@ pub type ParkedJob = Box<dyn FnOnce(&VmContext) + Send>;
 #[derive(Default)]
 pub struct VmControl {
     held: AtomicBool,
+    parked: AtomicBool,
     stop: AtomicBool,
     jobs: Mutex<Vec<ParkedJob>>,
     running: Mutex<Option<Arc<VmContext>>>,
@@ -43,6 +44,16 @@ impl VmControl {
     /// Whether the vCPU is to be held.
     pub fn is_held(&self) -> bool {
         self.held.load(Ordering::Acquire)
+    }
+
+    /// Whether the hold has taken effect: the vCPU is parked (it runs no guest code until
+    /// released).
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_parked(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Release);
     }
 
     /// Asks the controller to stop the VM (a final epoch commits in the tiered modes).

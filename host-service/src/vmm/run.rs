@@ -36,6 +36,7 @@ pub fn run_vm_controlled(
     control.set_running(Some(vm.clone()));
     let r = run_built(spec, vm, vcpu, control);
     control.set_running(None);
+    control.set_parked(false);
     r
 }
 
@@ -201,10 +202,12 @@ fn control_loop(
         }
         if control.is_held() != holding {
             if holding {
+                control.set_parked(false);
                 vm.pause.resume();
                 holding = false;
             } else if vm.pause.pause(|| vm.kick(thread)) {
                 holding = true;
+                control.set_parked(true);
             } else {
                 return Ok(());
             }
