@@ -421,3 +421,83 @@ fn serve_runs_many_vms_and_recovers_all_after_kill_9() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+fn acked_in(console: &Path) -> u64 {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("ACKED ")?.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn serve_runs_linux_guests_under_qemu_beside_a_kvm_vm_and_recovers_them_after_kill_9() {
+    need_kvm();
+    let (kernel, initrd) = serve_support::linux_guest();
+    let t0 = Instant::now();
+    let dir = scratch("qemu");
+    let s = start(&dir);
+    let linux = |vpmtest: &str| {
+        json!({"front": "qemu", "mode": "pv", "vpm_mib": 64, "log_mib": 1,
+               "qemu": {"kernel": kernel, "initrd": initrd, "vpmtest": vpmtest,
+                        "append": "vpmprog=vpmtest", "timeout_s": 90}})
+    };
+    s.ok("PUT", "/api/v1/vms/k", Some(kv("pv", 16)));
+    s.ok("PUT", "/api/v1/vms/basic", Some(linux("basic")));
+    s.ok("PUT", "/api/v1/vms/writer", Some(linux("writer")));
+    for id in ["k", "basic", "writer"] {
+        s.ok("PUT", &format!("/api/v1/vms/{id}/boot"), None);
+    }
+    let msg = s.fault("PUT", "/api/v1/vms/writer/pause", None, 409);
+    assert!(msg.contains("runs under QEMU"), "{msg}");
+    let v = s.wait_state("basic", &["stopped", "failed"], 120);
+    let console = v["result"]["console_tail"].as_str().unwrap_or("");
+    assert!(
+        v["result"]["exited"] == true && console.contains("VPMTEST basic OK"),
+        "{v}"
+    );
+    let console = dir.join("pool/writer.console");
+    let start_wait = Instant::now();
+    while acked_in(&console) < 64 {
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(120),
+            "the Linux writer never got going"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.vm("k")["state"], "running");
+    assert_eq!(s.vm("writer")["state"], "running");
+    let scrape = s.ok("GET", "/metrics", None);
+    promtool(scrape.as_str().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+
+    // kill -9 of the service: its QEMU goes with it, and the acknowledged records survive.
+    drop(s);
+    let acked = acked_in(&console);
+    let gone = Instant::now();
+    let ram = dir.join("pool/writer.ram").display().to_string();
+    while serve_support::processes_mentioning(&ram) > 0 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "QEMU outlived the killed service"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = start(&dir);
+    s.ok(
+        "PUT",
+        "/api/v1/vms/writer",
+        Some(linux(&format!("check,{acked}"))),
+    );
+    s.ok("PUT", "/api/v1/vms/writer/boot", None);
+    let v = s.wait_state("writer", &["stopped", "failed"], 120);
+    let out = v["result"]["console_tail"].as_str().unwrap_or("");
+    assert!(out.contains("VPMTEST check OK"), "acked {acked}: {v}");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "serve with QEMU: {acked} acknowledged records survived; {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}

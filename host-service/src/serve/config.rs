@@ -10,6 +10,7 @@ use vpm_abi::PAGE_SIZE;
 
 use crate::pool::media::NAME_LEN;
 use crate::pool::TenantConfig;
+use crate::qemu::QemuSpec;
 use crate::vmm::{DoorbellKind, Mode, VmSpec};
 
 /// Largest vPM of one VM, MiB (the test guest's vPM window).
@@ -37,9 +38,14 @@ pub enum ConfigError {
     /// More than one vCPU.
     #[error("vcpus = {0}: this service runs single-vCPU VMs only (vcpus must be 1)")]
     Vcpus(u32),
-    /// The QEMU front is not served by `vpm serve` yet.
-    #[error("front \"qemu\" is not served by vpm serve yet (use front \"kvm\"; `vpm qemu` runs a Linux guest)")]
-    QemuFront,
+    /// A field the front needs is missing, or one it does not take is given.
+    #[error("front {front}: {what}")]
+    Front {
+        /// The front.
+        front: &'static str,
+        /// What is wrong.
+        what: &'static str,
+    },
     /// Too many workload arguments.
     #[error("workload.args has {0} numbers, at most {MAX_WORKLOAD_ARGS} are allowed")]
     TooManyArgs(usize),
@@ -58,7 +64,7 @@ pub enum Front {
     /// VPM's own KVM VMM with the test guest.
     #[default]
     Kvm,
-    /// QEMU with a Linux guest (not served yet).
+    /// QEMU (TCG) with a Linux guest and vpm.ko; para-virtual mode only.
     Qemu,
 }
 
@@ -166,6 +172,38 @@ fn default_vcpus() -> u32 {
     1
 }
 
+fn default_vpmtest() -> String {
+    "basic".into()
+}
+
+fn default_timeout_s() -> u64 {
+    120
+}
+
+/// The Linux guest of the `qemu` front.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuConfig {
+    /// Guest kernel (bzImage), a host path.
+    pub kernel: PathBuf,
+    /// Initramfs (guest-driver/build-guest.sh makes one with vpm.ko and vpmtest).
+    pub initrd: PathBuf,
+    /// What the in-guest vpmtest runs.
+    #[serde(default = "default_vpmtest")]
+    pub vpmtest: String,
+    /// Extra kernel command line.
+    #[serde(default)]
+    pub append: String,
+    /// QEMU is stopped after this many seconds.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+}
+
+/// Guest RAM of a QEMU VM, MiB, and where vPM starts in it.
+pub const QEMU_RAM_MIB: u64 = 512;
+/// Offset of vPM in a QEMU guest's RAM, MiB.
+pub const QEMU_VPM_OFFSET_MIB: u64 = 384;
+
 /// A VM as the API creates it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,8 +230,12 @@ pub struct VmConfig {
     /// Epoch interval, ms (0: only on request and at shutdown).
     #[serde(default = "default_epoch_ms")]
     pub epoch_ms: u64,
-    /// The guest's workload.
-    pub workload: WorkloadConfig,
+    /// The test guest's workload (front `kvm`; required there).
+    #[serde(default)]
+    pub workload: Option<WorkloadConfig>,
+    /// The Linux guest (front `qemu`; required there).
+    #[serde(default)]
+    pub qemu: Option<QemuConfig>,
     /// Persistence hints (default: on except in full mode).
     #[serde(default)]
     pub hints: Option<bool>,
@@ -239,13 +281,37 @@ pub fn check_id(id: &str) -> Result<(), ConfigError> {
 impl VmConfig {
     /// Checks every field's bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.front == Front::Qemu {
-            return Err(ConfigError::QemuFront);
+        let front = |what| {
+            Err(ConfigError::Front {
+                front: if self.front == Front::Qemu {
+                    "qemu"
+                } else {
+                    "kvm"
+                },
+                what,
+            })
+        };
+        match self.front {
+            Front::Kvm if self.workload.is_none() => return front("give a workload"),
+            Front::Kvm if self.qemu.is_some() => return front("takes no qemu section"),
+            Front::Qemu if self.qemu.is_none() => return front("give a qemu section"),
+            Front::Qemu if self.workload.is_some() => return front("takes no workload"),
+            Front::Qemu if self.mode != ModeName::Pv => {
+                return front("serves para-virtual guests only (mode pv)")
+            }
+            _ => {}
         }
         if self.vcpus != 1 {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
-        check("vpm_mib", self.vpm_mib, 1, MAX_VPM_MIB)?;
+        let max_vpm = match self.front {
+            Front::Kvm => MAX_VPM_MIB,
+            Front::Qemu => QEMU_RAM_MIB - QEMU_VPM_OFFSET_MIB,
+        };
+        check("vpm_mib", self.vpm_mib, 1, max_vpm)?;
+        if let Some(q) = &self.qemu {
+            check("qemu.timeout_s", q.timeout_s, 1, MAX_EPOCH_MS / 1000)?;
+        }
         check("dram_mib", self.dram_mib, 0, self.vpm_mib)?;
         if let Some(q) = self.pm_quota_mib {
             check("pm_quota_mib", q, 0, self.vpm_mib)?;
@@ -254,8 +320,12 @@ impl VmConfig {
             check("log_mib", l, 1, self.vpm_mib.max(1))?;
         }
         check("epoch_ms", self.epoch_ms, 0, MAX_EPOCH_MS)?;
-        if self.workload.args.len() > MAX_WORKLOAD_ARGS {
-            return Err(ConfigError::TooManyArgs(self.workload.args.len()));
+        if let Some(w) = self
+            .workload
+            .as_ref()
+            .filter(|w| w.args.len() > MAX_WORKLOAD_ARGS)
+        {
+            return Err(ConfigError::TooManyArgs(w.args.len()));
         }
         if let Some(s) = self.seconds {
             if !s.is_finite() || s < 0.0 || s > MAX_EPOCH_MS as f64 / 1000.0 {
@@ -282,16 +352,37 @@ impl VmConfig {
         (self.vpm_mib << 20) / PAGE_SIZE
     }
 
-    /// The VM spec of VM `id`, its working files in `work_dir`.
+    /// The QEMU spec of VM `id` (front `qemu`), its files in `work_dir`.
+    pub fn qemu_spec(&self, id: &str, work_dir: PathBuf) -> Option<QemuSpec> {
+        let q = self.qemu.as_ref()?;
+        Some(QemuSpec {
+            state: work_dir,
+            name: id.to_string(),
+            kernel: q.kernel.clone(),
+            initrd: q.initrd.clone(),
+            append: format!("vpmtest={} {}", q.vpmtest.replace(' ', ","), q.append),
+            ram_mib: QEMU_RAM_MIB,
+            vpm_offset_mib: QEMU_VPM_OFFSET_MIB,
+            timeout: Duration::from_secs(q.timeout_s),
+        })
+    }
+
+    /// The VM spec of VM `id` (front `kvm`), its working files in `work_dir`.
     pub fn spec(&self, id: &str, work_dir: PathBuf) -> VmSpec {
         let mode: Mode = self.mode.into();
         let hints = self.hints.unwrap_or(mode != Mode::Full);
+        let w = self.workload.clone().unwrap_or(WorkloadConfig {
+            kind: WorkloadName::Kv,
+            args: Vec::new(),
+            seed: 1,
+            transient_hints: false,
+        });
         let mut arg = [0u64; MAX_WORKLOAD_ARGS];
-        for (slot, v) in arg.iter_mut().zip(&self.workload.args) {
+        for (slot, v) in arg.iter_mut().zip(&w.args) {
             *slot = *v;
         }
         let flags = if hints { FLAG_PV } else { 0 }
-            | if self.workload.transient_hints {
+            | if w.transient_hints {
                 FLAG_TRANSIENT_HINTS
             } else {
                 0
@@ -305,9 +396,9 @@ impl VmConfig {
             migrate_pages: 0,
             params: BootParams {
                 magic: BOOT_MAGIC,
-                workload: Workload::from(self.workload.kind) as u32,
+                workload: Workload::from(w.kind) as u32,
                 flags,
-                seed: self.workload.seed,
+                seed: w.seed,
                 arg,
                 ..BootParams::default()
             },
@@ -354,12 +445,28 @@ mod tests {
             r#"{"mode":"pv","vpm_mib":16,"dram_mib":17,"workload":{"kind":"kv"}}"#,
             r#"{"mode":"pv","vpm_mib":16,"vcpus":2,"workload":{"kind":"kv"}}"#,
             r#"{"mode":"pv","vpm_mib":16,"front":"qemu","workload":{"kind":"kv"}}"#,
+            r#"{"mode":"full","vpm_mib":16,"front":"qemu","qemu":{"kernel":"k","initrd":"i"}}"#,
+            r#"{"mode":"pv","vpm_mib":256,"front":"qemu","qemu":{"kernel":"k","initrd":"i"}}"#,
+            r#"{"mode":"pv","vpm_mib":16}"#,
             r#"{"mode":"pv","vpm_mib":16,"seconds":-1,"workload":{"kind":"kv"}}"#,
             r#"{"mode":"pv","vpm_mib":16,"workload":{"kind":"kv","args":[1,2,3,4,5,6,7]}}"#,
         ];
         for b in bad {
             assert!(parse(b).unwrap().validate().is_err(), "accepted {b}");
         }
+    }
+
+    #[test]
+    fn a_qemu_vm_takes_a_linux_guest() {
+        let c = parse(r#"{"front":"qemu","mode":"pv","vpm_mib":64,"qemu":{"kernel":"k","initrd":"i","vpmtest":"writer 5"}}"#)
+            .unwrap();
+        c.validate().unwrap();
+        let q = c.qemu_spec("l", PathBuf::from("/tmp")).unwrap();
+        assert!(q.append.starts_with("vpmtest=writer,5 "), "{}", q.append);
+        assert!(parse(
+            r#"{"front":"qemu","mode":"pv","vpm_mib":64,"qemu":{"kernel":"k","initrd":"i","x":1}}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl From<VmsError> for Fault {
             | VmsError::WrongState { .. }
             | VmsError::AddTenant { .. }
             | VmsError::DramBudget { .. }
+            | VmsError::Unsupported { .. }
             | VmsError::Ended(_) => StatusCode::CONFLICT,
             VmsError::Pool { .. } | VmsError::Snapshot(_) | VmsError::Spawn { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR

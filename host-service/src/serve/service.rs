@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::config::{check_id, VmConfig};
+use super::config::{check_id, Front, VmConfig};
 use super::snapshot::Image;
 use super::vms::{self, Vm, VmState, VmTable, VmsError};
 use crate::pool::Pool;
@@ -142,6 +142,12 @@ impl Service {
 
     fn live(&self, id: &str, op: &'static str, want: VmState) -> Result<Arc<VmControl>, VmsError> {
         self.with_vm(id, |vm| {
+            if vm.config.front == Front::Qemu {
+                return Err(VmsError::Unsupported {
+                    id: id.to_string(),
+                    op,
+                });
+            }
             let state = vm.state();
             match vm.live_control() {
                 Some(c) if state == want => Ok(c),
@@ -224,7 +230,10 @@ impl Service {
         id: &str,
         job: impl FnOnce(&crate::vmm::VmContext) -> T + Send + 'static,
     ) -> Result<Option<T>, VmsError> {
-        let control = self.with_vm(id, |vm| Ok(vm.live_control()))?;
+        // QEMU guests have no parked jobs: their committed vPM is what the pool holds.
+        let control = self.with_vm(id, |vm| {
+            Ok(vm.live_control().filter(|_| vm.config.front == Front::Kvm))
+        })?;
         let Some(control) = control else {
             return Ok(None);
         };
@@ -242,6 +251,12 @@ impl Service {
     /// tenant's committed epoch.
     pub async fn epoch(&self, id: &str) -> Result<u64, VmsError> {
         let (state, tiered) = self.with_vm(id, |vm| {
+            if vm.config.front == Front::Qemu {
+                return Err(VmsError::Unsupported {
+                    id: id.to_string(),
+                    op: "take an epoch of",
+                });
+            }
             Ok((vm.state(), crate::vmm::Mode::from(vm.config.mode).tiered()))
         })?;
         if !tiered || !matches!(state, VmState::Running | VmState::Paused) {

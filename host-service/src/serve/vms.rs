@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::config::{ConfigError, VmConfig};
 use super::snapshot::SnapshotError;
 use crate::pool::{Pool, PoolError};
+use crate::qemu::{run_qemu_controlled, QemuOutcome};
 use crate::vmm::{run_vm_controlled, GuestReportExt, VmControl, VmOutcome, VmStats, VmmError};
 
 /// Errors of VM operations; each maps to an HTTP status (see `routes`).
@@ -86,6 +87,14 @@ pub enum VmsError {
         /// What is left.
         left_mib: u64,
     },
+    /// The VM's front does not do this.
+    #[error("VM {id:?} runs under QEMU: cannot {op} it (the qemu front boots, shuts down, snapshots and deletes)")]
+    Unsupported {
+        /// The VM.
+        id: String,
+        /// The operation.
+        op: &'static str,
+    },
     /// The VM ended before a request to it was served.
     #[error("VM {0:?} ended before the request was served")]
     Ended(String),
@@ -121,6 +130,8 @@ impl std::fmt::Display for VmState {
 pub enum RunEnd {
     /// The VMM ran the guest to its end.
     Finished(Box<VmOutcome>),
+    /// QEMU ran the Linux guest until it powered off (`exited`) or was stopped.
+    Qemu(Box<QemuOutcome>),
     /// The VMM failed (the chain of its error).
     Failed(String),
 }
@@ -156,7 +167,7 @@ impl Vm {
         match &*run.end.lock().expect("end") {
             Some(RunEnd::Finished(o)) if o.exit == crate::vmm::ExitKind::Failed => VmState::Failed,
             Some(RunEnd::Finished(o)) if o.report.errors > 0 => VmState::Failed,
-            Some(RunEnd::Finished(_)) => VmState::Stopped,
+            Some(RunEnd::Finished(_) | RunEnd::Qemu(_)) => VmState::Stopped,
             Some(RunEnd::Failed(_)) => VmState::Failed,
             None if run.control.stop_requested() => VmState::ShuttingDown,
             None if run.control.is_held() => VmState::Paused,
@@ -201,6 +212,11 @@ impl Vm {
                         "message": o.report.message_text(),
                     },
                 })),
+                Some(RunEnd::Qemu(q)) => Some(serde_json::json!({
+                    "exited": q.exited,
+                    "stats": q.stats,
+                    "console_tail": console_tail(&q.console),
+                })),
                 Some(RunEnd::Failed(e)) => Some(serde_json::json!({ "error": e })),
                 None => None,
             });
@@ -221,6 +237,15 @@ impl Vm {
             "result": end,
         })
     }
+}
+
+/// The last lines of a console log (at most 4 KiB).
+fn console_tail(console: &str) -> &str {
+    let mut start = console.len().saturating_sub(4096);
+    while !console.is_char_boundary(start) {
+        start += 1;
+    }
+    &console[start..]
 }
 
 /// The VMs by id.
@@ -260,7 +285,8 @@ pub fn boot(
     pool: &Arc<Mutex<Pool>>,
     work_dir: PathBuf,
 ) -> Result<(), VmsError> {
-    let spec = vm.config.spec(id, work_dir);
+    let spec = vm.config.spec(id, work_dir.clone());
+    let qemu = vm.config.qemu_spec(id, work_dir);
     let control = Arc::new(VmControl::default());
     let end = Arc::new(Mutex::new(None));
     let (c, e, p, tenant) = (control.clone(), end.clone(), pool.clone(), vm.tenant);
@@ -268,11 +294,18 @@ pub fn boot(
     let handle = std::thread::Builder::new()
         .name(format!("vpm-vm-{id}"))
         .spawn(move || {
-            let r: Result<VmOutcome, VmmError> = run_vm_controlled(&spec, p, tenant, &c);
+            let r: Result<RunEnd, VmmError> = match qemu {
+                Some(q) => {
+                    run_qemu_controlled(&q, p, tenant, &c).map(|o| RunEnd::Qemu(Box::new(o)))
+                }
+                None => {
+                    run_vm_controlled(&spec, p, tenant, &c).map(|o| RunEnd::Finished(Box::new(o)))
+                }
+            };
             let ended = match r {
                 Ok(o) => {
-                    tracing::info!(vm = %name, exit = ?o.exit, errors = o.report.errors, "VM ended");
-                    RunEnd::Finished(Box::new(o))
+                    tracing::info!(vm = %name, "VM ended");
+                    o
                 }
                 Err(err) => {
                     let text = crate::error_chain(&err);

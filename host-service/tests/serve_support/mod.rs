@@ -192,3 +192,37 @@ pub fn kv(mode: &str, vpm_mib: u64) -> Value {
     json!({"mode": mode, "vpm_mib": vpm_mib, "dram_mib": 2, "log_mib": 1, "epoch_ms": 20,
            "workload": {"kind": "kv", "args": [100_000_000u64]}, "seconds": 60})
 }
+
+/// Builds vpm.ko, vpmtest and the initramfs (guest-driver/build-guest.sh, cached) and returns
+/// the kernel and initramfs paths.
+pub fn linux_guest() -> (String, String) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .arg(repo.join("guest-driver/build-guest.sh"))
+        .env("VPM_GUEST_OUT", repo.join("target/guest-test"))
+        .output()
+        .expect("run guest-driver/build-guest.sh");
+    assert!(
+        out.status.success(),
+        "building the Linux guest failed (run tests/setup/install-deps.sh and \
+         guest-driver/kernel/build-kernel.sh first):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("build-guest.sh printed no {k}"))
+            .to_string()
+    };
+    (get("KERNEL_BZIMAGE"), get("INITRAMFS"))
+}
+
+/// Processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(needle))
+        .count()
+}
