@@ -21,7 +21,17 @@ fn serve_api_covers_every_path_refuses_bad_input_and_metrics_pass_promtool() {
     need_kvm();
     let t0 = Instant::now();
     let dir = scratch("api");
-    let s = start(&dir);
+    let lines = dir.join("metrics.ndjson");
+    let lines_arg = lines.display().to_string();
+    let s = serve_support::start_with(
+        &dir,
+        &[
+            "--metrics-ndjson",
+            &lines_arg,
+            "--metrics-interval-ms",
+            "50",
+        ],
+    );
     let mode = std::fs::metadata(&s.socket).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(mode.mode() & 0o777, 0o600, "the socket is 0600");
@@ -214,6 +224,20 @@ fn serve_api_covers_every_path_refuses_bad_input_and_metrics_pass_promtool() {
         covered,
         openapi(),
         "every OpenAPI path and method is exercised"
+    );
+    // The NDJSON metrics file: one JSON object a line, VM a among them while it ran.
+    let text = std::fs::read_to_string(&lines).expect("NDJSON metrics file");
+    let parsed: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an NDJSON line"))
+        .collect();
+    assert!(parsed.len() >= 3, "{text}");
+    assert!(
+        parsed
+            .iter()
+            .any(|v| v["vms"]["a"]["state"] == "running"
+                && v["vms"]["a"]["persists"].as_u64() > Some(0)),
+        "{text}"
     );
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);

@@ -29,6 +29,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", allow_hyphen_values = true, default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=MAX_MIB))]
     pub pm_mib: u64,
+    /// Append one NDJSON line of metrics to FILE every --metrics-interval-ms.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_ndjson: Option<PathBuf>,
+    /// Interval of the NDJSON metrics lines, ms.
+    #[arg(long, value_name = "N", allow_hyphen_values = true, default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub metrics_interval_ms: u64,
 }
 
 /// Runs the service until SIGTERM or SIGINT.
@@ -40,6 +47,8 @@ pub fn run(a: &ServeArgs) -> Result<(), CliError> {
         socket: a.socket.clone(),
         work_dir: a.pool.clone(),
         dram_budget_bytes: a.dram_mib.map(|m| m << 20),
+        metrics_ndjson: a.metrics_ndjson.clone(),
+        metrics_interval: std::time::Duration::from_millis(a.metrics_interval_ms),
     };
     serve::run(pool, t0.elapsed(), &opts).map_err(CliError::Serve)?;
     drop(state);

@@ -4,12 +4,13 @@
 //!
 //! By concern: [`config`] is the VM configuration the API takes; [`vms`] the VMs and their
 //! states; [`service`] the operations; [`snapshot`] the vPM image files; [`routes`] the HTTP
-//! side; [`metrics`] the exposition; [`socket`] the listening socket; [`client`] the client of
+//! side; [`metrics`] the exposition; [`ndjson`] the periodic metrics line; [`socket`] the listening socket; [`client`] the client of
 //! `vpm ctl`.
 
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod ndjson;
 pub mod routes;
 pub mod service;
 pub mod snapshot;
@@ -49,6 +50,10 @@ pub struct ServeOptions {
     pub work_dir: PathBuf,
     /// DRAM budget of all VMs together, bytes (`None`: no limit).
     pub dram_budget_bytes: Option<u64>,
+    /// Append an NDJSON metrics line to this file every `metrics_interval`.
+    pub metrics_ndjson: Option<PathBuf>,
+    /// Interval of the NDJSON metrics lines.
+    pub metrics_interval: Duration,
 }
 
 /// Serves `pool` until SIGTERM or SIGINT; then stops every VM (their final epochs commit) and
@@ -77,6 +82,10 @@ pub fn run(pool: Pool, recovery: Duration, opts: &ServeOptions) -> Result<(), Se
             })?;
         tracing::info!(socket = %opts.socket.display(), "vpm serve listening");
         eprintln!("vpm serve: listening on {}", opts.socket.display());
+        let lines = opts.metrics_ndjson.clone().map(|path| {
+            let (s, every) = (service.clone(), opts.metrics_interval);
+            tokio::spawn(async move { ndjson::write_every(s, &path, every).await })
+        });
         axum::serve(listener, routes::router(service.clone()))
             .with_graceful_shutdown(stop_signal())
             .await
@@ -84,6 +93,9 @@ pub fn run(pool: Pool, recovery: Duration, opts: &ServeOptions) -> Result<(), Se
                 what: "serve",
                 source,
             })?;
+        if let Some(task) = lines {
+            task.abort();
+        }
         service.stop_all().await;
         Ok(())
     });

@@ -51,8 +51,14 @@ pub fn serve_args(dir: &Path, pool: &str) -> Vec<String> {
 
 /// Starts `vpm serve` on `dir/pool` and waits until it answers.
 pub fn start(dir: &Path) -> Serve {
+    start_with(dir, &[])
+}
+
+/// [`start`] with more options.
+pub fn start_with(dir: &Path, extra: &[&str]) -> Serve {
     let child = vpm()
         .args(serve_args(dir, "pool"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
