@@ -395,6 +395,11 @@ fn serve_runs_many_vms_and_recovers_all_after_kill_9() {
     // Delete one: gone from the service and the pool.
     s.ok("DELETE", "/api/v1/vms/direct", None);
     s.fault("GET", "/api/v1/vms/direct", None, 404);
+    assert!(
+        dir.join("pool/full.work").exists(),
+        "a tiered VM's working copy"
+    );
+    assert!(!dir.join("pool/direct.work").exists() && !dir.join("pool/direct.ram").exists());
     let pool = s.ok("GET", "/api/v1/pool", None);
     assert!(!pool.to_string().contains("\"direct\""), "{pool}");
 

@@ -229,6 +229,20 @@ mod tests {
             &["soak", "--kind", "all"],
             &["soak", "--trials", "-1"],
             &["pool-info", "--mode", "pv"],
+            &["serve", "--pool", "/tmp/p"],
+            &["serve", "--socket", "/tmp/s"],
+            &["serve", "--socket", "s", "--pool", "p", "--pm-mib", "0"],
+            &[
+                "serve",
+                "--socket",
+                "s",
+                "--pool",
+                "p",
+                "--metrics-interval-ms",
+                "1",
+            ],
+            &["ctl", "--socket", "s", "post", "/api/v1/vms"],
+            &["ctl", "get", "/api/v1/vms"],
         ] {
             assert!(parse(bad).is_err(), "accepted {bad:?}");
         }
@@ -286,6 +300,31 @@ mod tests {
         assert_eq!(g.seconds, Some(1.5));
         assert_eq!(g.args.unwrap().0, [0, 8]);
         assert!(parse(&["run", "--state", "/tmp/y"]).is_ok());
+        assert!(parse(&[
+            "serve",
+            "--socket",
+            "/tmp/s",
+            "--pool",
+            "/tmp/p",
+            "--pm-mib",
+            "64",
+            "--dram-mib",
+            "16",
+            "--metrics-ndjson",
+            "/tmp/m",
+            "--metrics-interval-ms",
+            "500"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "ctl",
+            "--socket",
+            "/tmp/s",
+            "put",
+            "/api/v1/vms/a/boot",
+            "{}"
+        ])
+        .is_ok());
         assert!(parse(&["pool-info", "--state", "/tmp/y"]).is_ok());
         assert!(parse(&["soak", "--trials", "3", "--kind", "pv", "--dir", "/tmp/z"]).is_ok());
         assert!(parse(&[

@@ -213,6 +213,10 @@ impl Service {
         let vm = t
             .remove(id)
             .ok_or_else(|| VmsError::Unknown(id.to_string()))?;
+        // The VM's own files (working copy, QEMU RAM, socket, console) go with it.
+        for suffix in ["work", "ram", "sock", "console"] {
+            let _ = std::fs::remove_file(self.work_dir.join(format!("{id}.{suffix}")));
+        }
         self.pool
             .lock()
             .expect("pool")
