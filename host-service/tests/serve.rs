@@ -530,3 +530,57 @@ fn serve_runs_linux_guests_under_qemu_beside_a_kvm_vm_and_recovers_them_after_ki
         t0.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn serve_moves_dram_from_a_cold_vm_to_a_hot_one() {
+    need_kvm();
+    let t0 = Instant::now();
+    let dir = scratch("dram");
+    // 8 MiB of DRAM for both VMs; each starts with 4 and keeps at least 1.
+    let s = serve_support::start_with(&dir, &["--dram-mib", "8"]);
+    let vm = |mode: &str, kind: &str| {
+        json!({"mode": mode, "vpm_mib": 16, "dram_mib": 4, "dram_min_mib": 1, "log_mib": 1,
+               "epoch_ms": 20, "seconds": 60,
+               "workload": {"kind": kind, "args": [100_000_000u64]}})
+    };
+    s.ok("PUT", "/api/v1/vms/hot", Some(vm("full", "random-writes")));
+    s.ok("PUT", "/api/v1/vms/cold", Some(vm("pv", "kv")));
+    let msg = s.fault(
+        "PUT",
+        "/api/v1/vms/more",
+        Some(&vm("pv", "kv").to_string()),
+        409,
+    );
+    assert!(msg.contains("DRAM budget"), "{msg}");
+    s.ok("PUT", "/api/v1/vms/hot/boot", None);
+    s.ok("PUT", "/api/v1/vms/cold/boot", None);
+    let budget = |id: &str| s.vm(id)["stats"]["dram_budget_pages"].as_u64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (hot, cold) = loop {
+        let (h, c) = (budget("hot"), budget("cold"));
+        if h > 1024 && c < 1024 {
+            break (h, c);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DRAM did not move to the hot VM in 20 s: hot {h} pages, cold {c}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        cold >= 256,
+        "the cold VM fell below its minimum: {cold} pages"
+    );
+    assert!(
+        hot + cold <= 2048,
+        "over the service's budget: {hot} + {cold} pages"
+    );
+    let v = s.vm("hot");
+    assert!(v["stats"]["dram_pages"].as_u64().unwrap() <= hot, "{v}");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "shared DRAM: hot {hot} pages, cold {cold} pages after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}

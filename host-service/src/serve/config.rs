@@ -218,6 +218,10 @@ pub struct VmConfig {
     /// DRAM share of the tiered modes, MiB.
     #[serde(default = "default_dram_mib")]
     pub dram_mib: u64,
+    /// Least DRAM the service's shared budget leaves this VM, MiB (default: a quarter of
+    /// `dram_mib`).
+    #[serde(default)]
+    pub dram_min_mib: Option<u64>,
     /// PM homes quota, MiB (default: the vPM size); pages beyond get capacity homes.
     #[serde(default)]
     pub pm_quota_mib: Option<u64>,
@@ -313,6 +317,9 @@ impl VmConfig {
             check("qemu.timeout_s", q.timeout_s, 1, MAX_EPOCH_MS / 1000)?;
         }
         check("dram_mib", self.dram_mib, 0, self.vpm_mib)?;
+        if let Some(m) = self.dram_min_mib {
+            check("dram_min_mib", m, 0, self.dram_mib)?;
+        }
         if let Some(q) = self.pm_quota_mib {
             check("pm_quota_mib", q, 0, self.vpm_mib)?;
         }
@@ -345,6 +352,11 @@ impl VmConfig {
             dram_budget_bytes: self.dram_mib << 20,
             log_bytes: self.log_mib.map_or((vpm / 8).max(2 << 20), |m| m << 20),
         }
+    }
+
+    /// The least DRAM the shared budget leaves the VM, pages.
+    pub fn dram_min_pages(&self) -> u64 {
+        (self.dram_min_mib.unwrap_or(0) << 20).max((self.dram_mib << 20) / 4) / PAGE_SIZE
     }
 
     /// Pages of vPM.

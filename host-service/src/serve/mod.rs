@@ -2,11 +2,13 @@
 //! VM a tenant, controlled over HTTP/1.1 + JSON on a Unix socket (API shaped like Cloud
 //! Hypervisor's, described in docs/api/openapi.json), with Prometheus metrics at `/metrics`.
 //!
-//! By concern: [`config`] is the VM configuration the API takes; [`vms`] the VMs and their
+//! By concern: [`config`] is the VM configuration the API takes; [`arbiter`] divides one DRAM budget among
+//! the VMs by heat; [`vms`] the VMs and their
 //! states; [`service`] the operations; [`snapshot`] the vPM image files; [`routes`] the HTTP
 //! side; [`metrics`] the exposition; [`ndjson`] the periodic metrics line; [`socket`] the listening socket; [`client`] the client of
 //! `vpm ctl`.
 
+pub mod arbiter;
 pub mod client;
 pub mod config;
 pub mod metrics;
@@ -82,6 +84,11 @@ pub fn run(pool: Pool, recovery: Duration, opts: &ServeOptions) -> Result<(), Se
             })?;
         tracing::info!(socket = %opts.socket.display(), "vpm serve listening");
         eprintln!("vpm serve: listening on {}", opts.socket.display());
+        let arbiter = opts.dram_budget_bytes.map(|bytes| {
+            let s = service.clone();
+            let pages = bytes / vpm_abi::PAGE_SIZE;
+            tokio::spawn(async move { arbiter::run(s, pages, Duration::from_millis(250)).await })
+        });
         let lines = opts.metrics_ndjson.clone().map(|path| {
             let (s, every) = (service.clone(), opts.metrics_interval);
             tokio::spawn(async move { ndjson::write_every(s, &path, every).await })
@@ -94,6 +101,9 @@ pub fn run(pool: Pool, recovery: Duration, opts: &ServeOptions) -> Result<(), Se
                 source,
             })?;
         if let Some(task) = lines {
+            task.abort();
+        }
+        if let Some(task) = arbiter {
             task.abort();
         }
         service.stop_all().await;

@@ -62,9 +62,10 @@ impl From<VmsError> for Fault {
             | VmsError::DramBudget { .. }
             | VmsError::Unsupported { .. }
             | VmsError::Ended(_) => StatusCode::CONFLICT,
-            VmsError::Pool { .. } | VmsError::Snapshot(_) | VmsError::Spawn { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            VmsError::Pool { .. }
+            | VmsError::Snapshot(_)
+            | VmsError::Spawn { .. }
+            | VmsError::Vmm { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Fault {
             status,

@@ -283,6 +283,20 @@ impl Service {
         epoch.ok_or_else(|| VmsError::Ended(id.to_string()))
     }
 
+    /// Gives running VM `id` a DRAM share of `pages` (its coldest pages leave DRAM if it
+    /// shrinks); returns the pages demoted.
+    pub async fn set_dram_budget(&self, id: &str, pages: u64) -> Result<u64, VmsError> {
+        let r = self.parked(id, move |vm| vm.set_dram_budget(pages)).await?;
+        match r {
+            Some(Ok(demoted)) => Ok(demoted),
+            Some(Err(source)) => Err(VmsError::Vmm {
+                id: id.to_string(),
+                source,
+            }),
+            None => Err(VmsError::Ended(id.to_string())),
+        }
+    }
+
     /// Writes VM `id`'s committed vPM (after a fresh epoch if it runs) to `path`.
     pub async fn snapshot(&self, id: &str, path: &Path) -> Result<SnapshotInfo, VmsError> {
         let tenant = self.with_vm(id, |vm| Ok(vm.tenant))?;

@@ -95,6 +95,15 @@ pub enum VmsError {
         /// The operation.
         op: &'static str,
     },
+    /// The VMM failed to carry out a request.
+    #[error("VM {id:?}")]
+    Vmm {
+        /// The VM.
+        id: String,
+        /// Why.
+        #[source]
+        source: VmmError,
+    },
     /// The VM ended before a request to it was served.
     #[error("VM {0:?} ended before the request was served")]
     Ended(String),
