@@ -20,8 +20,9 @@ pub struct ServeArgs {
     /// missing).
     #[arg(long, value_name = "DIR")]
     pub pool: PathBuf,
-    /// DRAM budget of all VMs together in MiB: a VM whose DRAM share would exceed what is left
-    /// is refused [default: no limit].
+    /// One DRAM budget for all VMs, MiB: divided among the running tiered VMs by heat (each
+    /// keeps its dram_min_mib); a VM whose starting share does not fit is refused [default: each
+    /// VM keeps its own dram_mib].
     #[arg(long, value_name = "N", allow_hyphen_values = true,
           value_parser = clap::value_parser!(u64).range(0..=MAX_MIB))]
     pub dram_mib: Option<u64>,
