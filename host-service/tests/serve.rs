@@ -176,6 +176,22 @@ fn serve_api_covers_every_path_refuses_bad_input_and_metrics_pass_promtool() {
         None,
     );
     assert_eq!(s.vm("a")["state"], "running");
+    ok(
+        "PATCH",
+        vm,
+        "/api/v1/vms/a",
+        Some(json!({"state": "paused"})),
+    );
+    assert_eq!(s.vm("a")["state"], "paused");
+    let msg = s.fault("PATCH", "/api/v1/vms/a", Some("{\"state\":\"gone\"}"), 400);
+    assert!(msg.contains("unknown variant"), "{msg}");
+    ok(
+        "PATCH",
+        vm,
+        "/api/v1/vms/a",
+        Some(json!({"state": "running"})),
+    );
+    assert_eq!(s.vm("a")["state"], "running");
     // Metrics while both VMs run.
     std::thread::sleep(Duration::from_millis(300));
     let scrape = ok("GET", "/metrics", "/metrics", None);

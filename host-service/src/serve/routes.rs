@@ -109,6 +109,24 @@ struct RestoreRequest {
     config: VmConfig,
 }
 
+/// `PATCH /api/v1/vms/{id}` body (as Firecracker's `PATCH /vm`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchVm {
+    /// The state wanted.
+    state: PatchState,
+}
+
+/// States a PATCH may ask for.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PatchState {
+    /// Pause.
+    Paused,
+    /// Resume.
+    Running,
+}
+
 type Reply = Result<Response, Fault>;
 
 fn no_content() -> Reply {
@@ -144,6 +162,15 @@ async fn get_vm(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
 async fn create_vm(State(s): State<AppState>, Path(id): Path<String>, b: Bytes) -> Reply {
     let config: VmConfig = body(&b)?;
     s.create(&id, config)?;
+    no_content()
+}
+
+async fn patch_vm(State(s): State<AppState>, Path(id): Path<String>, b: Bytes) -> Reply {
+    let req: PatchVm = body(&b)?;
+    match req.state {
+        PatchState::Paused => s.pause(&id).await?,
+        PatchState::Running => s.resume(&id)?,
+    }
     no_content()
 }
 
@@ -240,8 +267,8 @@ pub fn routes() -> Vec<Route> {
         route("/api/v1/vms", &["get"], get(list_vms)),
         route(
             "/api/v1/vms/{id}",
-            &["get", "put", "delete"],
-            get(get_vm).put(create_vm).delete(delete_vm),
+            &["get", "put", "patch", "delete"],
+            get(get_vm).put(create_vm).patch(patch_vm).delete(delete_vm),
         ),
         route("/api/v1/vms/{id}/boot", &["put"], put(boot)),
         route("/api/v1/vms/{id}/pause", &["put"], put(pause)),
