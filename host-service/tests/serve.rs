@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use serve_support::{
-    kv, need_kvm, openapi, payload, promtool, scratch, serve_args, start, vpm, Serve,
+    acked_in, kv, last_committed_record, need_kvm, openapi, payload, promtool, scratch, serve_args,
+    start, vpm, wait_lines, witness_max, Serve,
 };
 
 #[test]
@@ -260,36 +261,6 @@ fn serve_api_covers_every_path_refuses_bad_input_and_metrics_pass_promtool() {
     println!("serve API test: {:.1} s", t0.elapsed().as_secs_f64());
 }
 
-fn witness_max(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
-}
-
-fn last_committed_record(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .next_back()
-        .unwrap_or(0)
-}
-
-fn wait_lines(path: &Path, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while std::fs::read_to_string(path).map_or(0, |t| t.lines().count()) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no epoch witnessed in {} after {secs} s",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Runs a checker VM `id` on the recovered tenant and returns its report.
 fn check(s: &Serve, id: &str, mode: &str, vpm_mib: u64, args: Value) -> Value {
     s.ok(
@@ -465,15 +436,6 @@ fn serve_runs_many_vms_and_recovers_all_after_kill_9() {
         "serve scenario: acked {acked}, committed {committed}; {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-}
-
-fn acked_in(console: &Path) -> u64 {
-    std::fs::read_to_string(console)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("ACKED ")?.trim().parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
 }
 
 #[test]

@@ -232,3 +232,46 @@ pub fn processes_mentioning(needle: &str) -> usize {
         .filter(|c| String::from_utf8_lossy(c).contains(needle))
         .count()
 }
+
+/// A helper of the serve tests (witness files, console lines).
+pub fn witness_max(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A helper of the serve tests (witness files, console lines).
+pub fn last_committed_record(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+/// A helper of the serve tests (witness files, console lines).
+pub fn wait_lines(path: &Path, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while std::fs::read_to_string(path).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no epoch witnessed in {} after {secs} s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A helper of the serve tests (witness files, console lines).
+pub fn acked_in(console: &Path) -> u64 {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("ACKED ")?.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
