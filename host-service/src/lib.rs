@@ -10,6 +10,7 @@
 //!   eviction, shuffle), and carrying moves out through a `PageMover`.
 //! - `vmm` (feature `vmm`): the KVM VMM that runs the VPM test guest on top of all this;
 //!   `qemu`: serving a Linux guest under QEMU; `crashtest`: kill -9 crash trials.
+//! - `serve` (feature `vmm`): `vpm serve`, one host service for many VMs over an HTTP API.
 //! - [`state_dir`]: the directories `vpm` keeps pools in (marked, locked, reset safely).
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -19,6 +20,8 @@ pub mod pm;
 pub mod pool;
 #[cfg(feature = "vmm")]
 pub mod qemu;
+#[cfg(feature = "vmm")]
+pub mod serve;
 pub mod state_dir;
 pub mod tier;
 #[cfg(feature = "vmm")]

@@ -11,12 +11,14 @@ BINDGEN_VERSION=0.73.2
 BPO_FILE=/etc/apt/sources.list.d/vpm-bookworm-backports.sources
 
 # Debian packages: kernel build (clang-19 toolchain, one libclang only), guest images, QEMU 10
-# (from bookworm-backports, matching the image's qemu-utils), PMDK clients for pv-libpmem.
+# (from bookworm-backports, matching the image's qemu-utils), PMDK clients for pv-libpmem,
+# prometheus for promtool (the vpm serve test checks its /metrics scrape).
 APT_PACKAGES=(
   build-essential bc flex bison libelf-dev libssl-dev cpio xz-utils gzip kmod
   clang-19 lld-19 llvm-19 libclang-19-dev
   busybox-static e2fsprogs
   fio pmdk-tools libpmem1 libpmem-dev libpmemobj1 libpmemobj-dev
+  prometheus
 )
 BPO_PACKAGES=(qemu-system-x86)
 

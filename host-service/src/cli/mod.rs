@@ -1,9 +1,11 @@
 //! Command line of `vpm` (clap): the subcommands, their typed options, and the command errors.
 
+mod ctl;
 mod guest;
 mod main_job;
 mod pool_info;
 mod qemu;
+mod serve;
 mod soak;
 pub(crate) mod values;
 
@@ -45,6 +47,11 @@ pub enum Command {
     Qemu(qemu::QemuArgs),
     /// Crash soak: N times start a writer, kill -9 it at a random moment, recover and check.
     Soak(soak::SoakArgs),
+    /// The host service: owns one pool and runs many VMs on it, controlled over HTTP/1.1 + JSON
+    /// on a Unix socket (docs/serve.md, docs/api/openapi.json); metrics at /metrics.
+    Serve(serve::ServeArgs),
+    /// Sends one request to `vpm serve` and prints the response (fails on a non-2xx status).
+    Ctl(ctl::CtlArgs),
 }
 
 /// `vpm run` options.
@@ -155,6 +162,15 @@ pub enum CliError {
     /// Crash trials failed (each was printed).
     #[error("{0} crash trials failed")]
     Trials(u64),
+    /// `vpm serve` failed.
+    #[error("vpm serve")]
+    Serve(#[source] vpm_host::serve::ServeError),
+    /// `vpm ctl` could not talk to the service.
+    #[error("vpm ctl")]
+    Client(#[source] vpm_host::serve::client::ClientError),
+    /// The service answered with an error status (its body was printed).
+    #[error("the service answered HTTP {0}")]
+    HttpStatus(u16),
     /// `vpm qemu` serves para-virtual guests only.
     #[error("vpm qemu serves a para-virtual guest: --mode must be pv")]
     QemuMode,
@@ -170,6 +186,8 @@ pub fn main(cli: Cli) -> Result<(), CliError> {
         Some(Command::PoolInfo(a)) => pool_info::run(&a),
         Some(Command::Qemu(a)) => qemu::run(&a),
         Some(Command::Soak(a)) => soak::run(&a),
+        Some(Command::Serve(a)) => serve::run(&a),
+        Some(Command::Ctl(a)) => ctl::run(&a),
         None => {
             // `vpm` alone prints the help, as `vpm help` does.
             let _ = Cli::command().print_help();
@@ -211,6 +229,20 @@ mod tests {
             &["soak", "--kind", "all"],
             &["soak", "--trials", "-1"],
             &["pool-info", "--mode", "pv"],
+            &["serve", "--pool", "/tmp/p"],
+            &["serve", "--socket", "/tmp/s"],
+            &["serve", "--socket", "s", "--pool", "p", "--pm-mib", "0"],
+            &[
+                "serve",
+                "--socket",
+                "s",
+                "--pool",
+                "p",
+                "--metrics-interval-ms",
+                "1",
+            ],
+            &["ctl", "--socket", "s", "post", "/api/v1/vms"],
+            &["ctl", "get", "/api/v1/vms"],
         ] {
             assert!(parse(bad).is_err(), "accepted {bad:?}");
         }
@@ -268,6 +300,31 @@ mod tests {
         assert_eq!(g.seconds, Some(1.5));
         assert_eq!(g.args.unwrap().0, [0, 8]);
         assert!(parse(&["run", "--state", "/tmp/y"]).is_ok());
+        assert!(parse(&[
+            "serve",
+            "--socket",
+            "/tmp/s",
+            "--pool",
+            "/tmp/p",
+            "--pm-mib",
+            "64",
+            "--dram-mib",
+            "16",
+            "--metrics-ndjson",
+            "/tmp/m",
+            "--metrics-interval-ms",
+            "500"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "ctl",
+            "--socket",
+            "/tmp/s",
+            "put",
+            "/api/v1/vms/a/boot",
+            "{}"
+        ])
+        .is_ok());
         assert!(parse(&["pool-info", "--state", "/tmp/y"]).is_ok());
         assert!(parse(&["soak", "--trials", "3", "--kind", "pv", "--dir", "/tmp/z"]).is_ok());
         assert!(parse(&[

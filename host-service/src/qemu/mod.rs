@@ -20,7 +20,7 @@ use vpm_abi::{features, HintResult, SharedPage, DOORBELL_PORT, PAGE_SIZE, PROBE_
 use crate::pool::{Pool, PoolError};
 use crate::vmm::hints::{HintService, HintTarget};
 use crate::vmm::mapping::FileMapping;
-use crate::vmm::{Mode, VmStats, VmmError, VpmRange};
+use crate::vmm::{Mode, VmControl, VmStats, VmmError, VpmRange};
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -198,6 +198,16 @@ pub fn run_qemu(
     pool: Arc<Mutex<Pool>>,
     tenant: u32,
 ) -> Result<QemuOutcome, VmmError> {
+    run_qemu_controlled(spec, pool, tenant, &VmControl::default())
+}
+
+/// [`run_qemu`], and QEMU is killed when `control` asks for a stop (`vpm serve`'s shutdown).
+pub fn run_qemu_controlled(
+    spec: &QemuSpec,
+    pool: Arc<Mutex<Pool>>,
+    tenant: u32,
+    control: &VmControl,
+) -> Result<QemuOutcome, VmmError> {
     let vpm_size = pool.lock().expect("pool").tenant(tenant)?.pages() * PAGE_SIZE;
     let vpm_off = spec.vpm_offset_mib << 20;
     let ram_len = spec.ram_mib << 20;
@@ -252,7 +262,7 @@ pub fn run_qemu(
         if let Ok(Some(_)) = child.try_wait() {
             break true;
         }
-        if start.elapsed() > spec.timeout {
+        if start.elapsed() > spec.timeout || control.stop_requested() {
             let _ = child.kill();
             let _ = child.wait();
             break false;
@@ -301,44 +311,54 @@ fn start_qemu(
         spec.ram_mib,
         ram.display()
     );
-    Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-smp",
-            "1",
-            "-m",
-            &format!("{}M", spec.ram_mib),
-            "-nographic",
-            "-no-reboot",
-        ])
-        .args(["-machine", "memory-backend=ram0", "-object", &ram_obj])
-        .arg("-kernel")
-        .arg(&spec.kernel)
-        .arg("-initrd")
-        .arg(&spec.initrd)
-        .args(["-append", &append])
-        .args([
-            "-chardev",
-            &format!("socket,id=vpmdb,path={}", sock.display()),
-        ])
-        .args([
-            "-device",
-            &format!(
-                "isa-debugcon,iobase={DOORBELL_PORT:#x},chardev=vpmdb,readback={PROBE_REPLY:#x}"
-            ),
-        ])
-        .args([
-            "-serial",
-            &format!("file:{}", console.display()),
-            "-monitor",
-            "none",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(VmmError::StartQemu)
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-smp",
+        "1",
+        "-m",
+        &format!("{}M", spec.ram_mib),
+        "-nographic",
+        "-no-reboot",
+    ])
+    .args(["-machine", "memory-backend=ram0", "-object", &ram_obj])
+    .arg("-kernel")
+    .arg(&spec.kernel)
+    .arg("-initrd")
+    .arg(&spec.initrd)
+    .args(["-append", &append])
+    .args([
+        "-chardev",
+        &format!("socket,id=vpmdb,path={}", sock.display()),
+    ])
+    .args([
+        "-device",
+        &format!("isa-debugcon,iobase={DOORBELL_PORT:#x},chardev=vpmdb,readback={PROBE_REPLY:#x}"),
+    ])
+    .args([
+        "-serial",
+        &format!("file:{}", console.display()),
+        "-monitor",
+        "none",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    // QEMU dies with the thread that started it (this one waits for it): a host service killed
+    // with SIGKILL leaves no guest running on behind it.
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl, which is
+    // async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(VmmError::StartQemu)
 }
 
 /// Reads doorbell bytes from QEMU's debugcon socket and serves them until QEMU disconnects.

@@ -88,6 +88,12 @@ impl PagePlacements {
         self.budget
     }
 
+    /// Changes the DRAM budget (a service dividing one DRAM budget among VMs); pages over a
+    /// lower budget are the caller's to demote (`tier::make_dram_room` with no need).
+    pub fn set_budget(&mut self, pages: u64) {
+        self.budget = pages;
+    }
+
     /// Records that the guest wrote `vpn` in this epoch.
     pub fn note_write(&mut self, vpn: u64) {
         self.pages[vpn as usize].dirty = true;

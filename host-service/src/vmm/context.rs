@@ -197,6 +197,21 @@ impl VmContext {
         Ok(HintResult::Ok)
     }
 
+    /// Sets the VM's DRAM budget to `pages` and demotes the coldest DRAM pages over it. Call with
+    /// the vCPU parked (a parked job of `vmm::control`). Returns the pages demoted.
+    pub fn set_dram_budget(&self, pages: u64) -> Result<u64, VmmError> {
+        let mut state = self.state.lock().expect("state");
+        let VpmState {
+            memory, placements, ..
+        } = &mut *state;
+        placements.set_budget(pages);
+        let counts = tier::make_dram_room(placements, memory, 0, 0..0)?.unwrap_or_default();
+        let demoted = counts.to_pm;
+        self.record_moves(&state, counts);
+        self.stats.lock().expect("stats").dram_budget_pages = pages;
+        Ok(demoted)
+    }
+
     /// Carries out `moves` on the vPM mapping and counts them.
     pub fn apply_moves(&self, state: &mut VpmState, moves: Vec<Move>) -> Result<(), VmmError> {
         let counts = tier::apply_moves(&mut state.placements, &mut state.memory, moves)?;

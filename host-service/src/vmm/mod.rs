@@ -11,6 +11,7 @@
 //! [`witness`] writes the crash tests' witness files; [`error`] holds [`VmmError`].
 
 pub mod context;
+pub mod control;
 pub mod epoch_driver;
 pub mod error;
 pub mod guest_map;
@@ -31,10 +32,11 @@ pub mod witness;
 pub mod writable;
 
 pub use context::{VmContext, VpmState};
+pub use control::{ParkedJob, VmControl};
 pub use error::VmmError;
 pub use mode::Mode;
 pub use range::VpmRange;
-pub use run::run_vm;
+pub use run::{run_vm, run_vm_controlled};
 pub use setup::TEST_GUEST_ELF;
 pub use spec::{DoorbellKind, ExitKind, GuestReportExt, VmOutcome, VmSpec};
 pub use stats::VmStats;

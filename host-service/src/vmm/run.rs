@@ -12,6 +12,7 @@ use vpm_abi::proto::doorbell::CMD_RING;
 use vpm_abi::{DOORBELL_PORT, PROBE_REPLY};
 
 use super::context::VmContext;
+use super::control::VmControl;
 use super::guest_map;
 use super::setup::build_vm;
 use super::spec::{ExitKind, VmOutcome, VmSpec};
@@ -21,7 +22,30 @@ use crate::tier::Rng;
 
 /// Builds and runs one VM to completion (or the time limit) on `pool`'s tenant `tenant`.
 pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOutcome, VmmError> {
+    run_vm_controlled(spec, pool, tenant, &VmControl::default())
+}
+
+/// [`run_vm`], with an operator's requests (hold, stop, parked jobs) served through `control`.
+pub fn run_vm_controlled(
+    spec: &VmSpec,
+    pool: Arc<Mutex<Pool>>,
+    tenant: u32,
+    control: &VmControl,
+) -> Result<VmOutcome, VmmError> {
     let (vm, vcpu) = build_vm(spec, pool, tenant)?;
+    control.set_running(Some(vm.clone()));
+    let r = run_built(spec, vm, vcpu, control);
+    control.set_running(None);
+    control.set_parked(false);
+    r
+}
+
+fn run_built(
+    spec: &VmSpec,
+    vm: Arc<VmContext>,
+    vcpu: VcpuFd,
+    control: &VmControl,
+) -> Result<VmOutcome, VmmError> {
     let start = Instant::now();
     let ring_thread = if spec.ring_thread() {
         Some(spawn_ring_thread(&vm, spec.poll_window())?)
@@ -37,7 +61,7 @@ pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOu
             source,
         })?;
     let thread = std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle);
-    let controlled = control_loop(spec, &vm, thread, start);
+    let controlled = control_loop(spec, &vm, thread, start, control);
     // Whatever the controller ended with, the vCPU thread must stop before it can be joined.
     vm.stop.store(true, Ordering::Release);
     while !vm.pause.has_exited() {
@@ -162,20 +186,36 @@ fn control_loop(
     vm: &VmContext,
     thread: libc::pthread_t,
     start: Instant,
+    control: &VmControl,
 ) -> Result<(), VmmError> {
     let tick = Duration::from_millis(1);
+    // Whether the operator's hold has the vCPU parked.
+    let mut holding = false;
     let mut next_epoch = spec.epoch_interval.map(|d| start + d);
     let mut next_migrate = spec.migrate_interval.map(|d| start + d);
     let mut rng = Rng::new(spec.params.seed ^ 0x5eed);
     loop {
         std::thread::sleep(tick);
         let now = Instant::now();
-        if spec.time_limit.is_some_and(|l| now - start >= l) {
+        if spec.time_limit.is_some_and(|l| now - start >= l) || control.stop_requested() {
             return Ok(());
         }
-        let epoch_due = vm.mode.tiered() && next_epoch.is_some_and(|t| now >= t);
+        if control.is_held() != holding {
+            if holding {
+                control.set_parked(false);
+                vm.pause.resume();
+                holding = false;
+            } else if vm.pause.pause(|| vm.kick(thread)) {
+                holding = true;
+                control.set_parked(true);
+            } else {
+                return Ok(());
+            }
+        }
+        let jobs_due = control.has_jobs();
+        let epoch_due = vm.mode.tiered() && (jobs_due || next_epoch.is_some_and(|t| now >= t));
         let migrate_due = vm.mode.tiered() && next_migrate.is_some_and(|t| now >= t);
-        if !epoch_due && !migrate_due {
+        if !epoch_due && !migrate_due && !jobs_due {
             if vm.pause.has_exited() {
                 return Ok(());
             }
@@ -194,9 +234,14 @@ fn control_loop(
                 // The interval runs from the end of the pause: the guest always gets it.
                 next_epoch = spec.epoch_interval.map(|d| Instant::now() + d);
             }
+            for job in control.take_jobs() {
+                job(vm);
+            }
             Ok(())
         })();
-        vm.pause.resume();
+        if !holding {
+            vm.pause.resume();
+        }
         r?;
     }
 }
