@@ -26,6 +26,7 @@ use kernel::{
 #[allow(dead_code, unreachable_pub, missing_docs)]
 #[path = "../../abi/src/proto/mod.rs"]
 mod abi;
+mod blk;
 mod channel;
 
 use abi::op::Op;
@@ -156,7 +157,8 @@ impl core::fmt::Debug for CountersView {
         writeln!(f, "doorbells {}", c.doorbells.load(Ordering::Relaxed))?;
         writeln!(f, "errors {}", c.errors.load(Ordering::Relaxed))?;
         writeln!(f, "host_served {served}")?;
-        write!(f, "host_rejected {rejected}")
+        writeln!(f, "host_rejected {rejected}")?;
+        blk::write_stats(f)
     }
 }
 
@@ -226,7 +228,8 @@ impl Drop for HostLink {
     }
 }
 
-/// Fields drop in this order at unload: the debugfs files, `/dev/vpm`, then the host link.
+/// Fields drop in this order at unload: the debugfs files, `/dev/vpm`, `/dev/vpmblk0`, then the
+/// host link.
 #[pin_data(PinnedDrop)]
 struct VpmModule {
     _debugfs: Dir,
@@ -236,6 +239,7 @@ struct VpmModule {
     _inject: DebugFile<()>,
     #[pin]
     _misc: MiscDeviceRegistration<VpmFile>,
+    _blk: blk::BlkDisk,
     _host: HostLink,
 }
 
@@ -247,6 +251,10 @@ impl kernel::InPlaceModule for VpmModule {
         let debugfs = Dir::new(c"vpm");
         try_pin_init!(Self {
             _host: HostLink::open(port)?,
+            _blk: {
+                let (base, size) = region()?;
+                blk::BlkDisk::new(base, size)?
+            },
             _misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"vpm" }),
             _stats <- debugfs.read_only_file(c"stats", CountersView),
             _inject <- debugfs.read_write_callback_file(

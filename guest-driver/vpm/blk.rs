@@ -1,0 +1,549 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `/dev/vpmblk0`: a blk-mq disk over the whole vPM.
+//!
+//! Reads and writes copy between the request's pages and a kernel mapping of vPM; every write
+//! marks the 4 KiB pages it touched in a dirty bitmap. A flush (`REQ_OP_FLUSH`, or
+//! `REQ_PREFLUSH`) turns the pages marked since the last flush into FLUSH hints, one ring entry
+//! per run of neighbouring pages, and one DRAIN: the host makes durable what was written since
+//! the last flush and nothing else. A `REQ_FUA` write is persisted alone (its own range) before
+//! it completes.
+//!
+//! The logical block size is 4096 bytes (the vPM page): every write covers whole pages, so the
+//! page bitmap is exact (no sector outside a write is ever persisted) and ext4's 4 KiB blocks map
+//! one to one. No discard: a page marked transient would need SET_PERSISTENT before its next
+//! write is persisted; left for later.
+//!
+//! The Rust block layer of 7.3 (`kernel::block::mq`) gives the tag set and the request
+//! plumbing; it has no way to declare a write cache or FUA, nor to reach a request's op, sector
+//! and bio pages, so the disk is created and the bios are walked through raw bindings (each
+//! `unsafe` says why it holds). `queue_rq` must not sleep (the Rust tag set is not
+//! `BLK_MQ_F_BLOCKING`) and the hint channel sleeps, so flushes and FUA writes run on the system
+//! workqueue; plain reads and writes complete in `queue_rq`.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kernel::{
+    bindings,
+    block::mq::{Operations, Request, TagSet},
+    prelude::*,
+    sync::{aref::ARef, Arc, ArcBorrow},
+    types::ForeignOwnable,
+    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
+};
+
+use crate::channel::with_channel;
+
+const PAGE: u64 = crate::abi::wire::PAGE_SIZE;
+const SECTOR: u64 = 512;
+/// Logical and physical block size: one vPM page.
+const BLOCK: u32 = PAGE as u32;
+/// `BLK_FEAT_WRITE_CACHE` and `BLK_FEAT_FUA` (include/linux/blkdev.h; bindgen skips them).
+const FEAT_WRITE_CACHE: u32 = 1 << 0;
+const FEAT_FUA: u32 = 1 << 1;
+const OP_MASK: u32 = (1 << bindings::REQ_OP_BITS) - 1;
+const REQ_FUA: u32 = 1 << bindings::req_flag_bits___REQ_FUA;
+const REQ_PREFLUSH: u32 = 1 << bindings::req_flag_bits___REQ_PREFLUSH;
+/// Largest request: 1 MiB.
+const MAX_SECTORS: u32 = 2048;
+
+/// Counters of the block device, in `/sys/kernel/debug/vpm/stats`.
+pub(crate) struct BlkCounters {
+    /// Flushes served (`REQ_OP_FLUSH` or `REQ_PREFLUSH`).
+    pub(crate) flushes: AtomicU64,
+    /// Bytes made durable by flushes, in total and by the last one.
+    pub(crate) flush_bytes: AtomicU64,
+    pub(crate) last_flush_bytes: AtomicU64,
+    /// FLUSH ring entries sent by flushes (one per run of dirty pages).
+    pub(crate) flush_ranges: AtomicU64,
+    /// FUA writes and the bytes they persisted.
+    pub(crate) fua_writes: AtomicU64,
+    pub(crate) fua_bytes: AtomicU64,
+    /// Bytes written and read through the disk.
+    pub(crate) written: AtomicU64,
+    pub(crate) read: AtomicU64,
+    /// Requests that failed.
+    pub(crate) errors: AtomicU64,
+}
+
+pub(crate) static BLK_COUNTERS: BlkCounters = BlkCounters {
+    flushes: AtomicU64::new(0),
+    flush_bytes: AtomicU64::new(0),
+    last_flush_bytes: AtomicU64::new(0),
+    flush_ranges: AtomicU64::new(0),
+    fua_writes: AtomicU64::new(0),
+    fua_bytes: AtomicU64::new(0),
+    written: AtomicU64::new(0),
+    read: AtomicU64::new(0),
+    errors: AtomicU64::new(0),
+};
+
+/// Writes the block counters as `name value` lines.
+pub(crate) fn write_stats(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let c = &BLK_COUNTERS;
+    let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    writeln!(f, "blk_flushes {}", v(&c.flushes))?;
+    writeln!(f, "blk_flush_bytes {}", v(&c.flush_bytes))?;
+    writeln!(f, "blk_last_flush_bytes {}", v(&c.last_flush_bytes))?;
+    writeln!(f, "blk_flush_ranges {}", v(&c.flush_ranges))?;
+    writeln!(f, "blk_fua_writes {}", v(&c.fua_writes))?;
+    writeln!(f, "blk_fua_bytes {}", v(&c.fua_bytes))?;
+    writeln!(f, "blk_written {}", v(&c.written))?;
+    writeln!(f, "blk_read {}", v(&c.read))?;
+    writeln!(f, "blk_errors {}", v(&c.errors))
+}
+
+/// The vPM as the disk sees it: a kernel mapping and the pages written since the last flush.
+pub(crate) struct Vpm {
+    /// Kernel address of the vPM mapping (`memremap`, write-back).
+    addr: usize,
+    /// Guest-physical base and size in bytes.
+    base: u64,
+    size: u64,
+    /// One bit per page, set by writes, taken (swapped to 0) by flushes.
+    dirty: KVVec<AtomicU64>,
+    /// The disk's own workqueue (one worker: flushes run in order), destroyed by `BlkDisk`.
+    wq: usize,
+}
+
+impl Vpm {
+    fn new(base: u64, size: u64, wq: usize) -> Result<Arc<Vpm>> {
+        let words = (size / PAGE).div_ceil(64) as usize;
+        let mut dirty = KVVec::with_capacity(words, GFP_KERNEL)?;
+        for _ in 0..words {
+            dirty.push(AtomicU64::new(0), GFP_KERNEL)?;
+        }
+        // SAFETY: maps the guest-physical vPM range, reserved memory the host gave this guest
+        // (not System RAM), write-back; unmapped in `drop`.
+        let addr = unsafe {
+            bindings::memremap(base, size as usize, bindings::MEMREMAP_WB as _)
+        } as usize;
+        if addr == 0 {
+            pr_err!("cannot map vPM {:#x}+{:#x} for the block device\n", base, size);
+            return Err(ENOMEM);
+        }
+        Arc::new(
+            Vpm {
+                addr,
+                base,
+                size,
+                dirty,
+                wq,
+            },
+            GFP_KERNEL,
+        )
+        .map_err(|_| ENOMEM)
+    }
+
+    fn mark_dirty(&self, off: u64, len: u64) {
+        for page in off / PAGE..(off + len).div_ceil(PAGE) {
+            self.dirty[(page / 64) as usize].fetch_or(1 << (page % 64), Ordering::Release);
+        }
+    }
+
+    /// Copies the request's data between its pages and vPM; marks written pages dirty unless
+    /// `fua` (those are persisted by the caller right away).
+    ///
+    /// # Safety
+    ///
+    /// `rq` is a request owned by the driver (started, not ended).
+    unsafe fn transfer(&self, rq: *mut bindings::request, write: bool, fua: bool) -> Result {
+        // SAFETY: the request is ours until ended (the caller's contract): its bio chain and
+        // their bvec arrays are stable and not accessed by anyone else meanwhile.
+        let mut bio = unsafe { (*rq).bio };
+        while !bio.is_null() {
+            // SAFETY: `bio` is a bio of the request (see above).
+            let (iter, vecs, next) = unsafe { ((*bio).bi_iter, (*bio).bi_io_vec, (*bio).bi_next) };
+            let mut pos = iter.bi_sector * SECTOR;
+            let total = u64::from(iter.bi_size);
+            if pos.checked_add(total).is_none_or(|end| end > self.size) {
+                return Err(EIO);
+            }
+            let (mut left, mut idx, mut skip) = (iter.bi_size, iter.bi_idx, iter.bi_offset);
+            while left > 0 {
+                // SAFETY: `idx` stays within the bvecs that cover `bi_size` bytes from `bi_idx`.
+                let bv = unsafe { &*vecs.add(idx as usize) };
+                let len = (bv.bv_len - skip).min(left);
+                let mut done = 0;
+                while done < len {
+                    let at = bv.bv_offset + skip + done;
+                    let in_page = at % BLOCK;
+                    let n = (len - done).min(BLOCK - in_page);
+                    // SAFETY: a multi-page bvec covers physically contiguous pages whose
+                    // `struct page`s are contiguous (SPARSEMEM_VMEMMAP), so this is the page
+                    // holding byte `at`; mapped for the copy only.
+                    let va = unsafe { bindings::kmap_local_page(bv.bv_page.add((at / BLOCK) as usize)) };
+                    let data = (va as usize + in_page as usize) as *mut u8;
+                    let vpm = (self.addr + pos as usize) as *mut u8;
+                    // SAFETY: `data..+n` lies in the mapped page; `vpm..+n` lies in the vPM
+                    // mapping (bounds checked above); the two never overlap.
+                    unsafe {
+                        if write {
+                            core::ptr::copy_nonoverlapping(data, vpm, n as usize);
+                        } else {
+                            core::ptr::copy_nonoverlapping(vpm, data, n as usize);
+                        }
+                        bindings::kunmap_local(va);
+                    }
+                    pos += u64::from(n);
+                    done += n;
+                }
+                left -= len;
+                idx += 1;
+                skip = 0;
+            }
+            let start = iter.bi_sector * SECTOR;
+            if write {
+                BLK_COUNTERS.written.fetch_add(total, Ordering::Relaxed);
+                if !fua {
+                    self.mark_dirty(start, total);
+                }
+            } else {
+                BLK_COUNTERS.read.fetch_add(total, Ordering::Relaxed);
+            }
+            bio = next;
+        }
+        Ok(())
+    }
+
+    /// Makes the pages written since the last flush durable: their runs as FLUSH entries, one
+    /// DRAIN. On failure every page is marked again (the next flush retries all of vPM).
+    fn flush(&self) -> Result {
+        let pages = self.size / PAGE;
+        let r = with_channel(|c| {
+            let (mut ranges, mut bytes) = (0u64, 0u64);
+            let mut run: Option<(u64, u64)> = None;
+            for (w, word) in self.dirty.iter().enumerate() {
+                let mut bits = word.swap(0, Ordering::AcqRel);
+                while bits != 0 {
+                    let page = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                    bits &= bits - 1;
+                    match run.as_mut() {
+                        Some((first, count)) if *first + *count == page => *count += 1,
+                        _ => {
+                            if let Some((first, count)) = run.replace((page, 1)) {
+                                c.flush(self.base + first * PAGE, count * PAGE)?;
+                                ranges += 1;
+                                bytes += count * PAGE;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some((first, count)) = run {
+                c.flush(self.base + first * PAGE, count * PAGE)?;
+                ranges += 1;
+                bytes += count * PAGE;
+            }
+            if ranges > 0 {
+                c.drain()?;
+            }
+            Ok((ranges, bytes))
+        });
+        let c = &BLK_COUNTERS;
+        c.flushes.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok((ranges, bytes)) => {
+                c.flush_ranges.fetch_add(ranges, Ordering::Relaxed);
+                c.flush_bytes.fetch_add(bytes, Ordering::Relaxed);
+                c.last_flush_bytes.store(bytes, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                pr_err!("vpmblk: flush failed: {:?}\n", e);
+                self.mark_dirty(0, pages * PAGE);
+                Err(EIO)
+            }
+        }
+    }
+
+    /// Persists `[off, off + len)` of vPM alone (a FUA write).
+    fn persist(&self, off: u64, len: u64) -> Result {
+        with_channel(|c| {
+            c.flush(self.base + off, len)?;
+            c.drain()
+        })
+        .map_err(|e| {
+            pr_err!("vpmblk: FUA persist failed: {:?}\n", e);
+            self.mark_dirty(off, len);
+            EIO
+        })?;
+        BLK_COUNTERS.fua_writes.fetch_add(1, Ordering::Relaxed);
+        BLK_COUNTERS.fua_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Drop for Vpm {
+    fn drop(&mut self) {
+        // SAFETY: `addr` came from `memremap` in `new`; the disk is gone, nothing uses it.
+        unsafe { bindings::memunmap(self.addr as *mut core::ffi::c_void) };
+    }
+}
+
+/// The raw `struct request` of `rq`.
+fn raw(rq: &Request<VpmBlk>) -> *mut bindings::request {
+    // `Request` is `repr(transparent)` over `Opaque<bindings::request>`.
+    core::ptr::from_ref(rq).cast_mut().cast()
+}
+
+/// Ends `rq` with the block status of `e`.
+fn end_with_error(rq: ARef<Request<VpmBlk>>, e: Error) {
+    BLK_COUNTERS.errors.fetch_add(1, Ordering::Relaxed);
+    let ptr = ARef::into_raw(rq).as_ptr().cast::<bindings::request>();
+    // SAFETY: the request is owned by the driver and ends here exactly once; the Rust reference
+    // is given up (`into_raw`), and the abstraction resets its count when blk-mq hands the
+    // request to `queue_rq` again (the 7.3 Rust layer has no end-with-error).
+    unsafe { bindings::blk_mq_end_request(ptr, bindings::errno_to_blk_status(e.to_errno())) };
+}
+
+/// Ends `rq` with `r`.
+fn finish(rq: ARef<Request<VpmBlk>>, r: Result) {
+    match r {
+        Ok(()) => {
+            if let Err(rq) = Request::end_ok(rq) {
+                // Only this driver holds references; cannot happen.
+                end_with_error(rq, EIO);
+            }
+        }
+        Err(e) => end_with_error(rq, e),
+    }
+}
+
+/// Serves a request that may sleep: flushes (pre- and post-), FUA writes.
+fn serve_slow(vpm: &Vpm, rq: *mut bindings::request) -> Result {
+    // SAFETY: the request is owned by the driver until it is ended.
+    let (flags, sector) = unsafe { ((*rq).cmd_flags, (*rq).__sector) };
+    let op = flags & OP_MASK;
+    if op == bindings::req_op_REQ_OP_FLUSH || flags & REQ_PREFLUSH != 0 {
+        vpm.flush()?;
+    }
+    match op {
+        bindings::req_op_REQ_OP_FLUSH => Ok(()),
+        bindings::req_op_REQ_OP_WRITE => {
+            let fua = flags & REQ_FUA != 0;
+            // SAFETY: as above.
+            unsafe { vpm.transfer(rq, true, fua)? };
+            if fua {
+                // SAFETY: as above.
+                let len = u64::from(unsafe { (*rq).__data_len });
+                if len > 0 {
+                    vpm.persist(sector * SECTOR, len)?;
+                }
+            }
+            Ok(())
+        }
+        // SAFETY: as above.
+        bindings::req_op_REQ_OP_READ => unsafe { vpm.transfer(rq, false, false) },
+        _ => Err(EOPNOTSUPP),
+    }
+}
+
+/// A request that must wait for the host: served on the system workqueue.
+#[pin_data]
+struct Deferred {
+    vpm: Arc<Vpm>,
+    /// The request's reference, taken back in `run`.
+    rq: RqPtr,
+    #[pin]
+    work: Work<Deferred>,
+}
+
+/// An `ARef<Request>` given up with `into_raw`.
+struct RqPtr(NonNull<Request<VpmBlk>>);
+
+// SAFETY: `Request` is Send and Sync; the pointer is one reference, used by one thread at a time.
+unsafe impl Send for RqPtr {}
+// SAFETY: as above; only `run` turns it back into an `ARef`.
+unsafe impl Sync for RqPtr {}
+
+impl_has_work! {
+    impl HasWork<Self> for Deferred { self.work }
+}
+
+impl WorkItem for Deferred {
+    type Pointer = Pin<KBox<Deferred>>;
+
+    fn run(this: Pin<KBox<Deferred>>) {
+        // SAFETY: `rq` holds the reference given up in `queue_rq`; `run` runs once.
+        let rq = unsafe { ARef::from_raw(this.rq.0) };
+        let r = serve_slow(&this.vpm, raw(&rq));
+        finish(rq, r);
+    }
+}
+
+/// The block device's operations.
+pub(crate) struct VpmBlk;
+
+#[vtable]
+impl Operations for VpmBlk {
+    type QueueData = Arc<Vpm>;
+
+    fn queue_rq(vpm: ArcBorrow<'_, Vpm>, rq: ARef<Request<Self>>, _is_last: bool) -> Result {
+        let r = raw(&rq);
+        // SAFETY: the request was just started for us.
+        let flags = unsafe { (*r).cmd_flags };
+        let op = flags & OP_MASK;
+        let slow = op == bindings::req_op_REQ_OP_FLUSH || flags & (REQ_FUA | REQ_PREFLUSH) != 0;
+        if slow {
+            let ptr = RqPtr(ARef::into_raw(rq));
+            let work = KBox::pin_init(
+                pin_init!(Deferred {
+                    vpm: vpm.into(),
+                    rq: ptr,
+                    work <- new_work!("vpmblk::Deferred"),
+                }),
+                GFP_NOWAIT,
+            );
+            match work {
+                Ok(w) => {
+                    // SAFETY: the workqueue lives until `BlkDisk` is dropped, after the disk
+                    // (and so every request) is gone.
+                    let queue = unsafe { workqueue::Queue::from_raw(vpm.wq as *const _) };
+                    let _ = queue.enqueue(w);
+                    return Ok(());
+                }
+                Err(_) => {
+                    // SAFETY: the reference given up above, taken back once; blk-mq retries
+                    // the request later (ENOMEM is BLK_STS_RESOURCE).
+                    drop(unsafe { ARef::from_raw(ptr_back(r)) });
+                    return Err(ENOMEM);
+                }
+            }
+        }
+        let result = match op {
+            // SAFETY: the request is ours until ended.
+            bindings::req_op_REQ_OP_WRITE => unsafe { vpm.transfer(r, true, false) },
+            // SAFETY: as above.
+            bindings::req_op_REQ_OP_READ => unsafe { vpm.transfer(r, false, false) },
+            _ => Err(EOPNOTSUPP),
+        };
+        finish(rq, result);
+        Ok(())
+    }
+
+    fn commit_rqs(_vpm: ArcBorrow<'_, Vpm>) {}
+
+    fn complete(rq: ARef<Request<Self>>) {
+        finish(rq, Ok(()));
+    }
+}
+
+/// The `Request` at a raw request pointer.
+fn ptr_back(r: *mut bindings::request) -> NonNull<Request<VpmBlk>> {
+    // `r` came from `raw` of a live request: never null.
+    NonNull::new(r.cast()).unwrap_or(NonNull::dangling())
+}
+
+/// The registered disk; deleted on drop.
+pub(crate) struct BlkDisk {
+    gendisk: *mut bindings::gendisk,
+    wq: *mut bindings::workqueue_struct,
+    _tagset: Arc<TagSet<VpmBlk>>,
+    _fops: KBox<bindings::block_device_operations>,
+}
+
+// SAFETY: the gendisk pointer is only used at drop; the tag set and fops are shareable.
+unsafe impl Send for BlkDisk {}
+// SAFETY: as above.
+unsafe impl Sync for BlkDisk {}
+
+impl BlkDisk {
+    /// Creates `/dev/vpmblk0` over the vPM at `base` (guest-physical) of `size` bytes.
+    pub(crate) fn new(base: u64, size: u64) -> Result<BlkDisk> {
+        // SAFETY: a plain allocation; the name has no format directives.
+        let wq = unsafe {
+            bindings::alloc_workqueue_noprof(
+                c"vpmblk".as_ptr().cast(),
+                bindings::wq_flags_WQ_MEM_RECLAIM,
+                1,
+            )
+        };
+        if wq.is_null() {
+            return Err(ENOMEM);
+        }
+        let vpm = match Vpm::new(base, size, wq as usize) {
+            Ok(v) => v,
+            Err(e) => {
+                // SAFETY: created above, never used.
+                unsafe { bindings::destroy_workqueue(wq) };
+                return Err(e);
+            }
+        };
+        let tagset = Arc::pin_init(TagSet::new(1, 64, 1), GFP_KERNEL)?;
+        let fops = KBox::new(
+            bindings::block_device_operations {
+                owner: <crate::VpmModule as kernel::ModuleMetadata>::THIS_MODULE.as_ptr(),
+                ..Default::default()
+            },
+            GFP_KERNEL,
+        )?;
+        let mut lim = bindings::queue_limits {
+            features: FEAT_WRITE_CACHE | FEAT_FUA,
+            logical_block_size: BLOCK,
+            physical_block_size: BLOCK,
+            max_hw_sectors: MAX_SECTORS,
+            ..Default::default()
+        };
+        // `TagSet` is `repr(transparent)` over `Opaque<blk_mq_tag_set>`.
+        let set = core::ptr::from_ref::<TagSet<VpmBlk>>(&tagset).cast_mut().cast();
+        let data = vpm.into_foreign();
+        // SAFETY: `set` is an initialised tag set that outlives the disk (held by `BlkDisk`);
+        // `lim` is valid for the call; `data` is the queue data `queue_rq` borrows, reclaimed
+        // in `drop` or below on failure.
+        let disk = unsafe {
+            bindings::__blk_mq_alloc_disk(set, &mut lim, data, kernel::static_lock_class!().as_ptr())
+        };
+        if let Err(e) = kernel::error::from_err_ptr(disk) {
+            // SAFETY: `data` came from `into_foreign` above and was not used; so was `wq`.
+            unsafe {
+                drop(Arc::<Vpm>::from_foreign(data));
+                bindings::destroy_workqueue(wq);
+            }
+            return Err(e);
+        }
+        let name = b"vpmblk0\0";
+        // SAFETY: `disk` is a fresh gendisk, not yet added: we have exclusive access. The name
+        // fits its 32-byte array; `fops` outlives the disk.
+        unsafe {
+            for (i, &b) in name.iter().enumerate() {
+                (*disk).disk_name[i] = b as _;
+            }
+            (*disk).fops = &*fops;
+            bindings::set_capacity(disk, size / SECTOR);
+        }
+        // SAFETY: `disk` is fully set up.
+        let rc = unsafe { bindings::device_add_disk(core::ptr::null_mut(), disk, core::ptr::null_mut()) };
+        if let Err(e) = kernel::error::to_result(rc) {
+            // SAFETY: never added: put_disk frees it; then the queue data goes.
+            unsafe {
+                bindings::put_disk(disk);
+                drop(Arc::<Vpm>::from_foreign(data));
+                bindings::destroy_workqueue(wq);
+            }
+            return Err(e);
+        }
+        pr_info!("vpmblk0: {} MiB, 4096-byte blocks, write cache with FUA\n", size >> 20);
+        Ok(BlkDisk {
+            gendisk: disk,
+            wq,
+            _tagset: tagset,
+            _fops: fops,
+        })
+    }
+}
+
+impl Drop for BlkDisk {
+    fn drop(&mut self) {
+        // SAFETY: the disk was added in `new`; del_gendisk waits for every request (deferred
+        // ones included); destroying the workqueue waits for the works to return (no module
+        // code runs after this); the queue data is the `Arc<Vpm>` from `new`, reclaimed once.
+        unsafe {
+            let data = (*(*self.gendisk).queue).queuedata;
+            bindings::del_gendisk(self.gendisk);
+            bindings::put_disk(self.gendisk);
+            bindings::destroy_workqueue(self.wq);
+            drop(Arc::<Vpm>::from_foreign(data));
+        }
+    }
+}
