@@ -106,7 +106,10 @@ fn persisted(b: &Boot, mode: &str) -> u64 {
     b.console
         .lines()
         .find_map(|l| l.strip_prefix(&format!("BLK-FLUSH mode={mode} ")))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("persisted=")))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("persisted="))
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no BLK-FLUSH line for {mode}:\n{}", b.console))
 }
@@ -119,8 +122,22 @@ fn host_persisted_what_the_driver_sent(b: &Boot) {
         .as_u64()
         .expect("persist_requested_bytes");
     assert_eq!(host, sent, "host and driver disagree: {:?}", b.guest);
-    assert_eq!(b.host["stats"]["hints_rejected"].as_u64(), Some(0), "{}", b.host);
+    assert_eq!(
+        b.host["stats"]["hints_rejected"].as_u64(),
+        Some(0),
+        "{}",
+        b.host
+    );
     assert_eq!(b.guest["blk_errors"], 0, "{:?}", b.guest);
+    let flushes = b.guest["blk_flushes"].max(1);
+    println!(
+        "{} flushes, {} bytes persisted ({} per flush), {} bytes written, {} FUA writes",
+        b.guest["blk_flushes"],
+        b.guest["blk_flush_bytes"],
+        b.guest["blk_flush_bytes"] / flushes,
+        b.guest["blk_written"],
+        b.guest["blk_fua_writes"]
+    );
 }
 
 #[test]
@@ -156,6 +173,10 @@ fn fio_verify_passes_on_the_disk_and_each_fsync_persists_at_most_its_writes() {
         b.guest
     );
     assert!(b.guest["blk_flush_bytes"] <= 16 << 20, "{:?}", b.guest);
-    assert!(b.guest["blk_flushes"] >= 16 * 1024 / 4 / 32, "{:?}", b.guest);
+    assert!(
+        b.guest["blk_flushes"] >= 16 * 1024 / 4 / 32,
+        "{:?}",
+        b.guest
+    );
     host_persisted_what_the_driver_sent(&b);
 }
