@@ -6,6 +6,11 @@
 #   blktest ext4    mkfs.ext4, mount, a 1 MiB file written and fsynced (bytes persisted by that
 #                   fsync printed), remount, read back, e2fsck -fn clean
 #   blktest fio     fio --verify=crc32c random 4 KiB writes with an fsync every 32, on the disk
+#   blktest writer  (crash trials) mkfs.ext4 and mount; files f1, f2, ... of 4-64 KiB of random
+#                   data, each written with conv=fsync and its directory fsynced, then
+#                   "ACKED i f<i> <md5>"; meanwhile another writer rewrites a file and never syncs
+#   blktest check   after a host crash: mount (journal replay), "FILE f<i> <md5>" for every file,
+#                   unmount, "FSCK rc=N" of e2fsck -fn
 # Prints "BLK-FLUSH mode=M written=W persisted=P" per measured fsync, "BLKTEST <mode> OK" or
 # "BLKTEST FAIL <why>".
 /bin/busybox --install -s 2>/dev/null
@@ -71,6 +76,36 @@ fio)
   echo "FIO rc=$rc"
   [ $rc = 0 ] || { fail "fio"; cat /tmp/fio.out; }
   echo "BLK-FLUSH mode=fio written=16777216 persisted=$(stat_of blk_flush_bytes) last=$(stat_of blk_last_flush_bytes)"
+  ;;
+writer)
+  mkfs.ext4 -q -F -b 4096 -E nodiscard $dev || fail "mkfs.ext4"
+  mkdir -p /mnt
+  mount -t ext4 $dev /mnt || fail "mount"
+  (while :; do dd if=/dev/urandom of=/mnt/unsynced bs=4096 count=32 2>/dev/null; done) &
+  i=0
+  while [ $fails = 0 ]; do
+    i=$((i + 1))
+    dd if=/dev/urandom of=/tmp/d bs=4096 count=$((i * 7 % 16 + 1)) 2>/dev/null
+    sum=$(md5sum </tmp/d | cut -d' ' -f1)
+    dd if=/tmp/d of=/mnt/f$i bs=4096 conv=fsync 2>/dev/null || fail "write f$i"
+    sync /mnt || fail "fsync /mnt"
+    [ $fails = 0 ] && echo "ACKED $i f$i $sum"
+  done
+  ;;
+check)
+  mkdir -p /mnt
+  if mount -t ext4 $dev /mnt; then
+    for f in /mnt/f*; do
+      [ -f "$f" ] && echo "FILE ${f#/mnt/} $(md5sum <"$f" | cut -d' ' -f1)"
+    done
+    umount /mnt || fail "umount"
+  else
+    fail "mount after the crash"
+  fi
+  e2fsck -fn $dev >/tmp/fsck.out 2>&1
+  rc=$?
+  echo "FSCK rc=$rc"
+  [ $rc = 0 ] || { fail "e2fsck"; cat /tmp/fsck.out; }
   ;;
 *)
   fail "unknown mode $mode"
