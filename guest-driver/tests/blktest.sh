@@ -6,6 +6,10 @@
 #   blktest ext4    mkfs.ext4, mount, a 1 MiB file written and fsynced (bytes persisted by that
 #                   fsync printed), remount, read back, e2fsck -fn clean
 #   blktest fio     fio --verify=crc32c random 4 KiB writes with an fsync every 32, on the disk
+#   blktest discard 1 MiB at 4 MiB and at 8 MiB written and fsynced, 8..9 MiB discarded, 8.5..9 MiB
+#                   rewritten and fsynced; "DISCARD a=<md5> c=<md5>" of the two data sets
+#   blktest discardcheck  (next boot) "REGION name md5" of 4..5, 8..8.5 and 8.5..9 MiB, and of
+#                   512 KiB of zeros
 #   blktest writer  (crash trials) mkfs.ext4 and mount; files f1, f2, ... of 4-64 KiB of random
 #                   data, each written with conv=fsync and its directory fsynced, then
 #                   "ACKED i f<i> <md5>"; meanwhile another writer rewrites a file and never syncs
@@ -76,6 +80,24 @@ fio)
   echo "FIO rc=$rc"
   [ $rc = 0 ] || { fail "fio"; cat /tmp/fio.out; }
   echo "BLK-FLUSH mode=fio written=16777216 persisted=$(stat_of blk_flush_bytes) last=$(stat_of blk_last_flush_bytes)"
+  ;;
+discard)
+  dd if=/dev/urandom of=/tmp/a bs=4096 count=256 2>/dev/null
+  dd if=/dev/urandom of=/tmp/c bs=4096 count=128 2>/dev/null
+  dd if=/tmp/a of=$dev bs=4096 seek=1024 conv=fsync 2>/dev/null || fail "write a"
+  dd if=/tmp/a of=$dev bs=4096 seek=2048 conv=fsync 2>/dev/null || fail "write b"
+  blkdiscard -o 8388608 -l 1048576 $dev || fail "blkdiscard"
+  dd if=/tmp/c of=$dev bs=4096 seek=2176 conv=fsync 2>/dev/null || fail "write c"
+  echo "DISCARD a=$(md5sum </tmp/a | cut -d' ' -f1) c=$(md5sum </tmp/c | cut -d' ' -f1)"
+  ;;
+discardcheck)
+  for r in a:1024:256 discarded:2048:128 c:2176:128; do
+    IFS=: read name at n <<EOF2
+$r
+EOF2
+    echo "REGION $name $(dd if=$dev bs=4096 skip=$at count=$n 2>/dev/null | md5sum | cut -d' ' -f1)"
+  done
+  echo "REGION zeros $(dd if=/dev/zero bs=4096 count=128 2>/dev/null | md5sum | cut -d' ' -f1)"
   ;;
 writer)
   mkfs.ext4 -q -F -b 4096 -E nodiscard $dev || fail "mkfs.ext4"

@@ -10,8 +10,9 @@
 //!
 //! The logical block size is 4096 bytes (the vPM page): every write covers whole pages, so the
 //! page bitmap is exact (no sector outside a write is ever persisted) and ext4's 4 KiB blocks map
-//! one to one. No discard: a page marked transient would need SET_PERSISTENT before its next
-//! write is persisted; left for later.
+//! one to one. A discard marks the whole pages it covers transient (SET_TRANSIENT: they read as
+//! zeros after a host crash and take no PM); a page written after that is marked persistent again
+//! (SET_PERSISTENT) by the flush or FUA write that persists it, before its FLUSH entry.
 //!
 //! The Rust block layer of 7.3 (`kernel::block::mq`) gives the tag set and the request
 //! plumbing; it has no way to declare a write cache or FUA, nor to reach a request's op, sector
@@ -32,7 +33,8 @@ use kernel::{
     workqueue::{self, impl_has_work, new_work, Work, WorkItem},
 };
 
-use crate::channel::with_channel;
+use crate::abi::op::Op;
+use crate::channel::{with_channel, Channel};
 
 const PAGE: u64 = crate::abi::wire::PAGE_SIZE;
 const SECTOR: u64 = 512;
@@ -44,8 +46,9 @@ const FEAT_FUA: u32 = 1 << 1;
 const OP_MASK: u32 = (1 << bindings::REQ_OP_BITS) - 1;
 const REQ_FUA: u32 = 1 << bindings::req_flag_bits___REQ_FUA;
 const REQ_PREFLUSH: u32 = 1 << bindings::req_flag_bits___REQ_PREFLUSH;
-/// Largest request: 1 MiB.
+/// Largest request: 1 MiB; largest discard: 1 GiB.
 const MAX_SECTORS: u32 = 2048;
+const MAX_DISCARD_SECTORS: u32 = 1 << 21;
 
 /// Counters of the block device, in `/sys/kernel/debug/vpm/stats`.
 pub(crate) struct BlkCounters {
@@ -62,6 +65,10 @@ pub(crate) struct BlkCounters {
     /// Bytes written and read through the disk.
     pub(crate) written: AtomicU64,
     pub(crate) read: AtomicU64,
+    /// Discards and the bytes they marked transient; pages marked persistent again.
+    pub(crate) discards: AtomicU64,
+    pub(crate) discard_bytes: AtomicU64,
+    pub(crate) repersisted_pages: AtomicU64,
     /// Requests that failed.
     pub(crate) errors: AtomicU64,
 }
@@ -75,6 +82,9 @@ pub(crate) static BLK_COUNTERS: BlkCounters = BlkCounters {
     fua_bytes: AtomicU64::new(0),
     written: AtomicU64::new(0),
     read: AtomicU64::new(0),
+    discards: AtomicU64::new(0),
+    discard_bytes: AtomicU64::new(0),
+    repersisted_pages: AtomicU64::new(0),
     errors: AtomicU64::new(0),
 };
 
@@ -90,6 +100,9 @@ pub(crate) fn write_stats(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result
     writeln!(f, "blk_fua_bytes {}", v(&c.fua_bytes))?;
     writeln!(f, "blk_written {}", v(&c.written))?;
     writeln!(f, "blk_read {}", v(&c.read))?;
+    writeln!(f, "blk_discards {}", v(&c.discards))?;
+    writeln!(f, "blk_discard_bytes {}", v(&c.discard_bytes))?;
+    writeln!(f, "blk_repersisted_pages {}", v(&c.repersisted_pages))?;
     writeln!(f, "blk_errors {}", v(&c.errors))
 }
 
@@ -102,6 +115,8 @@ pub(crate) struct Vpm {
     size: u64,
     /// One bit per page, set by writes, taken (swapped to 0) by flushes.
     dirty: KVVec<AtomicU64>,
+    /// One bit per page the host holds as transient (discarded, not written and persisted since).
+    transient: KVVec<AtomicU64>,
     /// The disk's own workqueue (one worker: flushes run in order), destroyed by `BlkDisk`.
     wq: usize,
 }
@@ -110,8 +125,10 @@ impl Vpm {
     fn new(base: u64, size: u64, wq: usize) -> Result<Arc<Vpm>> {
         let words = (size / PAGE).div_ceil(64) as usize;
         let mut dirty = KVVec::with_capacity(words, GFP_KERNEL)?;
+        let mut transient = KVVec::with_capacity(words, GFP_KERNEL)?;
         for _ in 0..words {
             dirty.push(AtomicU64::new(0), GFP_KERNEL)?;
+            transient.push(AtomicU64::new(0), GFP_KERNEL)?;
         }
         // SAFETY: maps the guest-physical vPM range, reserved memory the host gave this guest
         // (not System RAM), write-back; unmapped in `drop`.
@@ -128,6 +145,7 @@ impl Vpm {
                 base,
                 size,
                 dirty,
+                transient,
                 wq,
             },
             GFP_KERNEL,
@@ -136,9 +154,56 @@ impl Vpm {
     }
 
     fn mark_dirty(&self, off: u64, len: u64) {
-        for page in off / PAGE..(off + len).div_ceil(PAGE) {
-            self.dirty[(page / 64) as usize].fetch_or(1 << (page % 64), Ordering::Release);
+        set_bits(&self.dirty, off / PAGE, (off + len).div_ceil(PAGE));
+    }
+
+    /// Marks the transient pages among `count` pages from `first` persistent again, one
+    /// SET_PERSISTENT per run of them (before their FLUSH entries).
+    fn make_persistent(&self, c: &mut Channel, first: u64, count: u64) -> Result {
+        let mut page = first;
+        while page < first + count {
+            if !take_bit(&self.transient, page) {
+                page += 1;
+                continue;
+            }
+            let start = page;
+            page += 1;
+            while page < first + count && take_bit(&self.transient, page) {
+                page += 1;
+            }
+            if let Err(e) = c.call(Op::SetPersistent, self.base + start * PAGE, (page - start) * PAGE) {
+                set_bits(&self.transient, start, page);
+                return Err(e);
+            }
+            BLK_COUNTERS.repersisted_pages.fetch_add(page - start, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    /// Persists `count` pages from `first`: persistent again if discarded, then a FLUSH entry.
+    fn flush_run(&self, c: &mut Channel, first: u64, count: u64) -> Result {
+        self.make_persistent(c, first, count)?;
+        c.flush(self.base + first * PAGE, count * PAGE)
+    }
+
+    /// Marks the whole pages inside `[off, off + len)` transient.
+    fn discard(&self, off: u64, len: u64) -> Result {
+        let (first, end) = (off.div_ceil(PAGE), (off + len) / PAGE);
+        if end <= first {
+            return Ok(());
+        }
+        with_channel(|c| c.call(Op::SetTransient, self.base + first * PAGE, (end - first) * PAGE))
+            .map_err(|e| {
+                pr_err!("vpmblk: discard failed: {:?}\n", e);
+                EIO
+            })?;
+        set_bits(&self.transient, first, end);
+        for page in first..end {
+            take_bit(&self.dirty, page);
+        }
+        BLK_COUNTERS.discards.fetch_add(1, Ordering::Relaxed);
+        BLK_COUNTERS.discard_bytes.fetch_add((end - first) * PAGE, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Copies the request's data between its pages and vPM; marks written pages dirty unless
@@ -222,7 +287,7 @@ impl Vpm {
                         Some((first, count)) if *first + *count == page => *count += 1,
                         _ => {
                             if let Some((first, count)) = run.replace((page, 1)) {
-                                c.flush(self.base + first * PAGE, count * PAGE)?;
+                                self.flush_run(c, first, count)?;
                                 ranges += 1;
                                 bytes += count * PAGE;
                             }
@@ -231,7 +296,7 @@ impl Vpm {
                 }
             }
             if let Some((first, count)) = run {
-                c.flush(self.base + first * PAGE, count * PAGE)?;
+                self.flush_run(c, first, count)?;
                 ranges += 1;
                 bytes += count * PAGE;
             }
@@ -260,7 +325,7 @@ impl Vpm {
     /// Persists `[off, off + len)` of vPM alone (a FUA write).
     fn persist(&self, off: u64, len: u64) -> Result {
         with_channel(|c| {
-            c.flush(self.base + off, len)?;
+            self.flush_run(c, off / PAGE, len.div_ceil(PAGE))?;
             c.drain()
         })
         .map_err(|e| {
@@ -279,6 +344,19 @@ impl Drop for Vpm {
         // SAFETY: `addr` came from `memremap` in `new`; the disk is gone, nothing uses it.
         unsafe { bindings::memunmap(self.addr as *mut core::ffi::c_void) };
     }
+}
+
+/// Sets the bits `[first, end)`.
+fn set_bits(map: &[AtomicU64], first: u64, end: u64) {
+    for bit in first..end {
+        map[(bit / 64) as usize].fetch_or(1 << (bit % 64), Ordering::Release);
+    }
+}
+
+/// Clears bit `bit`; whether it was set.
+fn take_bit(map: &[AtomicU64], bit: u64) -> bool {
+    let mask = 1u64 << (bit % 64);
+    map[(bit / 64) as usize].fetch_and(!mask, Ordering::AcqRel) & mask != 0
 }
 
 /// The raw `struct request` of `rq`.
@@ -335,6 +413,15 @@ fn serve_slow(vpm: &Vpm, rq: *mut bindings::request) -> Result {
         }
         // SAFETY: as above.
         bindings::req_op_REQ_OP_READ => unsafe { vpm.transfer(rq, false, false) },
+        bindings::req_op_REQ_OP_DISCARD => {
+            // SAFETY: as above.
+            let len = u64::from(unsafe { (*rq).__data_len });
+            let off = sector * SECTOR;
+            if off.checked_add(len).is_none_or(|e| e > vpm.size) {
+                return Err(EIO);
+            }
+            vpm.discard(off, len)
+        }
         _ => Err(EOPNOTSUPP),
     }
 }
@@ -384,7 +471,9 @@ impl Operations for VpmBlk {
         // SAFETY: the request was just started for us.
         let flags = unsafe { (*r).cmd_flags };
         let op = flags & OP_MASK;
-        let slow = op == bindings::req_op_REQ_OP_FLUSH || flags & (REQ_FUA | REQ_PREFLUSH) != 0;
+        let slow = op == bindings::req_op_REQ_OP_FLUSH
+            || op == bindings::req_op_REQ_OP_DISCARD
+            || flags & (REQ_FUA | REQ_PREFLUSH) != 0;
         if slow {
             let ptr = RqPtr(ARef::into_raw(rq));
             let work = KBox::pin_init(
@@ -483,6 +572,8 @@ impl BlkDisk {
             logical_block_size: BLOCK,
             physical_block_size: BLOCK,
             max_hw_sectors: MAX_SECTORS,
+            max_hw_discard_sectors: MAX_DISCARD_SECTORS,
+            discard_granularity: BLOCK,
             ..Default::default()
         };
         // `TagSet` is `repr(transparent)` over `Opaque<blk_mq_tag_set>`.
@@ -523,7 +614,7 @@ impl BlkDisk {
             }
             return Err(e);
         }
-        pr_info!("vpmblk0: {} MiB, 4096-byte blocks, write cache with FUA\n", size >> 20);
+        pr_info!("vpmblk0: {} MiB, 4096-byte blocks, write cache with FUA, discard\n", size >> 20);
         Ok(BlkDisk {
             gendisk: disk,
             wq,

@@ -107,8 +107,12 @@ fn boot(mut cmd: Command, mode: &str) -> Boot {
         .chunks(2)
         .filter_map(|kv| Some((kv[0].to_string(), kv.get(1)?.parse().ok()?)))
         .collect();
-    let host = serde_json::from_str(console.lines().last().unwrap_or_default())
+    let host: serde_json::Value = serde_json::from_str(console.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{console}"));
+    assert_eq!(
+        host["exited"], true,
+        "the guest did not power off:\n{console}"
+    );
     Boot {
         console,
         guest,
@@ -194,6 +198,55 @@ fn fio_verify_passes_on_the_disk_and_each_fsync_persists_at_most_its_writes() {
         b.guest
     );
     host_persisted_what_the_driver_sent(&b);
+}
+
+/// The value of `key=` on the first line starting with `prefix`, or of the word after `prefix`.
+fn field(console: &str, prefix: &str, key: &str) -> String {
+    console
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no {prefix}{key} in:\n{console}"))
+}
+
+/// A discard marks the whole pages it covers transient: after a restart of the host they read as
+/// zeros, while pages written and fsynced after the discard (marked persistent again) and data
+/// outside it hold what was written.
+#[test]
+fn a_discard_makes_pages_transient_until_they_are_written_again() {
+    let s = State::new("discard");
+    let b = boot(vpm_qemu(&s, "INITRAMFS", "discard", true), "discard");
+    assert_eq!(b.guest["blk_discard_bytes"], 1 << 20, "{:?}", b.guest);
+    assert_eq!(b.guest["blk_repersisted_pages"], 128, "{:?}", b.guest);
+    host_persisted_what_the_driver_sent(&b);
+    let (a, c) = (
+        field(&b.console, "DISCARD ", "a="),
+        field(&b.console, "DISCARD ", "c="),
+    );
+    let after = boot(
+        vpm_qemu(&s, "INITRAMFS", "discardcheck", false),
+        "discardcheck",
+    );
+    let regions: HashMap<&str, &str> = after
+        .console
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("REGION ")?.split_whitespace();
+            Some((w.next()?, w.next()?))
+        })
+        .collect();
+    assert_eq!(regions.get("a"), Some(&a.as_str()), "{}", after.console);
+    assert_eq!(regions.get("c"), Some(&c.as_str()), "{}", after.console);
+    assert_eq!(
+        regions.get("discarded"),
+        regions.get("zeros"),
+        "the discarded half is not zero:\n{}",
+        after.console
+    );
 }
 
 /// `(index, name, md5)` of every `ACKED` line: files whose fsync (and their directory's)
