@@ -10,7 +10,7 @@
 #                   rewritten and fsynced; "DISCARD a=<md5> c=<md5>" of the two data sets
 #   blktest discardcheck  (next boot) "REGION name md5" of 4..5, 8..8.5 and 8.5..9 MiB, and of
 #                   512 KiB of zeros
-#   blktest writer  (crash trials) mkfs.ext4 and mount; files f1, f2, ... of 4-64 KiB of random
+#   blktest writer  (crash trials) mkfs.ext4 (discarding the disk) and mount -o discard; files f1, f2, ... of 4-64 KiB of random
 #                   data, each written with conv=fsync and its directory fsynced, then
 #                   "ACKED i f<i> <md5>"; meanwhile another writer rewrites a file and never syncs
 #   blktest check   after a host crash: mount (journal replay), "FILE f<i> <md5>" for every file,
@@ -100,9 +100,11 @@ EOF2
   echo "REGION zeros $(dd if=/dev/zero bs=4096 count=128 2>/dev/null | md5sum | cut -d' ' -f1)"
   ;;
 writer)
-  mkfs.ext4 -q -F -b 4096 -E nodiscard $dev || fail "mkfs.ext4"
+  # mkfs discards the whole disk (every page transient) and -o discard discards freed blocks:
+  # every persisted page goes through SET_PERSISTENT first.
+  mkfs.ext4 -q -F -b 4096 $dev || fail "mkfs.ext4"
   mkdir -p /mnt
-  mount -t ext4 $dev /mnt || fail "mount"
+  mount -t ext4 -o discard $dev /mnt || fail "mount"
   (while :; do dd if=/dev/urandom of=/mnt/unsynced bs=4096 count=32 2>/dev/null; done) &
   i=0
   while [ $fails = 0 ]; do
