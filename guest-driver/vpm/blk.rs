@@ -133,7 +133,7 @@ impl Vpm {
         // SAFETY: maps the guest-physical vPM range, reserved memory the host gave this guest
         // (not System RAM), write-back; unmapped in `drop`.
         let addr = unsafe {
-            bindings::memremap(base, size as usize, bindings::MEMREMAP_WB as _)
+            bindings::memremap(base, size as usize, bindings::MEMREMAP_WB as usize)
         } as usize;
         if addr == 0 {
             pr_err!("cannot map vPM {:#x}+{:#x} for the block device\n", base, size);
@@ -489,7 +489,8 @@ impl Operations for VpmBlk {
                     // SAFETY: the workqueue lives until `BlkDisk` is dropped, after the disk
                     // (and so every request) is gone.
                     let queue = unsafe { workqueue::Queue::from_raw(vpm.wq as *const _) };
-                    let _ = queue.enqueue(w);
+                    // A fresh work item cannot be queued already.
+                    queue.enqueue(w);
                     return Ok(());
                 }
                 Err(_) => {
@@ -543,7 +544,7 @@ impl BlkDisk {
         // SAFETY: a plain allocation; the name has no format directives.
         let wq = unsafe {
             bindings::alloc_workqueue_noprof(
-                c"vpmblk".as_ptr().cast(),
+                kernel::str::CStrExt::as_char_ptr(c"vpmblk"),
                 bindings::wq_flags_WQ_MEM_RECLAIM,
                 1,
             )
@@ -598,7 +599,7 @@ impl BlkDisk {
         // fits its 32-byte array; `fops` outlives the disk.
         unsafe {
             for (i, &b) in name.iter().enumerate() {
-                (*disk).disk_name[i] = b as _;
+                (*disk).disk_name[i] = b;
             }
             (*disk).fops = &*fops;
             bindings::set_capacity(disk, size / SECTOR);
