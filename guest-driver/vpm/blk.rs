@@ -132,11 +132,15 @@ impl Vpm {
         }
         // SAFETY: maps the guest-physical vPM range, reserved memory the host gave this guest
         // (not System RAM), write-back; unmapped in `drop`.
-        let addr = unsafe {
-            bindings::memremap(base, size as usize, bindings::MEMREMAP_WB as usize)
-        } as usize;
+        let addr =
+            unsafe { bindings::memremap(base, size as usize, bindings::MEMREMAP_WB as usize) }
+                as usize;
         if addr == 0 {
-            pr_err!("cannot map vPM {:#x}+{:#x} for the block device\n", base, size);
+            pr_err!(
+                "cannot map vPM {:#x}+{:#x} for the block device\n",
+                base,
+                size
+            );
             return Err(ENOMEM);
         }
         Arc::new(
@@ -171,11 +175,17 @@ impl Vpm {
             while page < first + count && take_bit(&self.transient, page) {
                 page += 1;
             }
-            if let Err(e) = c.call(Op::SetPersistent, self.base + start * PAGE, (page - start) * PAGE) {
+            if let Err(e) = c.call(
+                Op::SetPersistent,
+                self.base + start * PAGE,
+                (page - start) * PAGE,
+            ) {
                 set_bits(&self.transient, start, page);
                 return Err(e);
             }
-            BLK_COUNTERS.repersisted_pages.fetch_add(page - start, Ordering::Relaxed);
+            BLK_COUNTERS
+                .repersisted_pages
+                .fetch_add(page - start, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -192,17 +202,25 @@ impl Vpm {
         if end <= first {
             return Ok(());
         }
-        with_channel(|c| c.call(Op::SetTransient, self.base + first * PAGE, (end - first) * PAGE))
-            .map_err(|e| {
-                pr_err!("vpmblk: discard failed: {:?}\n", e);
-                EIO
-            })?;
+        with_channel(|c| {
+            c.call(
+                Op::SetTransient,
+                self.base + first * PAGE,
+                (end - first) * PAGE,
+            )
+        })
+        .map_err(|e| {
+            pr_err!("vpmblk: discard failed: {:?}\n", e);
+            EIO
+        })?;
         set_bits(&self.transient, first, end);
         for page in first..end {
             take_bit(&self.dirty, page);
         }
         BLK_COUNTERS.discards.fetch_add(1, Ordering::Relaxed);
-        BLK_COUNTERS.discard_bytes.fetch_add((end - first) * PAGE, Ordering::Relaxed);
+        BLK_COUNTERS
+            .discard_bytes
+            .fetch_add((end - first) * PAGE, Ordering::Relaxed);
         Ok(())
     }
 
@@ -237,7 +255,8 @@ impl Vpm {
                     // SAFETY: a multi-page bvec covers physically contiguous pages whose
                     // `struct page`s are contiguous (SPARSEMEM_VMEMMAP), so this is the page
                     // holding byte `at`; mapped for the copy only.
-                    let va = unsafe { bindings::kmap_local_page(bv.bv_page.add((at / BLOCK) as usize)) };
+                    let va =
+                        unsafe { bindings::kmap_local_page(bv.bv_page.add((at / BLOCK) as usize)) };
                     let data = (va as usize + in_page as usize) as *mut u8;
                     let vpm = (self.addr + pos as usize) as *mut u8;
                     // SAFETY: `data..+n` lies in the mapped page; `vpm..+n` lies in the vPM
@@ -578,13 +597,20 @@ impl BlkDisk {
             ..Default::default()
         };
         // `TagSet` is `repr(transparent)` over `Opaque<blk_mq_tag_set>`.
-        let set = core::ptr::from_ref::<TagSet<VpmBlk>>(&tagset).cast_mut().cast();
+        let set = core::ptr::from_ref::<TagSet<VpmBlk>>(&tagset)
+            .cast_mut()
+            .cast();
         let data = vpm.into_foreign();
         // SAFETY: `set` is an initialised tag set that outlives the disk (held by `BlkDisk`);
         // `lim` is valid for the call; `data` is the queue data `queue_rq` borrows, reclaimed
         // in `drop` or below on failure.
         let disk = unsafe {
-            bindings::__blk_mq_alloc_disk(set, &mut lim, data, kernel::static_lock_class!().as_ptr())
+            bindings::__blk_mq_alloc_disk(
+                set,
+                &mut lim,
+                data,
+                kernel::static_lock_class!().as_ptr(),
+            )
         };
         if let Err(e) = kernel::error::from_err_ptr(disk) {
             // SAFETY: `data` came from `into_foreign` above and was not used; so was `wq`.
@@ -605,7 +631,9 @@ impl BlkDisk {
             bindings::set_capacity(disk, size / SECTOR);
         }
         // SAFETY: `disk` is fully set up.
-        let rc = unsafe { bindings::device_add_disk(core::ptr::null_mut(), disk, core::ptr::null_mut()) };
+        let rc = unsafe {
+            bindings::device_add_disk(core::ptr::null_mut(), disk, core::ptr::null_mut())
+        };
         if let Err(e) = kernel::error::to_result(rc) {
             // SAFETY: never added: put_disk frees it; then the queue data goes.
             unsafe {
@@ -615,7 +643,10 @@ impl BlkDisk {
             }
             return Err(e);
         }
-        pr_info!("vpmblk0: {} MiB, 4096-byte blocks, write cache with FUA, discard\n", size >> 20);
+        pr_info!(
+            "vpmblk0: {} MiB, 4096-byte blocks, write cache with FUA, discard\n",
+            size >> 20
+        );
         Ok(BlkDisk {
             gendisk: disk,
             wq,
