@@ -171,6 +171,13 @@ fn an_fsync_on_the_raw_disk_persists_exactly_the_pages_written() {
     assert!(b.console.contains("logical block 4096"), "{}", b.console);
     assert_eq!(persisted(&b, "raw"), 1 << 20, "{}", b.console);
     host_persisted_what_the_driver_sent(&b);
+    // The only flush of the boot: the host persisted the 1 MiB written, not the 64 MiB disk.
+    assert_eq!(
+        b.host["stats"]["persist_requested_bytes"].as_u64(),
+        Some(1 << 20),
+        "{}",
+        b.host
+    );
 }
 
 #[test]
