@@ -27,6 +27,7 @@ use kernel::{
 #[path = "../../abi/src/proto/mod.rs"]
 mod abi;
 mod blk;
+mod blk_vpm;
 mod channel;
 
 use abi::op::Op;
@@ -158,7 +159,7 @@ impl core::fmt::Debug for CountersView {
         writeln!(f, "errors {}", c.errors.load(Ordering::Relaxed))?;
         writeln!(f, "host_served {served}")?;
         writeln!(f, "host_rejected {rejected}")?;
-        blk::write_stats(f)
+        blk_vpm::write_stats(f)
     }
 }
 
