@@ -18,8 +18,8 @@
 //! plumbing; it has no way to declare a write cache or FUA, nor to reach a request's op, sector
 //! and bio pages, so the disk is created and the bios are walked through raw bindings (each
 //! `unsafe` says why it holds). `queue_rq` must not sleep (the Rust tag set is not
-//! `BLK_MQ_F_BLOCKING`) and the hint channel sleeps, so flushes and FUA writes run on the system
-//! workqueue; plain reads and writes complete in `queue_rq`.
+//! `BLK_MQ_F_BLOCKING`) and the hint channel sleeps, so flushes, FUA writes and discards run on
+//! the disk's own workqueue (one worker); plain reads and writes complete in `queue_rq`.
 
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
@@ -74,7 +74,7 @@ fn finish(rq: ARef<Request<VpmBlk>>, r: Result) {
     }
 }
 
-/// Serves a request that may sleep: flushes (pre- and post-), FUA writes.
+/// Serves a request that may sleep: flushes (pre- and post-), FUA writes, discards.
 fn serve_slow(vpm: &Vpm, rq: *mut bindings::request) -> Result {
     // SAFETY: the request is owned by the driver until it is ended.
     let (flags, sector) = unsafe { ((*rq).cmd_flags, (*rq).__sector) };
@@ -112,7 +112,7 @@ fn serve_slow(vpm: &Vpm, rq: *mut bindings::request) -> Result {
     }
 }
 
-/// A request that must wait for the host: served on the system workqueue.
+/// A request that must wait for the host: served on the disk's workqueue.
 #[pin_data]
 struct Deferred {
     vpm: Arc<Vpm>,
