@@ -10,6 +10,9 @@
 #                   rewritten and fsynced; "DISCARD a=<md5> c=<md5>" of the two data sets
 #   blktest discardcheck  (next boot) "REGION name md5" of 4..5, 8..8.5 and 8.5..9 MiB, and of
 #                   512 KiB of zeros
+#   blktest refused a flush whose FLUSH entry the host refuses (injected through the driver's
+#                   debugfs) fails the fsync with EIO; the next fsync persists the whole disk
+#                   (every page was marked again) and succeeds
 #   blktest writer  (crash trials) mkfs.ext4 (discarding the disk) and mount -o discard; files f1, f2, ... of 4-64 KiB of random
 #                   data, each written with conv=fsync and its directory fsynced, then
 #                   "ACKED i f<i> <md5>"; meanwhile another writer rewrites a file and never syncs
@@ -98,6 +101,17 @@ EOF2
     echo "REGION $name $(dd if=$dev bs=4096 skip=$at count=$n 2>/dev/null | md5sum | cut -d' ' -f1)"
   done
   echo "REGION zeros $(dd if=/dev/zero bs=4096 count=128 2>/dev/null | md5sum | cut -d' ' -f1)"
+  ;;
+refused)
+  dd if=/dev/urandom of=/tmp/data bs=4096 count=16 2>/dev/null
+  echo 1 >/sys/kernel/debug/vpm/inject_refused_flushes || fail "inject"
+  if dd if=/tmp/data of=$dev bs=4096 seek=100 count=16 conv=fsync 2>/tmp/dd.err; then
+    fail "the fsync succeeded although the host refused its flush"
+  fi
+  echo "refused fsync: $(cat /tmp/dd.err)"
+  [ "$(stat_of blk_errors)" -ge 1 ] || fail "no block error counted"
+  dd if=/tmp/data of=$dev bs=4096 seek=200 count=1 conv=fsync 2>/dev/null || fail "the retry failed"
+  echo "BLK-FLUSH mode=refused persisted=$(stat_of blk_last_flush_bytes)"
   ;;
 writer)
   # mkfs discards the whole disk (every page transient) and -o discard discards freed blocks:

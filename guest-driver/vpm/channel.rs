@@ -183,6 +183,10 @@ impl Channel {
     /// Publishes a FLUSH without waiting; its result is checked at the next doorbell and a
     /// refusal is returned by the next [`Channel::drain`].
     pub(crate) fn flush(&mut self, gpa: u64, len: u64) -> Result {
+        let gpa = match crate::inject_refused_flush() {
+            true => gpa + self.page().header.vpm_size.load(Ordering::Relaxed),
+            false => gpa,
+        };
         let t = self.push(Op::Flush, gpa, len)?;
         // At most RING_ENTRIES entries are published between two doorbells (push rings when the
         // ring is full, which collects), so there is always room.

@@ -180,6 +180,20 @@ fn an_fsync_on_the_raw_disk_persists_exactly_the_pages_written() {
     );
 }
 
+/// A flush the host refuses fails the fsync (EIO) instead of passing silently; the pages it
+/// held are marked again, so the next flush persists them (here: the whole disk).
+#[test]
+fn a_refused_flush_fails_the_fsync_and_the_next_one_persists_everything() {
+    let b = blktest("refused", "INITRAMFS", "refused");
+    assert!(b.guest["blk_errors"] >= 1, "{:?}", b.guest);
+    assert!(
+        b.host["stats"]["hints_rejected"].as_u64() >= Some(1),
+        "{}",
+        b.host
+    );
+    assert_eq!(persisted(&b, "refused"), 64 << 20, "{}", b.console);
+}
+
 #[test]
 fn ext4_on_the_disk_mounts_fsyncs_reads_back_and_checks_clean() {
     let b = blktest("ext4", "INITRAMFS", "ext4");
