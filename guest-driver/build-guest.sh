@@ -29,6 +29,23 @@ cp /bin/busybox "$root/bin/busybox"
 for a in sh mount insmod rmmod cat grep sed poweroff reboot sleep dmesg echo tail; do ln -s busybox "$root/bin/$a"; done
 cp "$out/vpm.ko" "$root/lib/modules/"
 cp "$out/vpmtest" "$out/pmemtest" "$root/bin/"
+# The block device's test (vpmprog=blktest) and Debian's mkfs.ext4/e2fsck with their libraries.
+install -m 0755 "$here/tests/blktest.sh" "$root/bin/blktest"
+copy_with_libs() {
+  local bin=$1 dest=$2 lib
+  mkdir -p "$root$(dirname "$dest")"
+  cp -L "$bin" "$root$dest"
+  for lib in $(ldd "$bin" | awk '/=>/ { print $3 } /ld-linux/ { print $1 }'); do
+    [ -f "$lib" ] || continue
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+}
+for tool in mkfs.ext4 e2fsck; do
+  path=$(command -v "$tool" || echo "/usr/sbin/$tool")
+  [ -x "$path" ] || { echo "$tool is missing (apt-get install e2fsprogs)" >&2; exit 1; }
+  copy_with_libs "$path" "/sbin/$tool"
+done
 cat >"$root/init" <<'EOI'
 #!/bin/sh
 mount -t proc proc /proc
