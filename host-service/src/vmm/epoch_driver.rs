@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::context::{VmContext, VpmState};
 use super::precopy::{self, KvmTracker, RoundStats};
 use super::VmmError;
-use crate::pool::{CommitStats, PoolError, PageSource};
+use crate::pool::{CommitStats, PageSource, PoolError};
 use crate::tier::{policy, Rng};
 
 /// An epoch stopped and staged, not yet committed.
@@ -77,7 +77,8 @@ impl VmContext {
     }
 
     /// One pre-copy round, while the vCPU runs: stages the pages written since they were last
-    /// protected, except those kept writable (left to the stop). No-op without pre-copy.
+    /// protected, except hot ones (kept writable or recently changed: left to the stop, see
+    /// [`super::writable::WritableSet::is_hot`]). No-op without pre-copy.
     pub fn precopy_round(&self) -> Result<RoundStats, VmmError> {
         let (Some(staging), Some(log)) = (&self.precopy, &self.dirty) else {
             return Ok(RoundStats::default());
@@ -89,7 +90,7 @@ impl VmContext {
         // it meanwhile; the round clears a page's dirty bit before copying it.
         let r = unsafe {
             precopy::round(&tracker, &mut staging, state.memory.host_base(), |v| {
-                state.writable.is_kept(v)
+                state.writable.is_hot(v)
             })
         }?;
         let mut s = self.stats.lock().expect("stats");

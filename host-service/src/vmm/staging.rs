@@ -87,7 +87,9 @@ impl Staging {
         let dst = self.slot_bytes(slot);
         // SAFETY: the caller guarantees the source page is mapped; `dst` is a page of our own
         // buffer, distinct from guest memory. A concurrent guest write can only tear the copy.
-        unsafe { std::ptr::copy_nonoverlapping(vpm.add(vpn as usize * PAGE), dst.as_mut_ptr(), PAGE) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(vpm.add(vpn as usize * PAGE), dst.as_mut_ptr(), PAGE)
+        };
     }
 
     /// Forgets every staged page (keeps the buffers).

@@ -141,7 +141,10 @@ mod tests {
             s.record_pause(us);
         }
         s.finish_percentiles();
-        assert_eq!((s.pause_us_p50, s.pause_us_p99, s.pause_us_max), (20, 30, 30));
+        assert_eq!(
+            (s.pause_us_p50, s.pause_us_p99, s.pause_us_max),
+            (20, 30, 30)
+        );
         assert_eq!((s.pause_us_last, s.pause_us_total), (20, 60));
     }
 }

@@ -83,6 +83,17 @@ impl WritableSet {
         bit(&self.kept, vpn)
     }
 
+    /// Whether `vpn` is kept writable, or changed recently enough to be kept after its next
+    /// change: a pre-copy round leaves such pages to the stop, since re-arming them would make
+    /// the next epoch's write fault (it is only written once per epoch, say) where the page
+    /// would otherwise stay writable.
+    pub fn is_hot(&self, vpn: u64) -> bool {
+        self.is_kept(vpn)
+            || self.last_changed.get(vpn as usize).is_some_and(|&last| {
+                last != NEVER && self.epoch.wrapping_sub(last) < self.quiet_epochs
+            })
+    }
+
     /// Records that `changed` pages changed in the epoch last planned (pre-copy epochs learn it
     /// from the commit, after the plan).
     pub fn note_changed(&mut self, changed: &[u64]) {
@@ -199,6 +210,8 @@ mod tests {
         let p = set.plan(&[1, 2], &[], NONE);
         assert_eq!((p.protect, p.writable), (vec![1], 1));
         assert!(!set.is_kept(1) && set.is_kept(2));
+        // Page 1 was protected but changed two epochs ago: still hot; page 3 never changed.
+        assert!(set.is_hot(1) && set.is_hot(2) && !set.is_hot(3));
     }
 
     #[test]

@@ -61,12 +61,7 @@ fn pool() -> (Pool, u32) {
         meta_bytes: 16 * PAGE_SIZE,
         pool_id: 7,
     };
-    let mut pool = Pool::create(
-        Arc::new(SimPm::new(size)),
-        Arc::new(SimPm::new(0)),
-        &cfg,
-    )
-    .unwrap();
+    let mut pool = Pool::create(Arc::new(SimPm::new(size)), Arc::new(SimPm::new(0)), &cfg).unwrap();
     let t = pool
         .add_tenant(&TenantConfig {
             name: "t".into(),
@@ -95,7 +90,13 @@ fn a_page_written_after_a_round_is_committed_with_its_content_at_the_stop() {
     m.write(2, 0xb1);
     // SAFETY: the model's memory covers every page and is never reallocated.
     let r = unsafe { round(&m, &mut st, m.ptr(), |_| false) }.unwrap();
-    assert_eq!(r, RoundStats { copied: 2, recopied: 0 });
+    assert_eq!(
+        r,
+        RoundStats {
+            copied: 2,
+            recopied: 0
+        }
+    );
     m.write(1, 0xa2);
     // SAFETY: as above; nothing writes the model meanwhile.
     let dirty = unsafe { stop(&m, &mut st, m.ptr()) }.unwrap().dirty;
@@ -104,8 +105,14 @@ fn a_page_written_after_a_round_is_committed_with_its_content_at_the_stop() {
     m.write(2, 0xb2);
     let (mut pool, t) = pool();
     pool.commit_epoch(t, &st.pages_sorted(), &st).unwrap();
-    assert!(home(&pool, t, 1).iter().all(|&b| b == 0xa2), "final content of page 1");
-    assert!(home(&pool, t, 2).iter().all(|&b| b == 0xb1), "page 2 as at the stop");
+    assert!(
+        home(&pool, t, 1).iter().all(|&b| b == 0xa2),
+        "final content of page 1"
+    );
+    assert!(
+        home(&pool, t, 2).iter().all(|&b| b == 0xb1),
+        "page 2 as at the stop"
+    );
     assert!(home(&pool, t, 3).iter().all(|&b| b == 0));
 }
 
@@ -146,6 +153,12 @@ fn rounds_that_mostly_recopy_are_diverging() {
     m.write(7, 2);
     // SAFETY: as above.
     let second = unsafe { round(&m, &mut st, m.ptr(), |_| false) }.unwrap();
-    assert_eq!(second, RoundStats { copied: 4, recopied: 3 });
+    assert_eq!(
+        second,
+        RoundStats {
+            copied: 4,
+            recopied: 3
+        }
+    );
     assert!(second.diverging());
 }
