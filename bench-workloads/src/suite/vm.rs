@@ -150,7 +150,8 @@ pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, 
         time_limit: Some(Duration::from_secs(600)),
         doorbell: DoorbellKind::Exit,
         poll_us: job.poll_us,
-        precopy_rounds: Some(VmSpec::DEFAULT_PRECOPY_ROUNDS),
+        // Stop-and-commit: pre-copy epochs cost throughput on PVM (docs/costs.md §5).
+        precopy_rounds: None,
     };
     let out = run_vm(&spec, pool.clone(), tenant).map_err(|source| SuiteError::Vm {
         name: job.name.clone(),

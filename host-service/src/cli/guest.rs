@@ -139,8 +139,10 @@ pub struct GuestArgs {
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub poll_us: u64,
     /// Pre-copy epochs (full mode): copy dirty pages while the guest runs, pause it only for
-    /// the pages dirtied again, commit after it resumed; off = everything in the pause.
-    #[arg(long, value_enum, value_name = "ON|OFF", default_value_t = OnOff::On)]
+    /// the pages dirtied again, commit after it resumed; off = everything in the pause. Off by
+    /// default: shorter pauses, but on this PVM host the guest runs slower while the commit
+    /// runs beside it (docs/costs.md §5).
+    #[arg(long, value_enum, value_name = "ON|OFF", default_value_t = OnOff::Off)]
     pub precopy: OnOff,
     /// Pre-copy rounds per epoch before the stop (0 = copy everything at the stop, commit
     /// after the guest resumed).

@@ -23,6 +23,9 @@ use crate::tier::Rng;
 /// Builds and runs one VM to completion (or the time limit) on `pool`'s tenant `tenant`.
 pub fn run_vm(spec: &VmSpec, pool: Arc<Mutex<Pool>>, tenant: u32) -> Result<VmOutcome, VmmError> {
     let (vm, vcpu) = build_vm(spec, pool, tenant)?;
+    if vm.precopy.is_some() {
+        super::precopy::keep_freed_memory();
+    }
     let start = Instant::now();
     let ring_thread = if spec.ring_thread() {
         Some(spawn_ring_thread(&vm, spec.poll_window())?)

@@ -210,8 +210,12 @@ mod tests {
         let p = set.plan(&[1, 2], &[], NONE);
         assert_eq!((p.protect, p.writable), (vec![1], 1));
         assert!(!set.is_kept(1) && set.is_kept(2));
-        // Page 1 was protected but changed two epochs ago: still hot; page 3 never changed.
-        assert!(set.is_hot(1) && set.is_hot(2) && !set.is_hot(3));
+        // Page 1 has been quiet for two epochs: no longer hot; page 3 never changed.
+        assert!(!set.is_hot(1) && set.is_hot(2) && !set.is_hot(3));
+        // A protected page that changed in the last epoch is hot though not kept.
+        set.plan(&[3], &[3], |_| false);
+        set.note_changed(&[1]);
+        assert!(!set.is_kept(1) && set.is_hot(1));
     }
 
     #[test]
