@@ -142,11 +142,13 @@ pub struct GuestArgs {
     /// the pages dirtied again, commit after it resumed; off = everything in the pause. Off by
     /// default: shorter pauses, but on this PVM host the guest runs slower while the commit
     /// runs beside it (docs/costs.md §5).
-    #[arg(long, value_enum, value_name = "ON|OFF", default_value_t = OnOff::Off)]
+    #[arg(long, value_enum, value_name = "ON|OFF", default_value_t = OnOff::Off,
+          env = "VPM_PRECOPY")]
     pub precopy: OnOff,
     /// Pre-copy rounds per epoch before the stop (0 = copy everything at the stop, commit
     /// after the guest resumed).
     #[arg(long, value_name = "N", default_value_t = VmSpec::DEFAULT_PRECOPY_ROUNDS,
+          env = "VPM_PRECOPY_ROUNDS",
           value_parser = clap::value_parser!(u32).range(0..=16))]
     pub precopy_rounds: u32,
 }
