@@ -30,7 +30,7 @@ impl Drop for Dir {
 
 /// Runs `vpm guest` with `args` and returns its JSON result line.
 fn guest(args: &[&str]) -> Value {
-    let mut all = vec!["guest", "--pool-mib", "96"];
+    let mut all = vec!["guest", "--pool-mib", "160"];
     all.extend_from_slice(args);
     let out = Command::new(env!("CARGO_BIN_EXE_vpm"))
         .args(&all)
@@ -44,9 +44,13 @@ fn guest(args: &[&str]) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON result line")
 }
 
-/// A sequential writer wraps a 4 MiB vPM many times over 2 ms epochs with two pre-copy rounds
-/// each: pages are copied by rounds and rewritten before stops all the time. A fresh VM then
-/// checks the recovered image record by record: it must be exactly the writer's last image.
+/// 64-byte records the writer appends: 15/16 of a 64 MiB vPM.
+const RECORDS: &str = "983040";
+
+/// A sequential writer fills most of a 64 MiB vPM once over 2 ms epochs with two pre-copy rounds
+/// each: the page being filled when a round runs is copied and written on before the stop, in
+/// the last epoch too (pages written once are the ones rounds copy). A fresh VM then checks the
+/// recovered image record by record: it must be exactly the writer's last image.
 #[test]
 fn precopy_epochs_commit_the_memory_at_the_stop() {
     let d = Dir::new("precopy");
@@ -65,7 +69,7 @@ fn precopy_epochs_commit_the_memory_at_the_stop() {
         "--workload",
         "seq-writer",
         "--args",
-        "4194304",
+        RECORDS,
         "--epoch-ms",
         "2",
         "--precopy",
@@ -95,7 +99,7 @@ fn precopy_epochs_commit_the_memory_at_the_stop() {
     assert_eq!(c["report"]["errors"], 0, "{}", c["report"]["message"]);
     assert_eq!(
         c["report"]["values"][0].as_u64(),
-        Some(4194304),
+        Some(RECORDS.parse().unwrap()),
         "the recovered image is not the writer's last: {}",
         c["report"]
     );
