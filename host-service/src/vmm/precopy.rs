@@ -22,8 +22,8 @@ const MMAP_THRESHOLD_MAX: libc::c_int = 32 << 20;
 /// Keeps memory freed by this process in its heap instead of returning it to the kernel: heap
 /// trimming and the unmapping of large blocks flush the TLBs of every thread of the process,
 /// and under PVM (docs/costs.md §2) a flush while the vCPU runs costs the guest a refault of its
-/// whole working set. A pre-copy epoch frees its commit's buffers while the vCPU runs: measured
-/// on a 128 MiB KV store, that made the guest 5× slower than stop-and-commit; with this, faster.
+/// whole working set. A pre-copy epoch frees its commit's buffers while the vCPU runs: 5 M puts
+/// on a 128 MiB KV store took over 60 s that way, 13–18 s with this (docs/costs.md §5).
 /// Process-wide; call before the vCPU starts.
 pub fn keep_freed_memory() {
     // SAFETY: mallopt only changes allocator parameters; glibc serialises it with allocations.
