@@ -139,6 +139,19 @@ pub struct GuestArgs {
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub poll_us: u64,
+    /// Pre-copy epochs (full mode): copy dirty pages while the guest runs, pause it only for
+    /// the pages dirtied again, commit after it resumed; off = everything in the pause. Off by
+    /// default: shorter pauses, but on this PVM host the guest runs slower while the commit
+    /// runs beside it (docs/costs.md §5).
+    #[arg(long, value_enum, value_name = "ON|OFF", default_value_t = OnOff::Off,
+          env = "VPM_PRECOPY")]
+    pub precopy: OnOff,
+    /// Pre-copy rounds per epoch before the stop (0 = copy everything at the stop, commit
+    /// after the guest resumed).
+    #[arg(long, value_name = "N", default_value_t = VmSpec::DEFAULT_PRECOPY_ROUNDS,
+          env = "VPM_PRECOPY_ROUNDS",
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub precopy_rounds: u32,
 }
 
 /// Parses guest options alone (for [`GuestArgs::defaults`]).
@@ -331,6 +344,7 @@ pub fn spec_for(o: &GuestArgs) -> VmSpec {
         time_limit: o.seconds.map(Duration::from_secs_f64),
         doorbell: o.doorbell.into(),
         poll_us: o.poll_us,
+        precopy_rounds: bool::from(o.precopy).then_some(o.precopy_rounds),
     }
 }
 

@@ -16,6 +16,7 @@ use super::memory::VpmMemory;
 use super::mode::Mode;
 use super::pause::{self, PauseGate};
 use super::range::VpmRange;
+use super::staging::Staging;
 use super::stats::VmStats;
 use super::witness::Witnesses;
 use super::writable::WritableSet;
@@ -44,6 +45,8 @@ pub struct VmContext {
     pub(super) hints: Mutex<HintService>,
     /// The vPM slot's dirty log (tiered modes).
     pub(super) dirty: Option<DirtyLog>,
+    /// Pre-copy epochs' staging (full mode with pre-copy on). Lock order: before `state`.
+    pub(super) precopy: Option<Mutex<Staging>>,
     /// Guest RAM's and vPM's memslots: removed before the memory they map is unmapped.
     pub(super) memslots: Vec<Memslot>,
     /// The VM (the memslots hold it too).

@@ -7,7 +7,8 @@
 //!
 //! By concern: [`spec`] says what to run and how it ended; [`setup`] builds a VM into a
 //! [`context::VmContext`]; [`run`] runs it (vCPU loop, ring thread, controller); [`guest_map`] is
-//! the guest-physical map; [`writable`] decides which dirty pages stay writable between epochs;
+//! the guest-physical map; [`writable`] decides which dirty pages stay writable between epochs; [`precopy`] and
+//! [`staging`] copy an epoch's pages while the vCPU runs;
 //! [`witness`] writes the crash tests' witness files; [`error`] holds [`VmmError`].
 
 pub mod context;
@@ -22,10 +23,12 @@ pub mod memory;
 pub mod mode;
 pub mod pause;
 pub mod poller;
+pub mod precopy;
 pub mod range;
 pub mod run;
 pub mod setup;
 pub mod spec;
+pub mod staging;
 pub mod stats;
 pub mod vcpu;
 pub mod witness;

@@ -13,6 +13,7 @@ use vpm_abi::{DOORBELL_PORT, PROBE_REPLY};
 
 use super::context::VmContext;
 use super::control::VmControl;
+use super::epoch_driver::StoppedEpoch;
 use super::guest_map;
 use super::setup::build_vm;
 use super::spec::{ExitKind, VmOutcome, VmSpec};
@@ -33,6 +34,9 @@ pub fn run_vm_controlled(
     control: &VmControl,
 ) -> Result<VmOutcome, VmmError> {
     let (vm, vcpu) = build_vm(spec, pool, tenant)?;
+    if vm.precopy.is_some() {
+        super::precopy::keep_freed_memory();
+    }
     control.set_running(Some(vm.clone()));
     let r = run_built(spec, vm, vcpu, control);
     control.set_running(None);
@@ -180,7 +184,32 @@ fn vcpu_loop(mut vcpu: VcpuFd, vm: &VmContext) -> Result<ExitKind, VmmError> {
     result
 }
 
-/// The controller: periodic epochs, forced migrations, the time limit.
+/// When the pre-copy rounds of an epoch run: evenly spread over the last quarter of the
+/// interval before the stop, and no more once a round diverges.
+struct RoundClock {
+    rounds: u32,
+    done: u32,
+    diverged: bool,
+}
+
+impl RoundClock {
+    /// Whether a round is due at `now`, for an epoch due at `due` after an `interval`.
+    fn due(&self, now: Instant, due: Instant, interval: Duration) -> bool {
+        if self.done >= self.rounds || self.diverged {
+            return false;
+        }
+        let lead = interval / 4 * (self.rounds - self.done) / self.rounds;
+        now + lead >= due
+    }
+
+    fn restart(&mut self) {
+        self.done = 0;
+        self.diverged = false;
+    }
+}
+
+/// The controller: periodic epochs (with their pre-copy rounds), forced migrations, the time
+/// limit.
 fn control_loop(
     spec: &VmSpec,
     vm: &VmContext,
@@ -194,6 +223,16 @@ fn control_loop(
     let mut next_epoch = spec.epoch_interval.map(|d| start + d);
     let mut next_migrate = spec.migrate_interval.map(|d| start + d);
     let mut rng = Rng::new(spec.params.seed ^ 0x5eed);
+    let precopy = vm.precopy.is_some();
+    let mut rounds = RoundClock {
+        rounds: if precopy {
+            spec.precopy_rounds.unwrap_or(0)
+        } else {
+            0
+        },
+        done: 0,
+        diverged: false,
+    };
     loop {
         std::thread::sleep(tick);
         let now = Instant::now();
@@ -214,6 +253,13 @@ fn control_loop(
         }
         let jobs_due = control.has_jobs();
         let epoch_due = vm.mode.tiered() && (jobs_due || next_epoch.is_some_and(|t| now >= t));
+        if let (Some(due), Some(interval), false) = (next_epoch, spec.epoch_interval, holding) {
+            if vm.mode.tiered() && rounds.due(now, due, interval) {
+                let r = vm.precopy_round()?;
+                rounds.done += 1;
+                rounds.diverged = r.diverging();
+            }
+        }
         let migrate_due = vm.mode.tiered() && next_migrate.is_some_and(|t| now >= t);
         if !epoch_due && !migrate_due && !jobs_due {
             if vm.pause.has_exited() {
@@ -224,25 +270,35 @@ fn control_loop(
         if !vm.pause.pause(|| vm.kick(thread)) {
             return Ok(());
         }
-        let r = (|| -> Result<(), VmmError> {
+        let r = (|| -> Result<Option<StoppedEpoch>, VmmError> {
             if migrate_due {
                 vm.shuffle_placement(&mut rng, spec.migrate_pages)?;
                 next_migrate = spec.migrate_interval.map(|d| now + d);
             }
+            let mut stopped = None;
             if epoch_due {
-                vm.take_epoch()?;
+                // A job (a snapshot) must see this epoch committed: no staged commit then.
+                if precopy && !jobs_due {
+                    stopped = Some(vm.stop_epoch()?);
+                } else {
+                    vm.take_epoch()?;
+                }
                 // The interval runs from the end of the pause: the guest always gets it.
                 next_epoch = spec.epoch_interval.map(|d| Instant::now() + d);
+                rounds.restart();
             }
             for job in control.take_jobs() {
                 job(vm);
             }
-            Ok(())
+            Ok(stopped)
         })();
         if !holding {
             vm.pause.resume();
         }
-        r?;
+        // A pre-copy epoch commits its staged image while the vCPU runs.
+        if let Some(stopped) = r? {
+            vm.commit_staged(stopped)?;
+        }
     }
 }
 
@@ -253,6 +309,7 @@ fn finish(vm: &VmContext, exit: ExitKind, elapsed: Duration) -> Result<VmOutcome
         source,
     })?;
     let mut stats = vm.stats.lock().expect("stats").clone();
+    stats.finish_percentiles();
     let pool = vm.pool.lock().expect("pool");
     let t = pool.tenant(vm.tenant)?;
     stats.pm_bytes_written = t.stats().pm_home_bytes + t.stats().log_bytes;

@@ -17,6 +17,7 @@ use super::kvm::{self, DirtyLog, Memslot};
 use super::memory::VpmMemory;
 use super::pause::{self, PauseGate};
 use super::spec::VmSpec;
+use super::staging::Staging;
 use super::stats::VmStats;
 use super::vcpu;
 use super::witness::Witnesses;
@@ -104,6 +105,7 @@ pub fn build_vm(
     let placements = PagePlacements::new(pages, if spec.mode.tiered() { budget } else { 0 });
     let context = Arc::new(VmContext {
         hints: Mutex::new(HintService::new(VPM_BASE_GPA, vpm_size)),
+        precopy: (spec.precopy() && dirty.is_some()).then(|| Mutex::new(Staging::new(pages))),
         dirty,
         memslots: vec![ram_slot, vpm_slot],
         vm,
@@ -122,7 +124,14 @@ pub fn build_vm(
         state: Mutex::new(VpmState {
             memory,
             placements,
-            writable: WritableSet::new(pages, kvm::protection_fault_us(), spec.epoch_interval),
+            writable: {
+                let w = WritableSet::new(pages, kvm::protection_fault_us(), spec.epoch_interval);
+                if spec.precopy() {
+                    w.for_precopy(spec.epoch_interval)
+                } else {
+                    w
+                }
+            },
         }),
         ram,
     });

@@ -40,6 +40,21 @@ pub struct VmSpec {
     /// hint before it sleeps on the doorbell; 0 = no poller, every batch rings. A poller serves
     /// the ring from its own thread, so it implies the ioeventfd doorbell.
     pub poll_us: u64,
+    /// Pre-copy epochs (full mode only): `None` = stop-and-commit, everything in the pause;
+    /// `Some(n)` = `n` pre-copy rounds while the vCPU runs before each stop, a pause that only
+    /// copies what is dirty at the stop, and the commit after the vCPU resumed.
+    pub precopy_rounds: Option<u32>,
+}
+
+impl VmSpec {
+    /// Pre-copy rounds per epoch by default.
+    pub const DEFAULT_PRECOPY_ROUNDS: u32 = 1;
+
+    /// Whether this VM takes pre-copy epochs: full mode only (a PV persist must not race a
+    /// staged commit that could write older content over it).
+    pub fn precopy(&self) -> bool {
+        self.mode == Mode::Full && self.precopy_rounds.is_some()
+    }
 }
 
 impl VmSpec {

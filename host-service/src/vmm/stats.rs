@@ -2,6 +2,33 @@
 
 use serde::Serialize;
 
+/// The `q`-quantile (0..=1) of `samples` by the nearest-rank rule; 0 when there are none.
+pub fn quantile(samples: &[u32], q: f64) -> u64 {
+    if samples.is_empty() {
+        return 0;
+    }
+    let mut v = samples.to_vec();
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1] as u64
+}
+
+impl VmStats {
+    /// Records one epoch pause of `us` microseconds.
+    pub fn record_pause(&mut self, us: u64) {
+        self.pause_us_last = us;
+        self.pause_us_max = self.pause_us_max.max(us);
+        self.pause_us_total += us;
+        self.pauses_us.push(us.min(u32::MAX as u64) as u32);
+    }
+
+    /// Fills in the pause percentiles from the recorded pauses.
+    pub fn finish_percentiles(&mut self) {
+        self.pause_us_p50 = quantile(&self.pauses_us, 0.5);
+        self.pause_us_p99 = quantile(&self.pauses_us, 0.99);
+    }
+}
+
 /// Everything a VM run counts.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct VmStats {
@@ -15,6 +42,35 @@ pub struct VmStats {
     pub pause_us_max: u64,
     /// Sum of pauses.
     pub pause_us_total: u64,
+    /// Median epoch pause (µs), over the run's periodic and final epochs.
+    pub pause_us_p50: u64,
+    /// 99th-percentile epoch pause (µs).
+    pub pause_us_p99: u64,
+    /// Pause time spent fetching the dirty log (µs, total).
+    pub pause_collect_us: u64,
+    /// Pause time spent copying dirty pages into staging (pre-copy epochs; µs, total).
+    pub pause_copy_us: u64,
+    /// Pause time spent committing to the pool (stop-and-copy epochs; µs, total).
+    pub pause_commit_us: u64,
+    /// Pause time spent re-protecting pages (µs, total).
+    pub pause_protect_us: u64,
+    /// Pause time spent rebalancing the tiers (µs, total).
+    pub pause_rebalance_us: u64,
+    /// Time spent committing staged epochs while the vCPU runs (µs, total).
+    pub commit_running_us: u64,
+    /// Pre-copy rounds run while the vCPU ran.
+    pub precopy_rounds: u64,
+    /// Pages copied into staging by pre-copy rounds, while the vCPU ran.
+    pub precopy_pages: u64,
+    /// Pages copied into staging while the vCPU was paused.
+    pub stop_copy_pages: u64,
+    /// Guest bytes changed, at cache-line granularity: changed lines × 64, summed over epochs.
+    pub changed_bytes: u64,
+    /// Bytes epochs wrote to PM (redo log plus homes), summed over epochs.
+    pub epoch_pm_bytes: u64,
+    /// Every epoch's pause (µs), for the percentiles; not reported.
+    #[serde(skip)]
+    pub pauses_us: Vec<u32>,
     /// Pages committed by epochs (with changes).
     pub committed_pages: u64,
     /// Dirty pages reported by KVM.
@@ -67,4 +123,28 @@ pub struct VmStats {
     pub doorbells_suppressed: u64,
     /// Hint entries the ring poller completed without a doorbell.
     pub poller_hints: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_follow_the_nearest_rank_rule() {
+        assert_eq!(quantile(&[], 0.5), 0);
+        let v: Vec<u32> = (1..=100).rev().collect();
+        assert_eq!(quantile(&v, 0.5), 50);
+        assert_eq!(quantile(&v, 0.99), 99);
+        assert_eq!(quantile(&[7], 0.99), 7);
+        let mut s = VmStats::default();
+        for us in [10, 30, 20] {
+            s.record_pause(us);
+        }
+        s.finish_percentiles();
+        assert_eq!(
+            (s.pause_us_p50, s.pause_us_p99, s.pause_us_max),
+            (20, 30, 30)
+        );
+        assert_eq!((s.pause_us_last, s.pause_us_total), (20, 60));
+    }
 }

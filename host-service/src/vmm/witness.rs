@@ -61,12 +61,25 @@ impl Witnesses {
     /// Appends `epoch record` to the epoch witness: the guest's newest complete record (report
     /// value 2), read while the vCPU is paused, is in the image epoch `epoch` committed.
     pub fn epoch(&self, ram: &GuestMemoryMmap, epoch: u64) {
+        let record = self.epoch_record(ram);
+        self.write_epoch(epoch, record);
+    }
+
+    /// The guest's newest complete record (report value 2), read at an epoch's stop when an
+    /// epoch witness is open (pre-copy epochs commit after the vCPU resumed).
+    pub fn epoch_record(&self, ram: &GuestMemoryMmap) -> Option<u64> {
+        if self.epoch.lock().expect("epoch witness").is_none() {
+            return None;
+        }
+        read_report_value(ram, NEWEST_RECORD_VALUE).ok()
+    }
+
+    /// Appends `epoch record` to the epoch witness once epoch `epoch` has committed.
+    pub fn write_epoch(&self, epoch: u64, record: Option<u64>) {
         let mut w = self.epoch.lock().expect("epoch witness");
-        if let Some(f) = w.as_mut() {
-            if let Ok(record) = read_report_value(ram, NEWEST_RECORD_VALUE) {
-                // A crash test's witness: a lost line only weakens the check, never fakes a pass.
-                let _ = writeln!(f, "{epoch} {record}");
-            }
+        if let (Some(f), Some(record)) = (w.as_mut(), record) {
+            // A crash test's witness: a lost line only weakens the check, never fakes a pass.
+            let _ = writeln!(f, "{epoch} {record}");
         }
     }
 }
