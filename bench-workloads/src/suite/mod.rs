@@ -174,7 +174,8 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
                 "epochs": o.stats.epochs, "pause_us_total": o.stats.pause_us_total, "pause_us_max": o.stats.pause_us_max,
                 "dirty_mib": dirty_mib, "pm_bytes_written": o.stats.pm_bytes_written,
                 "persisted_bytes": o.stats.persist_requested_bytes, "dram_pages_max": o.stats.dram_pages_max,
-                "poller_cpu_us": o.stats.poller_cpu_us, "poller_hints": o.stats.poller_hints}));
+                "poller_cpu_us": o.stats.poller_cpu_us, "poller_hints": o.stats.poller_hints,
+                "pause_us_p99": o.stats.pause_us_p99, "epoch": vm::epoch_fields(&o)}));
         }
     }
     step(
@@ -192,7 +193,8 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
             tput.push(json!({"workload": format!("kv puts {mib} MiB"), "mode": mname,
                 "ops_per_s": o.report.ops as f64 / o.elapsed.as_secs_f64(), "epochs": o.stats.epochs,
                 "pause_us_total": o.stats.pause_us_total, "pause_us_max": o.stats.pause_us_max,
-                "writable_pages_last": o.stats.writable_pages_last, "pm_bytes_written": o.stats.pm_bytes_written}));
+                "writable_pages_last": o.stats.writable_pages_last, "pm_bytes_written": o.stats.pm_bytes_written,
+                "pause_us_p99": o.stats.pause_us_p99, "epoch": vm::epoch_fields(&o)}));
         }
     }
     step(

@@ -184,10 +184,6 @@ pub fn run_alone(job: &Job, parent: &str, pool_mib: u64) -> Result<VmOutcome, Su
 /// The epoch figures of a full-virtualization run, for the suite's JSON rows: pause percentiles,
 /// where the pause went, pre-copy work, and PM bytes per changed byte.
 /// A row carries them as `"epoch": vm::epoch_fields(&o)` (suite/mod.rs).
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "suite/mod.rs is to add these fields to its rows")
-)]
 pub fn epoch_fields(o: &VmOutcome) -> serde_json::Value {
     let s = &o.stats;
     let per_changed = if s.changed_bytes > 0 {

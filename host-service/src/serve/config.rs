@@ -421,6 +421,7 @@ impl VmConfig {
             time_limit: self.seconds.map(Duration::from_secs_f64),
             doorbell: DoorbellKind::Exit,
             poll_us: 0,
+            precopy_rounds: None,
         }
     }
 }
