@@ -155,8 +155,8 @@ pub enum CliError {
     /// Crash trials failed (each was printed).
     #[error("{0} crash trials failed")]
     Trials(u64),
-    /// `vpm qemu` serves para-virtual guests only.
-    #[error("vpm qemu serves a para-virtual guest: --mode must be pv")]
+    /// `vpm qemu` serves para-virtual guests and full virtualization (epochs) only.
+    #[error("vpm qemu serves --mode pv (hints) or --mode full (periodic epochs) only")]
     QemuMode,
 }
 
