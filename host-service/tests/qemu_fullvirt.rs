@@ -8,7 +8,7 @@
 //!
 //! `VPM_QFV_TRIALS=N` (default 20) sets the number of trials, `VPM_QFV_SEED` the seed of the kill
 //! moments, and `VPM_QFV_SUMMARY=FILE` writes one JSON line per trial and a closing summary (the
-//! longer runs recorded in docs/soak-ext4.md).
+//! longer runs recorded in docs/soak-ext4.md); `VPM_QFV_GUEST_OUT=DIR` builds the guest there.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -30,7 +30,11 @@ fn guest() -> &'static HashMap<String, String> {
     G.get_or_init(|| {
         let out = Command::new("bash")
             .arg(repo().join("guest-driver/build-guest.sh"))
-            .env("VPM_GUEST_OUT", repo().join("target/guest-test-fullvirt"))
+            .env(
+                "VPM_GUEST_OUT",
+                std::env::var_os("VPM_QFV_GUEST_OUT")
+                    .map_or_else(|| repo().join("target/guest-test-fullvirt"), PathBuf::from),
+            )
             .output()
             .expect("run guest-driver/build-guest.sh");
         assert!(
