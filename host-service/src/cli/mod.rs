@@ -116,6 +116,15 @@ pub enum CliError {
         #[source]
         source: VmmError,
     },
+    /// A QEMU guest could not be served.
+    #[error("run QEMU guest {vm}")]
+    Qemu {
+        /// VM name.
+        vm: String,
+        /// Why.
+        #[source]
+        source: vpm_host::qemu::QemuError,
+    },
     /// The guest failed.
     #[error("the guest of VM {vm} failed: {message}")]
     GuestFailed {

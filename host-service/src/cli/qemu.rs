@@ -64,7 +64,7 @@ pub fn run(a: &QemuArgs) -> Result<(), CliError> {
         }),
     };
     let out =
-        run_qemu(&spec, Arc::new(Mutex::new(pool)), tenant).map_err(|source| CliError::Vmm {
+        run_qemu(&spec, Arc::new(Mutex::new(pool)), tenant).map_err(|source| CliError::Qemu {
             vm: o.vm.clone(),
             source,
         })?;

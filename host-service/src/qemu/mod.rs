@@ -27,6 +27,23 @@ use std::time::{Duration, Instant};
 use vpm_abi::{features, HintResult, SharedPage, PAGE_SIZE};
 
 use crate::pool::{Pool, PoolError};
+
+/// Why a QEMU guest could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// Setting up or serving the guest failed (RAM file, sockets, QEMU, the pool, hints).
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// A full-virt epoch failed (QMP, the commit, or the epoch witness).
+    #[error("full-virt epoch: {0}")]
+    Epoch(#[from] EpochError),
+}
+
+impl From<PoolError> for QemuError {
+    fn from(e: PoolError) -> QemuError {
+        QemuError::Vmm(e.into())
+    }
+}
 use crate::vmm::hints::{HintService, HintTarget};
 use crate::vmm::mapping::FileMapping;
 use crate::vmm::{Mode, VmStats, VmmError, VpmRange};
@@ -191,7 +208,7 @@ pub fn run_qemu(
     spec: &QemuSpec,
     pool: Arc<Mutex<Pool>>,
     tenant: u32,
-) -> Result<QemuOutcome, VmmError> {
+) -> Result<QemuOutcome, QemuError> {
     let (vpm_size, start_epoch) = {
         let p = pool.lock().expect("pool");
         let t = p.tenant(tenant)?;
@@ -203,7 +220,8 @@ pub fn run_qemu(
         return Err(VmmError::VpmOutsideGuestRam {
             vpm_end: vpm_off + vpm_size,
             ram: ram_len,
-        });
+        }
+        .into());
     }
     let file = |ext: &str| spec.state.join(format!("{}.{ext}", spec.name));
     let (ram_path, sock, console_path, qmp_path) =
@@ -223,8 +241,7 @@ pub fn run_qemu(
         .epochs
         .as_ref()
         .map(|e| EpochDriver::new(target.vpm(), start_epoch, e, &console_path))
-        .transpose()
-        .map_err(full_virt)?;
+        .transpose()?;
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(&qmp_path);
     let listener = UnixListener::bind(&sock).map_err(|source| VmmError::DoorbellSocket {
@@ -275,7 +292,7 @@ pub fn run_qemu(
         if let Err(e) = r {
             // QEMU going away mid-epoch breaks QMP; anything else is a failure.
             if !matches!(e, EpochError::Qmp(_)) {
-                return Err(full_virt(e));
+                return Err(e.into());
             }
             tracing::debug!(error = %e, "epoch thread stopped with QEMU");
         }
@@ -283,8 +300,7 @@ pub fn run_qemu(
     }
     // QEMU is gone: the memory is final, and one last epoch commits it.
     if let Some(d) = driver.as_mut() {
-        d.epoch(target.vpm(), None, &pool, tenant)
-            .map_err(full_virt)?;
+        d.epoch(target.vpm(), None, &pool, tenant)?;
     }
     let console = std::fs::read_to_string(&console_path).unwrap_or_default();
     let stats = target.stats.lock().expect("stats").clone();
@@ -296,9 +312,8 @@ pub fn run_qemu(
     })
 }
 
-fn full_virt(e: EpochError) -> VmmError {
-    VmmError::QemuEpoch(Box::new(e))
-}
+/// How long QEMU may take to open its QMP socket.
+const QMP_WAIT: Duration = Duration::from_secs(30);
 
 /// Takes an epoch every `every` until `done`; returns the driver and the first error.
 fn periodic_epochs(
@@ -308,9 +323,16 @@ fn periodic_epochs(
     every: Duration,
     done: &AtomicBool,
 ) -> (EpochDriver, Result<(), EpochError>) {
-    let mut qmp = match Qmp::connect(qmp_path, Duration::from_secs(10)) {
-        Ok(q) => q,
-        Err(e) => return (d, Err(e.into())),
+    // QEMU creates the socket as it starts (or never, when it fails to start: stop trying then).
+    let connected = Instant::now();
+    let mut qmp = loop {
+        match Qmp::connect(qmp_path, Duration::from_millis(100)) {
+            Ok(q) => break q,
+            Err(e) if done.load(Ordering::SeqCst) || connected.elapsed() > QMP_WAIT => {
+                return (d, Err(e.into()))
+            }
+            Err(_) => {}
+        }
     };
     let mut next = Instant::now() + every;
     while !done.load(Ordering::SeqCst) {

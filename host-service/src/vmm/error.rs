@@ -173,9 +173,6 @@ pub enum VmmError {
         #[source]
         source: io::Error,
     },
-    /// A full-virt epoch of a QEMU guest failed (QMP, the commit, or the epoch witness).
-    #[error("full-virt epoch: {0}")]
-    QemuEpoch(#[source] Box<crate::qemu::EpochError>),
     /// QEMU could not be started.
     #[error("cannot start qemu-system-x86_64 ({0}); tests/setup/install-deps.sh installs it")]
     StartQemu(#[source] io::Error),
