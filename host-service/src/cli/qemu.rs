@@ -55,7 +55,9 @@ pub fn run(a: &QemuArgs) -> Result<(), CliError> {
         kernel: a.kernel.clone(),
         initrd: a.initrd.clone(),
         append: format!("vpmtest={} {}", a.vpmtest.replace(' ', ","), a.append),
-        ram_mib: 512,
+        // vPM from 384 MiB, and 64 MiB of RAM above it (QEMU puts firmware tables at the top of
+        // RAM, which must not overlap the e820 PM range).
+        ram_mib: 512.max(384 + o.vpm_mib_or(64) + 64),
         vpm_offset_mib: 384,
         timeout: Duration::from_secs_f64(a.timeout),
         epochs: full.then(|| EpochSpec {
