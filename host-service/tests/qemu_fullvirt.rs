@@ -409,3 +409,19 @@ fn vpm_qemu_refuses_the_modes_it_does_not_serve() {
         "{err}"
     );
 }
+
+#[test]
+fn an_unwritable_epoch_witness_stops_vpm_qemu_before_the_guest_boots() {
+    let s = State::new("badwitness");
+    let out = Command::new(env!("CARGO_BIN_EXE_vpm"))
+        .args(["qemu", "--state", s.0.to_str().unwrap(), "--pool-mib", "32"])
+        .args(["--vpm-mib", "8", "--mode", "full"])
+        .args(["--epoch-witness", "/nonexistent/qfv/witness"])
+        .args(["--kernel", "/nonexistent/k", "--initrd", "/nonexistent/i"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("/nonexistent/qfv/witness"), "{err}");
+    assert!(!s.console().exists(), "QEMU was started");
+}

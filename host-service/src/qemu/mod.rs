@@ -274,11 +274,15 @@ pub fn run_qemu(
         }
     };
     let start = Instant::now();
+    let mut epochs_stopped = false;
     let exited = loop {
         if let Ok(Some(_)) = child.try_wait() {
             break true;
         }
-        if start.elapsed() > spec.timeout {
+        // Epochs ended while QEMU runs (QMP, the commit or the witness failed): the guest must
+        // not run on without them.
+        epochs_stopped = periodic.as_ref().is_some_and(|h| h.is_finished());
+        if epochs_stopped || start.elapsed() > spec.timeout {
             let _ = child.kill();
             let _ = child.wait();
             break false;
@@ -291,7 +295,7 @@ pub fn run_qemu(
         let (d, r) = h.join().expect("epoch thread");
         if let Err(e) = r {
             // QEMU going away mid-epoch breaks QMP; anything else is a failure.
-            if !matches!(e, EpochError::Qmp(_)) {
+            if epochs_stopped || !matches!(e, EpochError::Qmp(_)) {
                 return Err(e.into());
             }
             tracing::debug!(error = %e, "epoch thread stopped with QEMU");
