@@ -220,8 +220,9 @@ impl HostRun {
     }
 }
 
-/// Waits until the console contains `what`; panics with the console after `limit`.
-fn wait_for(console: &Path, what: &str, limit: Duration) -> String {
+/// Waits until the console contains `what`; panics with the console after `limit` or when
+/// `host` ends first.
+fn wait_for(host: &mut HostRun, console: &Path, what: &str, limit: Duration) -> String {
     let start = Instant::now();
     loop {
         let text = std::fs::read_to_string(console).unwrap_or_default();
@@ -232,6 +233,9 @@ fn wait_for(console: &Path, what: &str, limit: Duration) -> String {
             start.elapsed() < limit,
             "no {what:?} within {limit:?}:\n{text}"
         );
+        if let Ok(Some(status)) = host.0.try_wait() {
+            panic!("vpm qemu ended ({status}) before {what:?}:\n{text}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -304,8 +308,13 @@ fn ext4_dax_on_full_virt_epochs_survives_kill9_of_qemu_and_the_host() {
         let tag = format!("t{trial}");
         // The previous run's console says "FSYNCER start" too.
         let _ = std::fs::remove_file(s.console());
-        let host = HostRun::start(qemu(&s, "check,work", &tag, &w, &[]));
-        let text = wait_for(&s.console(), "FSYNCER start", Duration::from_secs(180));
+        let mut host = HostRun::start(qemu(&s, "check,work", &tag, &w, &[]));
+        let text = wait_for(
+            &mut host,
+            &s.console(),
+            "FSYNCER start",
+            Duration::from_secs(180),
+        );
         let kill_after_ms = rng.random_range(0..2500);
         std::thread::sleep(Duration::from_millis(kill_after_ms));
         host.kill();
