@@ -280,8 +280,13 @@ pub fn run_qemu(
             break true;
         }
         // Epochs ended while QEMU runs (QMP, the commit or the witness failed): the guest must
-        // not run on without them.
-        epochs_stopped = periodic.as_ref().is_some_and(|h| h.is_finished());
+        // not run on without them. (QEMU exiting breaks QMP first: give it a moment to go.)
+        if periodic.as_ref().is_some_and(|h| h.is_finished()) {
+            if wait_exit(&mut child, Duration::from_secs(2)) {
+                break true;
+            }
+            epochs_stopped = true;
+        }
         if epochs_stopped || start.elapsed() > spec.timeout {
             let _ = child.kill();
             let _ = child.wait();
@@ -314,6 +319,18 @@ pub fn run_qemu(
         exited,
         epochs: driver.map(|d| d.summary()),
     })
+}
+
+/// Whether `child` exits within `limit`.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// How long QEMU may take to open its QMP socket.
