@@ -4,6 +4,9 @@
 # vpmtest) with the `vpmtest=` arguments of the kernel command line, unloads the module and powers
 # off; the second image adds Debian's fio and pv-libpmem's libpmem.so.1 for `vpmprog=fio` (fio's
 # dev-dax engine on /dev/vpm; `vpmtest=hold` keeps the guest running afterwards, for crash tests).
+# Both images hold e2fsprogs (mkfs.ext4, fsck.ext4) and fsyncer for filesystem jobs on a vPM
+# block device (guest-driver/vpmfs.sh): `vpmdev=DEV vpmfs=dax|plain vpmrun=STEP,...` (and
+# `vpmmod=0` to boot without vpm.ko, e.g. full virtualization on /dev/pmem0).
 # Prints:
 #   VPM_KO=... VPMTEST=... INITRAMFS=... INITRAMFS_FIO=... KERNEL_BZIMAGE=...
 set -euo pipefail
@@ -16,6 +19,7 @@ mkdir -p "$out"
 make -s -C "$KERNEL_BUILD_DIR" M="$here/vpm" LLVM=-19 modules >&2
 cp "$here/vpm/vpm.ko" "$out/vpm.ko"
 gcc -static -O2 -Wall -Werror -I "$here/include" -o "$out/vpmtest" "$here/tests/vpmtest.c"
+gcc -static -O2 -Wall -Werror -o "$out/fsyncer" "$here/tests/fsyncer.c"
 # pmemtest: a libpmem program linked statically with pv-libpmem (PV persistence on /dev/vpm).
 pvlib=$(bash "$VPM_REPO/pv-libpmem/build-so.sh" "$out/pv-libpmem")
 gcc -static -O2 -Wall -Werror -I "$pvlib/include" -o "$out/pmemtest" "$here/tests/pmemtest.c" \
@@ -24,28 +28,29 @@ gcc -static -O2 -Wall -Werror -I "$pvlib/include" -o "$out/pmemtest" "$here/test
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,lib/modules}
+mkdir -p "$root"/{bin,proc,sys,dev,tmp,mnt,etc,lib/modules}
 cp /bin/busybox "$root/bin/busybox"
-for a in sh mount insmod rmmod cat grep sed poweroff reboot sleep dmesg echo tail; do ln -s busybox "$root/bin/$a"; done
+for a in sh mount umount insmod rmmod cat grep sed poweroff reboot sleep dmesg echo tail tr rm \
+  mkdir ls sync kill wc head; do ln -s busybox "$root/bin/$a"; done
 cp "$out/vpm.ko" "$root/lib/modules/"
-cp "$out/vpmtest" "$out/pmemtest" "$root/bin/"
-# The block device's test (vpmprog=blktest) and Debian's mkfs.ext4/e2fsck with their libraries.
+cp "$out/vpmtest" "$out/pmemtest" "$out/fsyncer" "$root/bin/"
+install -m 755 "$here/vpmfs.sh" "$root/bin/vpmfs"
 install -m 0755 "$here/tests/blktest.sh" "$root/bin/blktest"
-copy_with_libs() {
-  local bin=$1 dest=$2 lib
-  mkdir -p "$root$(dirname "$dest")"
-  cp -L "$bin" "$root$dest"
+# e2fsprogs with the libraries they link (mkfs.ext4 and fsck.ext4 are mke2fs and e2fsck).
+ln -s /proc/mounts "$root/etc/mtab"
+[ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/"
+for prog in mke2fs e2fsck; do
+  bin=$(command -v "$prog" || echo "/usr/sbin/$prog")
+  [ -x "$bin" ] || { echo "$prog is missing (apt-get install e2fsprogs)" >&2; exit 1; }
+  cp "$bin" "$root/bin/$prog"
   for lib in $(ldd "$bin" | awk '/=>/ { print $3 } /ld-linux/ { print $1 }'); do
     [ -f "$lib" ] || continue
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
   done
-}
-for tool in mkfs.ext4 e2fsck; do
-  path=$(command -v "$tool" || echo "/usr/sbin/$tool")
-  [ -x "$path" ] || { echo "$tool is missing (apt-get install e2fsprogs)" >&2; exit 1; }
-  copy_with_libs "$path" "/sbin/$tool"
 done
+ln -s mke2fs "$root/bin/mkfs.ext4"
+ln -s e2fsck "$root/bin/fsck.ext4"
 cat >"$root/init" <<'EOI'
 #!/bin/sh
 mount -t proc proc /proc
@@ -56,8 +61,15 @@ args=$(sed -n 's/.*vpmtest=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
 prog=$(sed -n 's/.*vpmprog=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "VPM-INIT args=$args"
 port=$(sed -n 's/.*vpmport=\([^ ]*\).*/\1/p' /proc/cmdline)
-if insmod /lib/modules/vpm.ko ${port:+doorbell_port=$port}; then
-  if [ "$prog" = fio ]; then
+mod=$(sed -n 's/.*vpmmod=\([^ ]*\).*/\1/p' /proc/cmdline)
+fs=$(sed -n 's/.*vpmfs=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ "$mod" = 0 ]; then
+  echo "VPM-INIT without vpm.ko"
+  [ -n "$fs" ] && /bin/vpmfs
+elif insmod /lib/modules/vpm.ko ${port:+doorbell_port=$port}; then
+  if [ -n "$fs" ]; then
+    /bin/vpmfs
+  elif [ "$prog" = fio ]; then
     # Debian's fio, unmodified, on pv-libpmem: 4 KiB pmem_memcpy_persist writes of a known
     # pattern into the first 8 MiB of vPM, read back and verified.
     LD_LIBRARY_PATH=/usr/lib/pv-libpmem /usr/bin/fio --thread --name=vpm --ioengine=dev-dax \

@@ -107,8 +107,8 @@ fn bad_enum_values_are_refused() {
     );
     refused(&["soak", "--kind", "all"], &["--kind", "transient"]);
     refused(
-        &["qemu", "--kernel", "k", "--initrd", "i", "--mode", "full"],
-        &["--mode must be pv"],
+        &["qemu", "--kernel", "k", "--initrd", "i", "--mode", "direct"],
+        &["--mode pv", "--mode full"],
     );
 }
 

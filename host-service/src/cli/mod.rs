@@ -123,6 +123,15 @@ pub enum CliError {
         #[source]
         source: VmmError,
     },
+    /// A QEMU guest could not be served.
+    #[error("run QEMU guest {vm}")]
+    Qemu {
+        /// VM name.
+        vm: String,
+        /// Why.
+        #[source]
+        source: vpm_host::qemu::QemuError,
+    },
     /// The guest failed.
     #[error("the guest of VM {vm} failed: {message}")]
     GuestFailed {
@@ -171,8 +180,8 @@ pub enum CliError {
     /// The service answered with an error status (its body was printed).
     #[error("the service answered HTTP {0}")]
     HttpStatus(u16),
-    /// `vpm qemu` serves para-virtual guests only.
-    #[error("vpm qemu serves a para-virtual guest: --mode must be pv")]
+    /// `vpm qemu` serves para-virtual guests and full virtualization (epochs) only.
+    #[error("vpm qemu serves --mode pv (hints) or --mode full (periodic epochs) only")]
     QemuMode,
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use vpm_host::qemu::{run_qemu, QemuSpec};
+use vpm_host::qemu::{run_qemu, EpochSpec, QemuSpec};
 use vpm_host::state_dir::StateDir;
 
 use super::guest::{open_pool, tenant_for, GuestArgs};
@@ -31,7 +31,9 @@ pub struct QemuArgs {
     /// Extra kernel command line.
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub append: String,
-    /// The VM's pool, tenant and vPM (mode: pv only).
+    /// The VM's pool, tenant and vPM. Mode pv (the default) serves vpm.ko's hints; mode full
+    /// takes an epoch every --epoch-ms (stopping the guest over QMP; 0 = only when QEMU exits)
+    /// and appends `epoch console_bytes` to --epoch-witness after each.
     #[command(flatten)]
     pub guest: GuestArgs,
 }
@@ -39,9 +41,11 @@ pub struct QemuArgs {
 /// Boots the guest, prints its console and a JSON line.
 pub fn run(a: &QemuArgs) -> Result<(), CliError> {
     let o = &a.guest;
-    if o.mode.is_some_and(|m| m != ModeArg::Pv) {
-        return Err(CliError::QemuMode);
-    }
+    let full = match o.mode {
+        None | Some(ModeArg::Pv) => false,
+        Some(ModeArg::Full) => true,
+        Some(_) => return Err(CliError::QemuMode),
+    };
     let state = StateDir::open(&o.state)?;
     let mut pool = open_pool(&state, o.pool_mib)?;
     let tenant = tenant_for(&mut pool, o, o.vpm_mib_or(64))?;
@@ -51,17 +55,26 @@ pub fn run(a: &QemuArgs) -> Result<(), CliError> {
         kernel: a.kernel.clone(),
         initrd: a.initrd.clone(),
         append: format!("vpmtest={} {}", a.vpmtest.replace(' ', ","), a.append),
-        ram_mib: 512,
+        // vPM from 384 MiB, and 64 MiB of RAM above it (QEMU puts firmware tables at the top of
+        // RAM, which must not overlap the e820 PM range).
+        ram_mib: 512.max(384 + o.vpm_mib_or(64) + 64),
         vpm_offset_mib: 384,
         timeout: Duration::from_secs_f64(a.timeout),
         persist_witness: o.witness.clone(),
+        epochs: full.then(|| EpochSpec {
+            epoch_ms: o.epoch_ms,
+            witness: o.epoch_witness.clone(),
+        }),
     };
     let out =
-        run_qemu(&spec, Arc::new(Mutex::new(pool)), tenant).map_err(|source| CliError::Vmm {
+        run_qemu(&spec, Arc::new(Mutex::new(pool)), tenant).map_err(|source| CliError::Qemu {
             vm: o.vm.clone(),
             source,
         })?;
     print!("{}", out.console);
-    println!("{}", json!({"exited": out.exited, "stats": out.stats}));
+    println!(
+        "{}",
+        json!({"exited": out.exited, "stats": out.stats, "epochs": out.epochs})
+    );
     Ok(())
 }

@@ -5,19 +5,45 @@
 //! starts, the vPM range of the RAM file is rebuilt from the pool (recovery after a crash).
 //!
 //! QEMU cannot hold the vCPU in the doorbell write, so the guest polls the ring's `consumed`
-//! (no SYNC_DOORBELL feature). There is no dirty log here: epochs are taken on request only and
-//! commit every vPM page (diffed against its home).
+//! (no SYNC_DOORBELL feature). In PV mode epochs are taken on request only and commit every vPM
+//! page (diffed against its home). In full mode ([`QemuSpec::epochs`]) a thread takes periodic
+//! epochs that stop the guest over QMP (see [`epochs`]); the guest's own epoch requests are
+//! refused there, since they would commit memory the epoch driver has not staged.
+
+mod epochs;
+mod launch;
+mod qmp;
+
+pub use epochs::{EpochDriver, EpochError, EpochSpec, EpochSummary};
+pub use qmp::{Qmp, QmpError};
 
 use std::io::Read;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vpm_abi::{features, HintResult, SharedPage, DOORBELL_PORT, PAGE_SIZE, PROBE_REPLY};
+use vpm_abi::{features, HintResult, SharedPage, PAGE_SIZE};
 
 use crate::pool::{Pool, PoolError};
+
+/// Why a QEMU guest could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// Setting up or serving the guest failed (RAM file, sockets, QEMU, the pool, hints).
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// A full-virt epoch failed (QMP, the commit, or the epoch witness).
+    #[error("full-virt epoch: {0}")]
+    Epoch(#[from] EpochError),
+}
+
+impl From<PoolError> for QemuError {
+    fn from(e: PoolError) -> QemuError {
+        QemuError::Vmm(e.into())
+    }
+}
 use crate::vmm::hints::{HintService, HintTarget};
 use crate::vmm::mapping::FileMapping;
 use crate::vmm::{Mode, VmControl, VmStats, VmmError, VpmRange};
@@ -41,6 +67,8 @@ pub struct QemuSpec {
     pub vpm_offset_mib: u64,
     /// Give up after this long.
     pub timeout: Duration,
+    /// Full virtualization: periodic epochs that stop the guest (None: PV, epochs on request).
+    pub epochs: Option<EpochSpec>,
     /// Crash-test witness: each acknowledged persist range is appended as `OFFSET LEN` (vPM
     /// bytes) before its ring entry completes.
     pub persist_witness: Option<PathBuf>,
@@ -55,6 +83,8 @@ pub struct QemuOutcome {
     pub stats: VmStats,
     /// Whether QEMU exited by itself (the guest powered off) before the timeout.
     pub exited: bool,
+    /// Full-virt epochs and their costs (full mode only).
+    pub epochs: Option<EpochSummary>,
 }
 
 /// The hint target of a QEMU guest.
@@ -66,6 +96,8 @@ struct QemuTarget {
     pool: Arc<Mutex<Pool>>,
     tenant: u32,
     stats: Mutex<VmStats>,
+    /// Full virtualization: the epoch driver owns epochs.
+    full: bool,
     /// `QemuSpec::persist_witness`, open for appending.
     witness: Option<Mutex<std::fs::File>>,
 }
@@ -94,11 +126,19 @@ impl QemuTarget {
 
 impl HintTarget for QemuTarget {
     fn mode(&self) -> Mode {
-        Mode::Pv
+        if self.full {
+            Mode::Full
+        } else {
+            Mode::Pv
+        }
     }
 
     fn features(&self) -> u32 {
-        features::PERSIST | features::TRANSIENT | features::EPOCHS
+        if self.full {
+            features::PERSIST | features::TRANSIENT
+        } else {
+            features::PERSIST | features::TRANSIENT | features::EPOCHS
+        }
     }
 
     fn stats(&self) -> &Mutex<VmStats> {
@@ -153,6 +193,9 @@ impl HintTarget for QemuTarget {
     }
 
     fn request_epoch(&self) -> Result<HintResult, VmmError> {
+        if self.full {
+            return Ok(HintResult::NotSupported);
+        }
         let pages: Vec<u64> = (0..self.vpm_size / PAGE_SIZE).collect();
         let r = self
             .pool
@@ -170,34 +213,13 @@ impl HintTarget for QemuTarget {
     fn witness_drain(&self) {}
 }
 
-/// Creates (0600, truncated) the guest RAM file of `len` bytes and maps it.
-fn map_ram(path: &std::path::Path, len: u64) -> Result<FileMapping, VmmError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file_error = |source| VmmError::QemuRamFile {
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(file_error)?;
-    f.set_len(len).map_err(file_error)?;
-    FileMapping::shared(&f, len as usize, false).map_err(|e| match e {
-        crate::vmm::mapping::MappingError::Mmap { source, .. } => file_error(source),
-    })
-}
-
-/// Boots the guest under QEMU, serves its hints until QEMU exits or the timeout, and returns
-/// the console output.
+/// Boots the guest under QEMU, serves its hints (and in full mode takes its epochs) until QEMU
+/// exits or the timeout, and returns the console output.
 pub fn run_qemu(
     spec: &QemuSpec,
     pool: Arc<Mutex<Pool>>,
     tenant: u32,
-) -> Result<QemuOutcome, VmmError> {
+) -> Result<QemuOutcome, QemuError> {
     run_qemu_controlled(spec, pool, tenant, &VmControl::default())
 }
 
@@ -207,33 +229,29 @@ pub fn run_qemu_controlled(
     pool: Arc<Mutex<Pool>>,
     tenant: u32,
     control: &VmControl,
-) -> Result<QemuOutcome, VmmError> {
-    let vpm_size = pool.lock().expect("pool").tenant(tenant)?.pages() * PAGE_SIZE;
+) -> Result<QemuOutcome, QemuError> {
+    let (vpm_size, start_epoch) = {
+        let p = pool.lock().expect("pool");
+        let t = p.tenant(tenant)?;
+        (t.pages() * PAGE_SIZE, t.epoch())
+    };
     let vpm_off = spec.vpm_offset_mib << 20;
     let ram_len = spec.ram_mib << 20;
     if vpm_off + vpm_size > ram_len {
         return Err(VmmError::VpmOutsideGuestRam {
             vpm_end: vpm_off + vpm_size,
             ram: ram_len,
-        });
+        }
+        .into());
     }
-    let ram_path = spec.state.join(format!("{}.ram", spec.name));
-    let ram = map_ram(&ram_path, ram_len)?;
+    let file = |ext: &str| spec.state.join(format!("{}.{ext}", spec.name));
+    let (ram_path, sock, console_path, qmp_path) =
+        (file("ram"), file("sock"), file("console"), file("qmp"));
+    let ram = launch::map_ram(&ram_path, ram_len)?;
     let witness = spec
         .persist_witness
         .as_ref()
-        .map(|p| {
-            use std::os::unix::fs::OpenOptionsExt;
-            let open = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(p);
-            open.map(Mutex::new).map_err(|source| VmmError::Witness {
-                path: p.clone(),
-                source,
-            })
-        })
+        .map(|p| open_witness(p))
         .transpose()?;
     let target = Arc::new(QemuTarget {
         ram,
@@ -242,41 +260,162 @@ pub fn run_qemu_controlled(
         pool: pool.clone(),
         tenant,
         stats: Mutex::new(VmStats::default()),
+        full: spec.epochs.is_some(),
         witness,
     });
     rebuild_vpm(&target)?;
-    let sock = spec.state.join(format!("{}.sock", spec.name));
+    let mut driver = spec
+        .epochs
+        .as_ref()
+        .map(|e| EpochDriver::new(target.vpm(), start_epoch, e, &console_path))
+        .transpose()?;
     let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&qmp_path);
     let listener = UnixListener::bind(&sock).map_err(|source| VmmError::DoorbellSocket {
         path: sock.clone(),
         source,
     })?;
-    let console_path = spec.state.join(format!("{}.console", spec.name));
-    let mut child = start_qemu(spec, &ram_path, &sock, &console_path, vpm_size)?;
+    let paths = launch::Paths {
+        ram: &ram_path,
+        doorbell: &sock,
+        console: &console_path,
+        qmp: driver.as_ref().map(|_| qmp_path.as_path()),
+    };
+    let mut child = launch::start_qemu(spec, &paths, vpm_size)?;
     let server = {
         let (target, sock) = (target.clone(), sock.clone());
         std::thread::spawn(move || serve_doorbell(listener, &sock, &target))
     };
+    let done = Arc::new(AtomicBool::new(false));
+    let periodic = match driver.take() {
+        Some(d) if spec.epochs.as_ref().is_some_and(|e| e.epoch_ms > 0) => {
+            let (target, done, qmp_path) = (target.clone(), done.clone(), qmp_path.clone());
+            let every = Duration::from_millis(spec.epochs.as_ref().map_or(0, |e| e.epoch_ms));
+            Some(std::thread::spawn(move || {
+                periodic_epochs(d, &target, &qmp_path, every, &done)
+            }))
+        }
+        d => {
+            driver = d;
+            None
+        }
+    };
     let start = Instant::now();
+    let mut epochs_stopped = false;
     let exited = loop {
         if let Ok(Some(_)) = child.try_wait() {
             break true;
         }
-        if start.elapsed() > spec.timeout || control.stop_requested() {
+        // Epochs ended while QEMU runs (QMP, the commit or the witness failed): the guest must
+        // not run on without them. (QEMU exiting breaks QMP first: give it a moment to go.)
+        if periodic.as_ref().is_some_and(|h| h.is_finished()) {
+            if wait_exit(&mut child, Duration::from_secs(2)) {
+                break true;
+            }
+            epochs_stopped = true;
+        }
+        if epochs_stopped || start.elapsed() > spec.timeout || control.stop_requested() {
             let _ = child.kill();
             let _ = child.wait();
             break false;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    done.store(true, Ordering::SeqCst);
     let _ = server.join();
+    if let Some(h) = periodic {
+        let (d, r) = h.join().expect("epoch thread");
+        if let Err(e) = r {
+            // QEMU going away mid-epoch breaks QMP; anything else is a failure.
+            if epochs_stopped || !matches!(e, EpochError::Qmp(_)) {
+                return Err(e.into());
+            }
+            tracing::debug!(error = %e, "epoch thread stopped with QEMU");
+        }
+        driver = Some(d);
+    }
+    // QEMU is gone: the memory is final, and one last epoch commits it.
+    if let Some(d) = driver.as_mut() {
+        d.epoch(target.vpm(), None, &pool, tenant)?;
+    }
     let console = std::fs::read_to_string(&console_path).unwrap_or_default();
     let stats = target.stats.lock().expect("stats").clone();
     Ok(QemuOutcome {
         console,
         stats,
         exited,
+        epochs: driver.map(|d| d.summary()),
     })
+}
+
+/// Opens a persist witness for appending (0600).
+fn open_witness(path: &std::path::Path) -> Result<Mutex<std::fs::File>, VmmError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map(Mutex::new)
+        .map_err(|source| VmmError::Witness {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Whether `child` exits within `limit`.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// How long QEMU may take to open its QMP socket.
+const QMP_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes an epoch every `every` until `done`; returns the driver and the first error.
+fn periodic_epochs(
+    mut d: EpochDriver,
+    t: &QemuTarget,
+    qmp_path: &std::path::Path,
+    every: Duration,
+    done: &AtomicBool,
+) -> (EpochDriver, Result<(), EpochError>) {
+    // QEMU creates the socket as it starts (or never, when it fails to start: stop trying then).
+    let connected = Instant::now();
+    let mut qmp = loop {
+        match Qmp::connect(qmp_path, Duration::from_millis(100)) {
+            Ok(q) => break q,
+            Err(e) if done.load(Ordering::SeqCst) || connected.elapsed() > QMP_WAIT => {
+                return (d, Err(e.into()))
+            }
+            Err(_) => {}
+        }
+    };
+    let mut next = Instant::now() + every;
+    while !done.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep((next - now).min(Duration::from_millis(20)));
+            continue;
+        }
+        next = now + every;
+        if let Err(e) = d.epoch(t.vpm(), Some(&mut qmp), &t.pool, t.tenant) {
+            return (d, Err(e));
+        }
+        let s = d.summary();
+        let mut st = t.stats.lock().expect("stats");
+        st.epochs = s.epochs;
+        st.epoch = s.epoch;
+        st.committed_pages = s.committed_pages;
+        st.pause_us_max = s.pause_us_max;
+    }
+    (d, Ok(()))
 }
 
 /// Writes every page's durable content into the vPM range of the RAM file.
@@ -291,74 +430,6 @@ fn rebuild_vpm(t: &QemuTarget) -> Result<(), VmmError> {
         pool.read_home(t.tenant, vpn, page)?;
     }
     Ok(())
-}
-
-fn start_qemu(
-    spec: &QemuSpec,
-    ram: &std::path::Path,
-    sock: &std::path::Path,
-    console: &std::path::Path,
-    vpm_size: u64,
-) -> Result<Child, VmmError> {
-    let append = format!(
-        "console=ttyS0 panic=-1 memmap={}M!{}M {}",
-        vpm_size >> 20,
-        spec.vpm_offset_mib,
-        spec.append
-    );
-    let ram_obj = format!(
-        "memory-backend-file,id=ram0,size={}M,mem-path={},share=on",
-        spec.ram_mib,
-        ram.display()
-    );
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        "tcg",
-        "-smp",
-        "1",
-        "-m",
-        &format!("{}M", spec.ram_mib),
-        "-nographic",
-        "-no-reboot",
-    ])
-    .args(["-machine", "memory-backend=ram0", "-object", &ram_obj])
-    .arg("-kernel")
-    .arg(&spec.kernel)
-    .arg("-initrd")
-    .arg(&spec.initrd)
-    .args(["-append", &append])
-    .args([
-        "-chardev",
-        &format!("socket,id=vpmdb,path={}", sock.display()),
-    ])
-    .args([
-        "-device",
-        &format!("isa-debugcon,iobase={DOORBELL_PORT:#x},chardev=vpmdb,readback={PROBE_REPLY:#x}"),
-    ])
-    .args([
-        "-serial",
-        &format!("file:{}", console.display()),
-        "-monitor",
-        "none",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::inherit());
-    // QEMU dies with the thread that started it (this one waits for it): a host service killed
-    // with SIGKILL leaves no guest running on behind it.
-    // SAFETY: the closure runs in the child between fork and exec and calls only prctl, which is
-    // async-signal-safe.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(VmmError::StartQemu)
 }
 
 /// Reads doorbell bytes from QEMU's debugcon socket and serves them until QEMU disconnects.

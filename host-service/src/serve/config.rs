@@ -377,6 +377,7 @@ impl VmConfig {
             vpm_offset_mib: QEMU_VPM_OFFSET_MIB,
             timeout: Duration::from_secs(q.timeout_s),
             persist_witness: None,
+            epochs: None,
         })
     }
 

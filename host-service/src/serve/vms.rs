@@ -287,6 +287,21 @@ pub fn tenant_for(pool: &mut Pool, id: &str, config: &VmConfig) -> Result<u32, V
         })
 }
 
+/// How a run ended, logged: its outcome, or its error's chain.
+fn run_end<E: std::error::Error>(name: &str, r: Result<RunEnd, E>) -> RunEnd {
+    match r {
+        Ok(o) => {
+            tracing::info!(vm = %name, "VM ended");
+            o
+        }
+        Err(err) => {
+            let text = crate::error_chain(&err);
+            tracing::error!(vm = %name, error = %text, "VM failed");
+            RunEnd::Failed(text)
+        }
+    }
+}
+
 /// Boots VM `id`: a thread runs it on `pool` until it ends; its end is recorded in the run.
 pub fn boot(
     id: &str,
@@ -303,24 +318,15 @@ pub fn boot(
     let handle = std::thread::Builder::new()
         .name(format!("vpm-vm-{id}"))
         .spawn(move || {
-            let r: Result<RunEnd, VmmError> = match qemu {
-                Some(q) => {
-                    run_qemu_controlled(&q, p, tenant, &c).map(|o| RunEnd::Qemu(Box::new(o)))
-                }
-                None => {
-                    run_vm_controlled(&spec, p, tenant, &c).map(|o| RunEnd::Finished(Box::new(o)))
-                }
-            };
-            let ended = match r {
-                Ok(o) => {
-                    tracing::info!(vm = %name, "VM ended");
-                    o
-                }
-                Err(err) => {
-                    let text = crate::error_chain(&err);
-                    tracing::error!(vm = %name, error = %text, "VM failed");
-                    RunEnd::Failed(text)
-                }
+            let ended = match qemu {
+                Some(q) => run_end(
+                    &name,
+                    run_qemu_controlled(&q, p, tenant, &c).map(|o| RunEnd::Qemu(Box::new(o))),
+                ),
+                None => run_end(
+                    &name,
+                    run_vm_controlled(&spec, p, tenant, &c).map(|o| RunEnd::Finished(Box::new(o))),
+                ),
             };
             *e.lock().expect("end") = Some(ended);
         })
