@@ -35,6 +35,7 @@ for a in sh mount umount insmod rmmod cat grep sed poweroff reboot sleep dmesg e
 cp "$out/vpm.ko" "$root/lib/modules/"
 cp "$out/vpmtest" "$out/pmemtest" "$out/fsyncer" "$root/bin/"
 install -m 755 "$here/vpmfs.sh" "$root/bin/vpmfs"
+install -m 0755 "$here/tests/blktest.sh" "$root/bin/blktest"
 # e2fsprogs with the libraries they link (mkfs.ext4 and fsck.ext4 are mke2fs and e2fsck).
 ln -s /proc/mounts "$root/etc/mtab"
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/"

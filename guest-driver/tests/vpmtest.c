@@ -9,6 +9,9 @@
  *                        at the first error and prints "VPMTEST flood stopped: <errno>" (a host
  *                        that stops answering must give ETIMEDOUT, never a hang)
  *   vpmtest pattern N B  the first N bytes of vPM all hold byte B (what another program wrote)
+ *   vpmtest refused      a FLUSH the host refuses (injected through the driver's debugfs) makes
+ *                        the next DRAIN fail with the FLUSH's error, also when a persist rang the
+ *                        doorbell in between; the drain after that succeeds again
  * Prints "VPMTEST <mode> OK" or "VPMTEST FAIL <why>".
  */
 #include "records.h"
@@ -224,6 +227,43 @@ static void check(uint64_t acked)
 	printf("checked records %llu..%llu\n", (unsigned long long)first, (unsigned long long)acked);
 }
 
+/* Makes the driver send the next `n` FLUSH pieces where the host refuses them. */
+static int inject_refused_flushes(int n)
+{
+	FILE *f = fopen("/sys/kernel/debug/vpm/inject_refused_flushes", "w");
+	if (!f)
+		return errno;
+	fprintf(f, "%d\n", n);
+	return fclose(f) ? errno : 0;
+}
+
+static int drain(void)
+{
+	return ioctl(fd, VPM_IOC_DRAIN) == 0 ? 0 : errno;
+}
+
+static void refused(void)
+{
+	memset(vpm, 0x44, 3 * PAGE);
+	expect("inject", inject_refused_flushes(1), 0);
+	expect("flush (queued)", call(VPM_IOC_FLUSH, vpm, 64), 0);
+	expect("good flush", call(VPM_IOC_FLUSH, vpm + PAGE, 64), 0);
+	expect("drain after a refused flush", drain(), EFAULT);
+	expect("next drain", drain(), 0);
+	/* A persist rings the doorbell between the refused flush and the drain. */
+	expect("inject", inject_refused_flushes(1), 0);
+	expect("flush (queued)", call(VPM_IOC_FLUSH, vpm + 2 * PAGE, 64), 0);
+	expect("persist", call(VPM_IOC_PERSIST, vpm, 64), 0);
+	expect("drain after a refused flush and a persist", drain(), EFAULT);
+	/* More flushes than the ring holds: the refused one is among the first. */
+	expect("inject", inject_refused_flushes(1), 0);
+	for (int i = 0; i < 200; i++)
+		expect("flush", call(VPM_IOC_FLUSH, vpm + (i % 3) * PAGE, 64), 0);
+	expect("drain after a full ring", drain(), EFAULT);
+	expect("clean flush", call(VPM_IOC_FLUSH, vpm, 64), 0);
+	expect("clean drain", drain(), 0);
+}
+
 static void pattern(uint64_t bytes, int byte)
 {
 	if (bytes > info.vpm_size) {
@@ -266,6 +306,8 @@ int main(int argc, char **argv)
 		writer();
 	else if (!strcmp(mode, "check"))
 		check(argc > 2 ? strtoull(argv[2], NULL, 10) : 0);
+	else if (!strcmp(mode, "refused"))
+		refused();
 	else if (!strcmp(mode, "flood"))
 		flood();
 	else if (!strcmp(mode, "pattern") && argc > 3)

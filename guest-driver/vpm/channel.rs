@@ -42,6 +42,11 @@ pub(crate) struct Channel {
     producer: Producer<'static>,
     port: u16,
     page_addr: usize,
+    /// FLUSH entries published since the last doorbell, whose results are read after it.
+    flushes: [Ticket; RING_ENTRIES as usize],
+    flush_count: usize,
+    /// The first FLUSH the host refused since the last DRAIN: that DRAIN reports it.
+    flush_error: Option<Error>,
 }
 
 global_lock! {
@@ -120,6 +125,9 @@ impl Channel {
             producer: Producer::prepare(page, RING_ENTRIES, features::ALL).map_err(|_| EINVAL)?,
             port,
             page_addr,
+            flushes: [Ticket { index: 0, seq: 0 }; RING_ENTRIES as usize],
+            flush_count: 0,
+            flush_error: None,
         };
         doorbell(port, DoorbellCmd::Register(gpa));
         if !wait_for(|| page.status() != Some(HeaderStatus::Pending)) {
@@ -149,7 +157,50 @@ impl Channel {
             COUNTERS.errors.fetch_add(1, Ordering::Relaxed);
             return Err(ETIMEDOUT);
         }
+        self.collect_flushes();
         Ok(())
+    }
+
+    /// Reads the results of the FLUSH entries the host has now completed (before their slots can
+    /// be reused) and keeps the first refusal for the next DRAIN.
+    fn collect_flushes(&mut self) {
+        for t in &self.flushes[..self.flush_count] {
+            match self.producer.result(*t) {
+                Some(0) => {}
+                Some(r) => {
+                    COUNTERS.errors.fetch_add(1, Ordering::Relaxed);
+                    self.flush_error.get_or_insert(errno(r));
+                }
+                // Not completed: cannot happen after a successful wait (in_flight() == 0).
+                None => {
+                    self.flush_error.get_or_insert(ETIMEDOUT);
+                }
+            }
+        }
+        self.flush_count = 0;
+    }
+
+    /// Publishes a FLUSH without waiting; its result is checked at the next doorbell and a
+    /// refusal is returned by the next [`Channel::drain`].
+    pub(crate) fn flush(&mut self, gpa: u64, len: u64) -> Result {
+        let t = self.push(Op::Flush, gpa, len)?;
+        // At most RING_ENTRIES entries are published between two doorbells (push rings when the
+        // ring is full, which collects), so there is always room.
+        if let Some(slot) = self.flushes.get_mut(self.flush_count) {
+            *slot = t;
+            self.flush_count += 1;
+        }
+        Ok(())
+    }
+
+    /// DRAIN: everything flushed so far is durable on success. Fails if the host refused the
+    /// DRAIN or any FLUSH since the previous DRAIN (the first error wins).
+    pub(crate) fn drain(&mut self) -> Result {
+        let r = self.call(Op::Drain, 0, 0);
+        match self.flush_error.take() {
+            Some(e) => Err(e),
+            None => r,
+        }
     }
 
     /// Publishes one entry, first making room by ringing once if the ring is full.

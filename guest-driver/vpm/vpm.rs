@@ -10,7 +10,7 @@
 //! tells libraries when new mappings may exist, and a `size` attribute in sysfs gives the vPM
 //! size the way Device DAX does.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use kernel::{
     bindings,
@@ -26,6 +26,8 @@ use kernel::{
 #[allow(dead_code, unreachable_pub, missing_docs)]
 #[path = "../../abi/src/proto/mod.rs"]
 mod abi;
+mod blk;
+mod blk_vpm;
 mod channel;
 
 use abi::op::Op;
@@ -156,8 +158,37 @@ impl core::fmt::Debug for CountersView {
         writeln!(f, "doorbells {}", c.doorbells.load(Ordering::Relaxed))?;
         writeln!(f, "errors {}", c.errors.load(Ordering::Relaxed))?;
         writeln!(f, "host_served {served}")?;
-        write!(f, "host_rejected {rejected}")
+        writeln!(f, "host_rejected {rejected}")?;
+        blk_vpm::write_stats(f)
     }
+}
+
+/// FLUSH pieces still to be sent one vPM size past their real address, where the host refuses
+/// them (fault injection for tests: written through `/sys/kernel/debug/vpm/inject_refused_flushes`).
+static INJECT_REFUSED_FLUSHES: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this FLUSH piece is one to be refused (and counts it).
+fn inject_refused_flush() -> bool {
+    INJECT_REFUSED_FLUSHES
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+fn show_inject(_: &(), f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    writeln!(f, "{}", INJECT_REFUSED_FLUSHES.load(Ordering::Relaxed))
+}
+
+fn store_inject(_: &(), r: &mut kernel::uaccess::UserSliceReader) -> Result {
+    let mut buf = [0u8; 12];
+    let n = r.len();
+    if n > buf.len() {
+        return Err(EINVAL);
+    }
+    r.read_slice(&mut buf[..n])?;
+    let text = core::str::from_utf8(&buf[..n]).map_err(|_| EINVAL)?;
+    let v = text.trim().parse::<u32>().map_err(|_| EINVAL)?;
+    INJECT_REFUSED_FLUSHES.store(v, Ordering::Release);
+    Ok(())
 }
 
 /// The host side of the driver: the status page and the registered hint channel. Set up first
@@ -198,14 +229,18 @@ impl Drop for HostLink {
     }
 }
 
-/// Fields drop in this order at unload: the debugfs files, `/dev/vpm`, then the host link.
+/// Fields drop in this order at unload: the debugfs files, `/dev/vpm`, `/dev/vpmblk0`, then the
+/// host link.
 #[pin_data(PinnedDrop)]
 struct VpmModule {
     _debugfs: Dir,
     #[pin]
     _stats: DebugFile<CountersView>,
     #[pin]
+    _inject: DebugFile<()>,
+    #[pin]
     _misc: MiscDeviceRegistration<VpmFile>,
+    _blk: blk::BlkDisk,
     _host: HostLink,
 }
 
@@ -217,8 +252,18 @@ impl kernel::InPlaceModule for VpmModule {
         let debugfs = Dir::new(c"vpm");
         try_pin_init!(Self {
             _host: HostLink::open(port)?,
+            _blk: {
+                let (base, size) = region()?;
+                blk::BlkDisk::new(base, size)?
+            },
             _misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"vpm" }),
             _stats <- debugfs.read_only_file(c"stats", CountersView),
+            _inject <- debugfs.read_write_callback_file(
+                c"inject_refused_flushes",
+                (),
+                &show_inject,
+                &store_inject
+            ),
             _debugfs: debugfs,
         })
         .pin_chain(|me| {
@@ -417,7 +462,11 @@ fn range_op(op: Op, arg: usize) -> Result<isize> {
     with_channel(|c| match op {
         Op::Flush => {
             for &(gpa, len) in pieces {
-                c.push(Op::Flush, gpa, len)?;
+                let gpa = match inject_refused_flush() {
+                    true => gpa + region()?.1,
+                    false => gpa,
+                };
+                c.flush(gpa, len)?;
             }
             COUNTERS.flushes.fetch_add(1, Ordering::Relaxed);
             Ok(0)
@@ -482,7 +531,7 @@ impl MiscDevice for VpmFile {
             VPM_IOC_SET_PERSISTENT => range_op(Op::SetPersistent, arg),
             VPM_IOC_DRAIN => with_channel(|c| {
                 COUNTERS.drains.fetch_add(1, Ordering::Relaxed);
-                c.call(Op::Drain, 0, 0).map(|_| 0)
+                c.drain().map(|_| 0)
             }),
             VPM_IOC_REQUEST_EPOCH => with_channel(|c| c.call(Op::RequestEpoch, 0, 0).map(|_| 0)),
             _ => Err(ENOTTY),

@@ -116,6 +116,21 @@ fn the_driver_serves_persist_flush_drain_transient_and_errors() {
     );
 }
 
+/// Issue 12: a FLUSH the host refuses (here: a range past the vPM, injected through the driver's
+/// debugfs) makes the next DRAIN fail, even though the host completed the DRAIN itself.
+#[test]
+fn a_refused_flush_fails_the_next_drain() {
+    let s = State::new("refused");
+    let console = run(&s, "refused", &["--fresh"]);
+    assert!(console.contains("VPMTEST refused OK"), "{console}");
+    assert!(!console.contains("VPMTEST FAIL"), "{console}");
+    let stats = guest_stats(&console);
+    assert!(
+        stats["host_rejected"] >= 3,
+        "the host refused too few: {stats:?}"
+    );
+}
+
 #[test]
 fn without_a_host_the_driver_refuses_to_load() {
     let s = State::new("nohost");
