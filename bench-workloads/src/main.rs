@@ -1,8 +1,9 @@
 //! `vpm-bench`: benchmark commands (not tests). Each prints its figures and the floors they are
 //! compared with, measured side by side in the same run, and writes JSON under `--out`.
 //!
-//! Usage: `vpm-bench suite|pm-core|libpmem [--out DIR] [--quick]`
+//! Usage: `vpm-bench suite|pm-core|libpmem|ext4 [--out DIR] [--quick]`
 
+mod ext4cmp;
 mod libpmem;
 mod pm_core;
 mod stats;
@@ -33,6 +34,9 @@ enum Bench {
     PmCore(Common),
     /// pv-libpmem's pmem_memcpy_persist against Debian's libpmem, native mode.
     Libpmem(Common),
+    /// ext4 in a Linux guest (TCG): virtio-pmem against VPM full-virt and the VPM block device —
+    /// host bytes made durable and host time per fsync, guest fsync latency.
+    Ext4(ext4cmp::Ext4Args),
 }
 
 /// Options every benchmark takes.
@@ -58,6 +62,9 @@ enum BenchError {
     /// `vpm-bench suite` failed.
     #[error(transparent)]
     Suite(#[from] suite::SuiteError),
+    /// `vpm-bench ext4` failed.
+    #[error(transparent)]
+    Ext4(#[from] ext4cmp::Ext4CmpError),
 }
 
 fn main() {
@@ -67,6 +74,7 @@ fn main() {
         Bench::PmCore(c) => pm_core::run(&c.out, c.quick).map_err(Into::into),
         Bench::Libpmem(c) => libpmem::run(&c.out, c.quick).map_err(Into::into),
         Bench::Suite(c) => suite::run(&c.out, c.quick).map_err(Into::into),
+        Bench::Ext4(a) => ext4cmp::run(a).map_err(Into::into),
     };
     if let Err(e) = result {
         eprintln!("vpm-bench: {}", error_chain(&e));
@@ -87,6 +95,8 @@ mod tests {
         assert!(p(&["suite", "--quick", "--out", "r"]).is_ok());
         assert!(p(&["pm-core"]).is_ok());
         assert!(p(&["libpmem", "--quick"]).is_ok());
+        assert!(p(&["ext4", "--ops", "50", "--epoch-ms", "100", "--out", "r"]).is_ok());
+        assert!(p(&["ext4", "--ops", "many"]).is_err());
         assert!(p(&["suite", "--bogus"]).is_err());
         assert!(p(&["fast"]).is_err());
         assert!(p(&[]).is_err());
