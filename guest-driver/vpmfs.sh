@@ -11,6 +11,8 @@
 #     work    mount, start `fsyncer nosync` and `fsyncer run` (one line per acknowledged fsync) and
 #             wait for ever (crash trials kill the host)
 #     short   as work, for a few seconds, then unmount (a clean end)
+#     bench   mount, `fsyncer bench` with vpmbench=N operations (default 100), unmount; prints
+#             the vpm.ko counters before and after when the module is loaded (VPMFS stats-*)
 # Output lines start with VPMFS (and fsyncer's FSYNC-ACK, FILE, FSYNCER).
 arg() { sed -n "s/.*$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
 dev=$(arg vpmdev)
@@ -26,6 +28,11 @@ mnt() {
   if mount -t ext4 $opt "$dev" /mnt; then return 0; fi
   echo "VPMFS mount failed"
   return 1
+}
+
+# vpm.ko's counters on one line (nothing without the module).
+vpmstats() {
+  [ -r /sys/kernel/debug/vpm/stats ] && tr '\n' ' ' </sys/kernel/debug/vpm/stats
 }
 
 work() {
@@ -65,6 +72,14 @@ for step in $(arg vpmrun | tr ',' ' '); do
     fi
     ;;
   work | short) work "$step" ;;
+  bench)
+    n=$(arg vpmbench)
+    mnt && mkdir -p /mnt/f && sync &&
+      echo "VPMFS stats-before $(vpmstats)" &&
+      /bin/fsyncer bench /mnt/f "$tag" "${n:-100}" &&
+      echo "VPMFS stats-after $(vpmstats)" &&
+      umount /mnt && echo "VPMFS bench done"
+    ;;
   *) echo "VPMFS unknown step $step" ;;
   esac
 done

@@ -1,9 +1,10 @@
 //! `vpm-bench`: benchmark commands (not tests). Each prints its figures and the floors they are
 //! compared with, measured side by side in the same run, and writes JSON under `--out`.
 //!
-//! Usage: `vpm-bench suite|pm-core|libpmem [--out DIR] [--quick]`; `suite` also takes `--check`
+//! Usage: `vpm-bench suite|pm-core|libpmem|ext4 [--out DIR] [--quick]`; `suite` also takes `--check`
 //! (exit 1 when a target is missed) and `--vmx-exit-us US` (the VMX projection's exit cost).
 
+mod ext4cmp;
 mod libpmem;
 mod pm_core;
 mod stats;
@@ -34,6 +35,9 @@ enum Bench {
     PmCore(Common),
     /// pv-libpmem's pmem_memcpy_persist against Debian's libpmem, native mode.
     Libpmem(Common),
+    /// ext4 in a Linux guest (TCG): virtio-pmem against VPM full-virt and the VPM block device —
+    /// host bytes made durable and host time per fsync, guest fsync latency.
+    Ext4(ext4cmp::Ext4Args),
 }
 
 /// Options every benchmark takes.
@@ -99,6 +103,9 @@ enum BenchError {
     /// `vpm-bench suite` failed.
     #[error(transparent)]
     Suite(#[from] suite::SuiteError),
+    /// `vpm-bench ext4` failed.
+    #[error(transparent)]
+    Ext4(#[from] ext4cmp::Ext4CmpError),
 }
 
 fn main() {
@@ -124,6 +131,7 @@ fn main() {
                 }
             })
             .map_err(Into::into),
+        Bench::Ext4(a) => ext4cmp::run(a).map(|()| 0).map_err(Into::into),
     };
     match result {
         Ok(code) => std::process::exit(code),
@@ -151,6 +159,8 @@ mod tests {
         }
         assert!(p(&["pm-core"]).is_ok());
         assert!(p(&["libpmem", "--quick"]).is_ok());
+        assert!(p(&["ext4", "--ops", "50", "--epoch-ms", "100", "--out", "r"]).is_ok());
+        assert!(p(&["ext4", "--ops", "many"]).is_err());
         assert!(p(&["suite", "--bogus"]).is_err());
         assert!(p(&["fast"]).is_err());
         assert!(p(&[]).is_err());

@@ -7,6 +7,13 @@
  *                            "FSYNC-ACK name len crc32" (one write(2), so lines never interleave)
  *   fsyncer nosync DIR TAG   rewrites DIR/nosync-TAG (1 MiB) and creates and removes small
  *                            scratch files for ever, never syncing
+ *   fsyncer bench DIR TAG N  a fixed mixed workload for benchmarks: N operations of the syncing
+ *                            writer (even: append 4 KiB to DIR/TAG-log and fsync it; odd: create
+ *                            DIR/TAG-i of 4 KiB, fsync it and DIR), each timed and printed as
+ *                            "FSYNC-LAT ns" per fsync(2) call, while a second process rewrites
+ *                            DIR/nosync-TAG (8 MiB) 1 MiB per operation and never syncs
+ *                            ("FSYNCER nosync_bytes=B" at its end); ends with
+ *                            "FSYNCER bench fsyncs=F"
  *   fsyncer check DIR        prints "FILE name len crc32" for every regular file in DIR except the
  *                            nosync ones, then "FSYNCER check done N"
  * Lengths and content depend on the name only (crc32 as zlib's), so the host can check a file
@@ -20,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_LEN (16 * 1024)
@@ -151,6 +160,95 @@ static _Noreturn void nosync(const char *dir, const char *tag)
 	}
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+/* fsync(2) of fd, timed: prints "FSYNC-LAT ns"; returns fsync's result. */
+static int timed_fsync(int fd)
+{
+	char line[64];
+	uint64_t t0 = now_ns();
+	int r = fsync(fd);
+	snprintf(line, sizeof(line), "FSYNC-LAT %llu\n", (unsigned long long)(now_ns() - t0));
+	say(line);
+	return r;
+}
+
+/* The never-syncing writer of `bench`: 1 MiB buffered per byte read from `rd`, until EOF. */
+static _Noreturn void bench_nosync(const char *dir, const char *tag, int rd)
+{
+	static unsigned char buf[1 << 20];
+	char path[512], b;
+	unsigned long long total = 0;
+	uint64_t s = name_seed(tag);
+	snprintf(path, sizeof(path), "%s/nosync-%s", dir, tag);
+	int fd = open(path, O_WRONLY | O_CREAT, 0644);
+	for (unsigned long round = 0; fd >= 0 && read(rd, &b, 1) == 1; round++) {
+		for (size_t i = 0; i < sizeof(buf); i += 8)
+			*(uint64_t *)(buf + i) = xorshift(&s);
+		if (pwrite(fd, buf, sizeof(buf), (off_t)(round % 8) * (off_t)sizeof(buf)) > 0)
+			total += sizeof(buf);
+	}
+	snprintf(path, sizeof(path), "FSYNCER nosync_bytes=%llu\n", total);
+	say(path);
+	_exit(0);
+}
+
+static int bench(const char *dir, const char *tag, unsigned long n)
+{
+	static unsigned char buf[4096];
+	char path[512], line[128];
+	unsigned long fsyncs = 0;
+	int p[2];
+	if (pipe(p)) {
+		perror("fsyncer: pipe");
+		return 1;
+	}
+	pid_t child = fork();
+	if (child == 0) {
+		close(p[1]);
+		bench_nosync(dir, tag, p[0]);
+	}
+	close(p[0]);
+	snprintf(path, sizeof(path), "%s/%s-log", dir, tag);
+	int log = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+	if (child < 0 || log < 0 || dfd < 0) {
+		perror("fsyncer: bench");
+		return 1;
+	}
+	say("FSYNCER bench start\n");
+	for (unsigned long i = 0; i < n; i++) {
+		(void)!write(p[1], "x", 1);
+		memset(buf, (int)(i & 0xff), sizeof(buf));
+		int bad;
+		if (i % 2 == 0) {
+			bad = write_all(log, buf, sizeof(buf)) || timed_fsync(log);
+			fsyncs++;
+		} else {
+			snprintf(path, sizeof(path), "%s/%s-%lu", dir, tag, i);
+			int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+			bad = fd < 0 || write_all(fd, buf, sizeof(buf)) || timed_fsync(fd) || close(fd) ||
+			      timed_fsync(dfd);
+			fsyncs += 2;
+		}
+		if (bad) {
+			snprintf(line, sizeof(line), "FSYNCER FAIL bench %lu errno %d\n", i, errno);
+			say(line);
+			return 1;
+		}
+	}
+	close(p[1]);
+	waitpid(child, NULL, 0);
+	snprintf(line, sizeof(line), "FSYNCER bench fsyncs=%lu\n", fsyncs);
+	say(line);
+	return 0;
+}
+
 static int check(const char *dir)
 {
 	static unsigned char buf[MAX_LEN + 1];
@@ -191,8 +289,10 @@ int main(int argc, char **argv)
 		return run(argv[2], argv[3]);
 	if (argc == 4 && !strcmp(argv[1], "nosync"))
 		nosync(argv[2], argv[3]);
+	if (argc == 5 && !strcmp(argv[1], "bench"))
+		return bench(argv[2], argv[3], strtoul(argv[4], NULL, 10));
 	if (argc == 3 && !strcmp(argv[1], "check"))
 		return check(argv[2]);
-	fprintf(stderr, "usage: fsyncer run DIR TAG | nosync DIR TAG | check DIR\n");
+	fprintf(stderr, "usage: fsyncer run DIR TAG | nosync DIR TAG | bench DIR TAG N | check DIR\n");
 	return 2;
 }

@@ -161,13 +161,18 @@ impl HintTarget for QemuTarget {
 
     fn persist(&self, ranges: &[VpmRange]) -> Result<HintResult, VmmError> {
         let pairs: Vec<(u64, u64)> = ranges.iter().map(VpmRange::as_pair).collect();
+        let t0 = Instant::now();
         let r = self
             .pool
             .lock()
             .expect("pool")
             .persist(self.tenant, &pairs, self.vpm());
-        self.stats.lock().expect("stats").persist_requested_bytes +=
-            ranges.iter().map(VpmRange::len).sum::<u64>();
+        let took = t0.elapsed().as_micros() as u64;
+        let mut s = self.stats.lock().expect("stats");
+        s.persist_requested_bytes += ranges.iter().map(VpmRange::len).sum::<u64>();
+        s.persist_us += took;
+        s.persist_calls += 1;
+        drop(s);
         if let (Ok(_), Some(w)) = (&r, &self.witness) {
             use std::io::Write;
             let lines: String = pairs.iter().map(|(o, l)| format!("{o} {l}\n")).collect();

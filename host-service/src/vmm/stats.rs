@@ -105,6 +105,10 @@ pub struct VmStats {
     pub rings_stopped: u64,
     /// Bytes the guest asked to persist.
     pub persist_requested_bytes: u64,
+    /// Time spent in the pool serving persist hints, µs (the QEMU front; 0 elsewhere).
+    pub persist_us: u64,
+    /// Persist hint batches served (the QEMU front; 0 elsewhere).
+    pub persist_calls: u64,
     /// Bytes written to the pool file (PM endurance).
     pub pm_bytes_written: u64,
     /// Bytes written to the capacity file.
