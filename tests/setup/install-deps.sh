@@ -12,13 +12,14 @@ BPO_FILE=/etc/apt/sources.list.d/vpm-bookworm-backports.sources
 
 # Debian packages: kernel build (clang-19 toolchain, one libclang only), guest images, QEMU 10
 # (from bookworm-backports, matching the image's qemu-utils), PMDK clients for pv-libpmem,
-# prometheus for promtool (the vpm serve test checks its /metrics scrape).
+# prometheus for promtool (the vpm serve test checks its /metrics scrape); strace for
+# `vpm-bench ext4` (it times QEMU's fsyncs of the virtio-pmem backing file).
 APT_PACKAGES=(
   build-essential bc flex bison libelf-dev libssl-dev cpio xz-utils gzip kmod
   clang-19 lld-19 llvm-19 libclang-19-dev
   busybox-static e2fsprogs
   fio pmdk-tools libpmem1 libpmem-dev libpmemobj1 libpmemobj-dev
-  prometheus
+  prometheus strace
 )
 BPO_PACKAGES=(qemu-system-x86)
 
