@@ -34,6 +34,9 @@ enum Bench {
     PmCore(Common),
     /// pv-libpmem's pmem_memcpy_persist against Debian's libpmem, native mode.
     Libpmem(Common),
+    /// Only the suite's heat benchmarks (full-virt consolidation, DRAM absorption, write
+    /// amplification, shared DRAM budget against static shares): heat.json.
+    Heat(Common),
 }
 
 /// Options every benchmark takes.
@@ -111,6 +114,9 @@ fn main() {
         Bench::Libpmem(c) => libpmem::run(&c.out, c.quick)
             .map(|()| 0)
             .map_err(Into::into),
+        Bench::Heat(a) => suite::run_heat(&a.out, a.quick)
+            .map(|()| 0)
+            .map_err(BenchError::from),
         Bench::Suite(a) => suite::run(&a.common.out, a.common.quick, a.vmx_exit_us)
             .map(|targets| {
                 let (lines, code) = check_outcome(&targets);

@@ -60,15 +60,64 @@ pub fn divide(total: u64, claims: &[Claim]) -> Option<Vec<u64>> {
     Some(share)
 }
 
+/// A VM as the arbiter sees it at one tick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The VM's id.
+    pub id: String,
+    /// Its DRAM share now, in pages.
+    pub share: u64,
+    /// The least share it keeps, in pages.
+    pub min: u64,
+    /// The most it may get (its vPM), in pages.
+    pub cap: u64,
+    /// Its work so far (a counter that only grows): pages its epochs committed plus pages'
+    /// worth of bytes it persisted.
+    pub work: u64,
+}
+
+/// The division's state between ticks: each VM's work at the last tick (heat is the growth).
+#[derive(Debug, Default)]
+pub struct Arbiter {
+    last: BTreeMap<String, u64>,
+}
+
+impl Arbiter {
+    /// Divides `total` pages among `members` by their heat since the last tick and returns the
+    /// shares to change (id, pages): changes of less than 1/16 of the share are left out (not
+    /// worth a parked vCPU). Empty when nobody was hot.
+    pub fn plan(&mut self, total: u64, members: &[Member]) -> Vec<(String, u64)> {
+        let claims: Vec<Claim> = members
+            .iter()
+            .map(|m| {
+                let heat = m.work.saturating_sub(*self.last.get(&m.id).unwrap_or(&m.work));
+                self.last.insert(m.id.clone(), m.work);
+                Claim {
+                    min: m.min,
+                    cap: m.cap,
+                    heat,
+                }
+            })
+            .collect();
+        let Some(shares) = divide(total, &claims) else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .zip(shares)
+            .filter(|(m, share)| share.abs_diff(m.share) * 16 >= m.share.max(16))
+            .map(|(m, share)| (m.id.clone(), share))
+            .collect()
+    }
+}
+
 /// Runs the division every `every` for ever (the task is dropped when the service stops).
 pub async fn run(service: Arc<Service>, total_pages: u64, every: Duration) {
-    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    let mut arbiter = Arbiter::default();
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let mut ids = Vec::new();
-        let mut claims = Vec::new();
-        let mut current = Vec::new();
+        let mut members = Vec::new();
         let mut reserved = 0u64;
         {
             let t = service.table();
@@ -91,27 +140,17 @@ pub async fn run(service: Arc<Service>, total_pages: u64, every: Duration) {
                     .tenant(vm.tenant)
                     .map(|tn| tn.stats())
                     .unwrap_or_default();
-                let work = ts.committed_pages + ts.persist_requested_bytes / PAGE_SIZE;
-                let heat = work.saturating_sub(*last.get(id).unwrap_or(&work));
-                last.insert(id.clone(), work);
-                ids.push(id.clone());
-                current.push(share);
-                claims.push(Claim {
+                members.push(Member {
+                    id: id.clone(),
+                    share,
                     min: vm.config.dram_min_pages(),
                     cap: vm.config.pages(),
-                    heat,
+                    work: ts.committed_pages + ts.persist_requested_bytes / PAGE_SIZE,
                 });
             }
         }
-        let Some(shares) = divide(total_pages.saturating_sub(reserved), &claims) else {
-            continue;
-        };
-        for ((id, share), now) in ids.iter().zip(shares).zip(current) {
-            // Small changes are not worth a pause.
-            if share.abs_diff(now) * 16 < now.max(16) {
-                continue;
-            }
-            if let Err(e) = service.set_dram_budget(id, share).await {
+        for (id, share) in arbiter.plan(total_pages.saturating_sub(reserved), &members) {
+            if let Err(e) = service.set_dram_budget(&id, share).await {
                 tracing::debug!(vm = %id, error = %e, "DRAM share not changed");
             }
         }
