@@ -40,7 +40,7 @@ fn join(
 pub fn consolidation_full(quick: bool) -> Result<Vec<Value>, SuiteError> {
     let (vms, vpm) = (4u64, 16u64);
     let uniform = if quick { 1500 * 30 } else { 6000 * 200 };
-    let skewed = if quick { 2_000_000 } else { 40_000_000 };
+    let skewed = if quick { 8_000_000 } else { 80_000_000 };
     let mut rows = Vec::new();
     for (name, w, args) in [
         ("uniform", Workload::RandomWrites, vec![uniform]),
@@ -81,7 +81,7 @@ pub fn consolidation_full(quick: bool) -> Result<Vec<Value>, SuiteError> {
 /// the PM homes, so every guest store is a PM write (writes × 64 B; CPU caches may merge some,
 /// so this is what the guest sends, an upper bound of what the media sees).
 pub fn absorption(quick: bool) -> Result<Vec<Value>, SuiteError> {
-    let writes = if quick { 3_000_000 } else { 60_000_000 };
+    let writes = if quick { 30_000_000 } else { 150_000_000 };
     let mut rows = Vec::new();
     for (mname, mode, epoch) in [("direct", Mode::Direct, 0), ("full-100ms", Mode::Full, 100)] {
         let mut job = Job::new(
@@ -112,7 +112,7 @@ pub fn absorption(quick: bool) -> Result<Vec<Value>, SuiteError> {
 /// not measured); writes × 64 B is shown as `guest_bytes_written`, an upper bound of the changed
 /// bytes, which would flatter the ratio.
 pub fn write_amplification(quick: bool) -> Result<Vec<Value>, SuiteError> {
-    let writes = if quick { 1_000_000 } else { 20_000_000 };
+    let writes = if quick { 10_000_000 } else { 50_000_000 };
     let job = Job::new(
         "amp-full",
         Mode::Full,
@@ -147,7 +147,7 @@ const ARBITER_TICK: Duration = Duration::from_millis(250);
 /// (`vpm_host::serve::arbiter::Arbiter`, the same code, driven in-process). The light VMs are
 /// stopped when both hot ones finish; throughput is the hot VMs'.
 pub fn shared_dram(quick: bool) -> Result<Vec<Value>, SuiteError> {
-    let writes = if quick { 3_000_000 } else { 40_000_000 };
+    let writes = if quick { 15_000_000 } else { 60_000_000 };
     let (vpm, share) = (32u64, 2u64);
     let mut rows = Vec::new();
     for shared in [false, true] {
@@ -188,6 +188,7 @@ pub fn shared_dram(quick: bool) -> Result<Vec<Value>, SuiteError> {
                             min: pages(share) / 4,
                             cap: pages(vpm),
                             work: ts.committed_pages + ts.persist_requested_bytes / PAGE_SIZE,
+                            epochs: ts.epochs,
                         });
                     }
                     let plan = arb.plan(pages(4 * share) - reserved, &members);

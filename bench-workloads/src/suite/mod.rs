@@ -249,7 +249,10 @@ fn heat_benchmarks(
         "consolidation_full".into(),
         Value::Array(heat::consolidation_full(quick)?),
     );
-    step(t0, "DRAM absorption: skewed 64 B writes, direct against full");
+    step(
+        t0,
+        "DRAM absorption: skewed 64 B writes, direct against full",
+    );
     r.insert("absorption".into(), Value::Array(heat::absorption(quick)?));
     step(t0, "write amplification: random 64 B writes in full");
     r.insert(
@@ -257,7 +260,10 @@ fn heat_benchmarks(
         Value::Array(heat::write_amplification(quick)?),
     );
     step(t0, "one DRAM budget shared by heat against static shares");
-    r.insert("shared_dram".into(), Value::Array(heat::shared_dram(quick)?));
+    r.insert(
+        "shared_dram".into(),
+        Value::Array(heat::shared_dram(quick)?),
+    );
     Ok(())
 }
 

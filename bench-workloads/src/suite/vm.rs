@@ -164,9 +164,11 @@ pub fn run_controlled(
         doorbell: DoorbellKind::Exit,
         poll_us: job.poll_us,
     };
-    let out = run_vm_controlled(&spec, pool.clone(), tenant, control).map_err(|source| SuiteError::Vm {
-        name: job.name.clone(),
-        source,
+    let out = run_vm_controlled(&spec, pool.clone(), tenant, control).map_err(|source| {
+        SuiteError::Vm {
+            name: job.name.clone(),
+            source,
+        }
     })?;
     if out.exit == ExitKind::Failed {
         return Err(SuiteError::GuestFailed {
