@@ -5,6 +5,7 @@
 mod error;
 mod heat;
 mod report;
+mod report_heat;
 mod svg;
 mod targets;
 mod vm;
