@@ -1,6 +1,6 @@
 //! One DRAM budget for all VMs (`vpm serve --dram-mib N`): every tick the running tiered VMs'
-//! heat (pages their epochs committed plus bytes they persisted, since the last tick) divides the
-//! budget; each VM keeps at least its minimum (`dram_min_mib`) so a hot VM cannot starve another,
+//! heat (pages their epochs committed plus pages' worth of bytes they persisted, per committed
+//! epoch, smoothed over ticks: see [`Arbiter`]) divides the budget; each VM keeps at least its minimum (`dram_min_mib`) so a hot VM cannot starve another,
 //! and never gets more than its vPM. A VM whose share changes gets it with its vCPU parked, its
 //! coldest pages leaving DRAM if the share shrank. Created, stopped and paused VMs keep their
 //! share out of the division.
