@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use vpm_abi::harness::Workload;
 use vpm_abi::PAGE_SIZE;
 use vpm_host::serve::arbiter::{Arbiter, Member};
+use vpm_host::tier::policy::dram_demand;
 use vpm_host::vmm::{Mode, VmControl, VmOutcome, VmStats};
 
 use super::vm::{self, run_alone, Job};
@@ -193,6 +194,7 @@ pub fn shared_dram(quick: bool) -> Result<Vec<Value>, SuiteError> {
                             cap: pages(vpm),
                             work: ts.committed_pages + ts.persist_requested_bytes / PAGE_SIZE,
                             epochs: ts.epochs,
+                            demand: Some(dram_demand(&vm.state.lock().expect("state").placements)),
                         });
                     }
                     let plan = arb.plan(pages(4 * share) - reserved, &members);

@@ -92,7 +92,7 @@ bytes and would flatter the ratio, so it is not used.");
 Four full-virt VMs, 32 MiB vPM each, 8 MiB of DRAM in all: two hot (skewed 64 B writes, a 3.2 MiB hot set) and two light \
 (the checksum job: one fill, then reads and 4 rewritten pages a round; stopped when the hot ones finish). `static`: 2 MiB each. \
 `shared`: `vpm serve`'s arbiter (`vpm_host::serve::arbiter::Arbiter`, the same code, driven in-process) divides the 8 MiB \
-every 250 ms by heat, at least 0.5 MiB each; a share change is applied with the vCPU parked after an epoch.\n\n\
+every 250 ms by DRAM demand (the pages each VM's tier policy holds write-hot), at least 0.5 MiB each; a share change is applied with the vCPU parked after an epoch.\n\n\
 | DRAM | round | hot VMs' ops/s | epochs per VM | share changes | pool bytes (MiB) | tier→PM copies (MiB) | PM bytes counted (MiB) | counted PM bytes per hot write | most DRAM pages per VM |\n|---|---|---|---|---|---|---|---|---|---|");
         for r in sh {
             let _ = writeln!(
@@ -127,11 +127,28 @@ counted PM bytes per hot write {:.0} %.",
             100.0 * mean("shared", "hot_pm_bytes_per_write")
                 / mean("static", "hot_pm_bytes_per_write")
         );
+        let spread = |dram: &str| {
+            let v: Vec<f64> = sh
+                .iter()
+                .filter(|r| r["dram"] == dram)
+                .map(|r| f(&r["hot_ops_per_s"]))
+                .collect();
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::INFINITY, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            100.0 * (hi - lo) / lo
+        };
+        let _ = writeln!(
+            m,
+            "Noise: the rounds of one arrangement differ by up to {:.0} % (static) and {:.0} % (shared) in hot throughput.",
+            spread("static"),
+            spread("shared")
+        );
         let _ = writeln!(m, "\nReading it: in `full` mode every epoch commits every changed line to the pool wherever the page \
 sits, so a bigger DRAM share cannot lower the pool's bytes; what it changes is where the guest's stores land between \
 epochs (DRAM instead of the PM tier: not counted yet, see above) and, on real PM, their speed. Here the PM tier is a tmpfs \
-file, as fast as DRAM, so no throughput gain is possible on this machine. Pages reach DRAM only after three epochs of \
-writes and at most 32 a epoch (`tier::policy`), so the hot set needs seconds to move in.");
+file, as fast as DRAM, so on this machine the throughput ratio is noise (see the rounds), not a DRAM effect. Pages reach DRAM only after three epochs of \
+writes and at most 32 per epoch (`tier::policy`), so the hot set needs seconds to move in.");
     }
     m
 }

@@ -1,9 +1,10 @@
 //! One DRAM budget for all VMs (`vpm serve --dram-mib N`): every tick the running tiered VMs'
-//! heat (pages their epochs committed plus pages' worth of bytes they persisted, per committed
-//! epoch, smoothed over ticks: see [`Arbiter`]) divides the budget; each VM keeps at least its minimum (`dram_min_mib`) so a hot VM cannot starve another,
-//! and never gets more than its vPM. A VM whose share changes gets it with its vCPU parked, its
-//! coldest pages leaving DRAM if the share shrank. Created, stopped and paused VMs keep their
-//! share out of the division.
+//! heat divides the budget — their DRAM demand (the pages their tier policy holds write-hot), or
+//! without one their work per committed epoch, smoothed over ticks (see [`Arbiter`]). Each VM
+//! keeps at least its minimum (`dram_min_mib`) so a hot VM cannot starve another, and never gets
+//! more than its vPM. A VM whose share changes gets it with its vCPU parked, its coldest pages
+//! leaving DRAM if the share shrank. Created, stopped and paused VMs keep their share out of the
+//! division.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,6 +77,10 @@ pub struct Member {
     pub work: u64,
     /// Epochs it committed so far.
     pub epochs: u64,
+    /// Its DRAM demand now, when known: the pages its tier policy holds write-hot
+    /// ([`crate::tier::policy::dram_demand`]). When given it is the VM's heat: pages dirtied once
+    /// per epoch (scattered writes, scans) count in `work` but no DRAM absorbs them.
+    pub demand: Option<u64>,
 }
 
 /// What the arbiter remembers of a VM between ticks.
@@ -138,7 +143,7 @@ impl Arbiter {
                 Claim {
                     min: m.min,
                     cap: m.cap,
-                    heat,
+                    heat: m.demand.unwrap_or(heat),
                 }
             })
             .collect();
@@ -190,6 +195,7 @@ pub async fn run(service: Arc<Service>, total_pages: u64, every: Duration) {
                     cap: vm.config.pages(),
                     work: ts.committed_pages + ts.persist_requested_bytes / PAGE_SIZE,
                     epochs: ts.epochs,
+                    demand: vm.dram_demand(),
                 });
             }
         }
@@ -242,7 +248,26 @@ mod tests {
             cap: 8192,
             work,
             epochs,
+            demand: None,
         }
+    }
+
+    /// With demands given, they divide the budget: a VM dirtying many pages once an epoch gets
+    /// less than one rewriting fewer pages every epoch.
+    #[test]
+    fn demand_is_the_heat_when_known() {
+        let mut a = Arbiter::default();
+        let mut members = [m("scan", 512, 0, 0), m("hot", 512, 0, 0)];
+        members[0].demand = Some(10);
+        members[1].demand = Some(800);
+        a.plan(1024, &members);
+        members[0].work = 5000;
+        members[1].work = 1000;
+        members[0].epochs = 2;
+        members[1].epochs = 2;
+        let plan = a.plan(1024, &members);
+        assert_eq!(plan.len(), 2, "{plan:?}");
+        assert!(plan[1].1 > 900 && plan[0].1 < 100, "{plan:?}");
     }
 
     /// Two VMs each rewriting a steady number of pages per 100 ms epoch, seen by a 250 ms tick
