@@ -38,6 +38,9 @@ enum Bench {
     /// ext4 in a Linux guest (TCG): virtio-pmem against VPM full-virt and the VPM block device —
     /// host bytes made durable and host time per fsync, guest fsync latency.
     Ext4(ext4cmp::Ext4Args),
+    /// Only the suite's heat benchmarks (full-virt consolidation, DRAM absorption, write
+    /// amplification, shared DRAM budget against static shares): heat.json.
+    Heat(Common),
 }
 
 /// Options every benchmark takes.
@@ -118,6 +121,9 @@ fn main() {
         Bench::Libpmem(c) => libpmem::run(&c.out, c.quick)
             .map(|()| 0)
             .map_err(Into::into),
+        Bench::Heat(a) => suite::run_heat(&a.out, a.quick)
+            .map(|()| 0)
+            .map_err(BenchError::from),
         Bench::Suite(a) => suite::run(&a.common.out, a.common.quick, a.vmx_exit_us)
             .map(|targets| {
                 let (lines, code) = check_outcome(&targets);

@@ -3,7 +3,9 @@
 //! plots and report.md under `--out`.
 
 mod error;
+mod heat;
 mod report;
+mod report_heat;
 mod svg;
 mod targets;
 mod vm;
@@ -223,14 +225,7 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
         "consolidation: 4 VMs on one pool sized 100/50/25 % of their vPM",
     );
     r.insert("consolidation".into(), Value::Array(consolidation(quick)?));
-    step(
-        t0,
-        "consolidation in full-virt mode: 4 VMs, uniform random writes, pool at 100/25 %",
-    );
-    r.insert(
-        "consolidation_full".into(),
-        Value::Array(consolidation_full(quick)?),
-    );
+    heat_benchmarks(t0, quick, &mut r)?;
 
     step(t0, "recovery after kill -9");
     r.insert("recovery".into(), Value::Array(recovery(quick)?));
@@ -243,50 +238,48 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
     Ok(targets)
 }
 
-/// Four full-virt VMs on one pool holding 100 or 25 % of their summed vPM as PM homes, each
-/// running uniform random 4 KiB writes. (The test guest has no write-skewed workload yet: the
-/// skewed target stays unmeasured, hence missed.)
-fn consolidation_full(quick: bool) -> Result<Vec<Value>, SuiteError> {
-    let (vms, vpm) = (4u64, 16u64);
-    let writes = if quick { 1500 * 30 } else { 6000 * 200 };
-    let mut rows = Vec::new();
-    for pct in [100u64, 25] {
-        let s = vm::Scratch::new(PM_DIR, &format!("consfull{pct}"))?;
-        let pm_mib = vms * vpm * pct / 100;
-        let pool = vm::pool(&s.0, pm_mib, 16)?;
-        let start = Instant::now();
-        let handles: Vec<_> = (0..vms)
-            .map(|i| {
-                let (pool, dir) = (pool.clone(), s.0.clone());
-                let mut job = Job::new(
-                    &format!("f{i}"),
-                    Mode::Full,
-                    Workload::RandomWrites,
-                    &[writes],
-                );
-                job.vpm_mib = vpm;
-                job.dram_mib = 6;
-                job.pm_quota_mib = Some(pm_mib / vms);
-                std::thread::spawn(move || vm::run(&job, &pool, &dir))
-            })
-            .collect();
-        let mut ops = 0;
-        for h in handles {
-            ops += h
-                .join()
-                .map_err(|_| SuiteError::VmThreadPanicked)??
-                .report
-                .ops;
-        }
-        let wall = start.elapsed().as_secs_f64();
-        let p = pool.lock().expect("pool");
-        rows.push(
-            json!({"workload": "uniform", "pool_pct": pct, "ops_per_s": ops as f64 / wall,
-            "pm_bytes_written": p.pm().stats().bytes_written,
-            "capacity_bytes_written": p.capacity().stats().bytes_written}),
-        );
-    }
-    Ok(rows)
+/// The heat benchmarks ([`heat`]) into `r`.
+fn heat_benchmarks(
+    t0: Instant,
+    quick: bool,
+    r: &mut serde_json::Map<String, Value>,
+) -> Result<(), SuiteError> {
+    step(
+        t0,
+        "consolidation in full-virt mode: 4 VMs, uniform and skewed writes, pool at 100/25 %",
+    );
+    r.insert(
+        "consolidation_full".into(),
+        Value::Array(heat::consolidation_full(quick)?),
+    );
+    step(
+        t0,
+        "DRAM absorption: skewed 64 B writes, direct against full",
+    );
+    r.insert("absorption".into(), Value::Array(heat::absorption(quick)?));
+    step(t0, "write amplification: random 64 B writes in full");
+    r.insert(
+        "write_amplification".into(),
+        Value::Array(heat::write_amplification(quick)?),
+    );
+    step(t0, "one DRAM budget shared by heat against static shares");
+    r.insert(
+        "shared_dram".into(),
+        Value::Array(heat::shared_dram(quick)?),
+    );
+    Ok(())
+}
+
+/// Only the heat benchmarks (`vpm-bench heat`): writes heat.json under `out`.
+pub fn run_heat(out: &Path, quick: bool) -> Result<(), SuiteError> {
+    let t0 = Instant::now();
+    let mut r = serde_json::Map::new();
+    r.insert("quick".into(), json!(quick));
+    heat_benchmarks(t0, quick, &mut r)?;
+    std::fs::create_dir_all(out).map_err(SuiteError::io("create the directory", out))?;
+    let path = out.join("heat.json");
+    let text = serde_json::to_string_pretty(&Value::Object(r)).map_err(SuiteError::Json)?;
+    std::fs::write(&path, text).map_err(SuiteError::io("write", &path))
 }
 
 /// Four PV VMs on one pool; the pool holds 100, 50 or 25 % of their summed vPM as PM homes,

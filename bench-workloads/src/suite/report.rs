@@ -184,7 +184,9 @@ pub fn write(
         ),
     )?;
 
-    let text = markdown(doc, lat, tput, cons, rec) + &targets_md(doc, targets, vmx_exit_us);
+    let text = markdown(doc, lat, tput, cons, rec)
+        + &super::report_heat::markdown(doc)
+        + &targets_md(doc, targets, vmx_exit_us);
     write_file(out, "report.md", text)
 }
 

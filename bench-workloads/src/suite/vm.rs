@@ -8,7 +8,9 @@ use vpm_abi::harness::{BootParams, Workload, BOOT_MAGIC, FLAG_PV, FLAG_TRANSIENT
 use vpm_host::pm::file::FileDevice;
 use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
 use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
-use vpm_host::vmm::{run_vm, DoorbellKind, ExitKind, GuestReportExt, Mode, VmOutcome, VmSpec};
+use vpm_host::vmm::{
+    run_vm_controlled, DoorbellKind, ExitKind, GuestReportExt, Mode, VmControl, VmOutcome, VmSpec,
+};
 
 use super::SuiteError;
 
@@ -104,6 +106,17 @@ impl Job {
 
 /// Adds the job's tenant to `pool` and runs it.
 pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, SuiteError> {
+    run_controlled(job, pool, dir, &VmControl::default())
+}
+
+/// [`run`], with the VM's controller serving `control` (parked jobs such as DRAM share changes,
+/// a stop).
+pub fn run_controlled(
+    job: &Job,
+    pool: &Arc<Mutex<Pool>>,
+    dir: &Path,
+    control: &VmControl,
+) -> Result<VmOutcome, SuiteError> {
     let vpm = job.vpm_mib << 20;
     let tenant = pool
         .lock()
@@ -153,9 +166,11 @@ pub fn run(job: &Job, pool: &Arc<Mutex<Pool>>, dir: &Path) -> Result<VmOutcome, 
         // Stop-and-commit: pre-copy epochs cost throughput on PVM (docs/costs.md §5).
         precopy_rounds: None,
     };
-    let out = run_vm(&spec, pool.clone(), tenant).map_err(|source| SuiteError::Vm {
-        name: job.name.clone(),
-        source,
+    let out = run_vm_controlled(&spec, pool.clone(), tenant, control).map_err(|source| {
+        SuiteError::Vm {
+            name: job.name.clone(),
+            source,
+        }
     })?;
     if out.exit == ExitKind::Failed {
         return Err(SuiteError::GuestFailed {

@@ -376,7 +376,7 @@ impl VmConfig {
             ram_mib: QEMU_RAM_MIB,
             vpm_offset_mib: QEMU_VPM_OFFSET_MIB,
             timeout: Duration::from_secs(q.timeout_s),
-            persist_witness: None,
+            persist_witness: self.witness.clone(),
             epochs: None,
         })
     }

@@ -191,6 +191,14 @@ impl Vm {
         (!ended).then(|| run.control.clone())
     }
 
+    /// The running VM's DRAM demand ([`crate::tier::policy::dram_demand`]); `None` when it does
+    /// not run.
+    pub fn dram_demand(&self) -> Option<u64> {
+        let vm = self.run.as_ref()?.control.running()?;
+        let state = vm.state.lock().expect("state");
+        Some(crate::tier::policy::dram_demand(&state.placements))
+    }
+
     /// The VMM's counters: live while it runs, else those of the last run.
     pub fn stats(&self) -> Option<VmStats> {
         let run = self.run.as_ref()?;

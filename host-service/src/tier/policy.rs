@@ -60,6 +60,16 @@ pub fn rebalance(t: &PagePlacements) -> Vec<Move> {
     moves
 }
 
+/// Pages worth a place in DRAM: those [`rebalance`] holds write-hot (heat at or above [`HOT`],
+/// wherever they are now) and the transient pages, which live nowhere else. A VM's DRAM demand
+/// when one budget is divided among VMs: a scan or scattered writes make few such pages however
+/// many pages they dirty, so they do not draw DRAM that could not absorb anything.
+pub fn dram_demand(t: &PagePlacements) -> u64 {
+    t.iter()
+        .filter(|(_, p)| p.transient || p.heat >= HOT)
+        .count() as u64
+}
+
 /// The demotions that make room for `need` more DRAM pages within the budget, coldest first
 /// (pages written in this epoch count as hotter than any that were not; ties by page number).
 /// Transient pages and pages in `keep` are never chosen. `None` if not enough pages can go.
@@ -174,6 +184,26 @@ mod tests {
             t.moved(to(vpn, Placement::Dram));
         }
         t
+    }
+
+    /// A scan dirties every page once and a skewed writer rewrites a few each epoch: only the
+    /// rewritten ones are demand, whatever the number of pages dirtied.
+    #[test]
+    fn demand_counts_rewritten_pages_not_pages_dirtied_once() {
+        let mut t = PagePlacements::new(1000, 10);
+        for e in 0..6u64 {
+            for vpn in 0..20 {
+                t.note_write(vpn);
+            }
+            // A scan: 100 different pages each epoch.
+            for vpn in 100 + e * 100..200 + e * 100 {
+                t.note_write(vpn);
+            }
+            t.end_epoch();
+        }
+        assert_eq!(dram_demand(&t), 20);
+        t.set_transient(999, true);
+        assert_eq!(dram_demand(&t), 21);
     }
 
     #[test]
