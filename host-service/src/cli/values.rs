@@ -224,6 +224,7 @@ mod tests {
                 "seq-writer",
                 "seq-check",
                 "random-writes",
+                "skewed-writes",
                 "seq-writes",
                 "kv",
                 "log",
