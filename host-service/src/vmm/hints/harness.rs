@@ -21,6 +21,9 @@
 //!   recovers to exactly the model: each accepted persist range and epoch carries the vPM bytes it
 //!   was given, every other byte keeps its last durable value (pages ever marked transient are
 //!   left out: they read as zeros by design).
+//!
+//! Long file: the guest model, the pool target, the step interpreter and the checks are one
+//! harness; split, each part would only make sense read next to the others.
 
 use std::alloc::{alloc_zeroed, Layout};
 use std::cell::RefCell;
