@@ -120,6 +120,7 @@ fn pv_acknowledged_persists_survive_kill_9() {
         "only {acked} of {TRIALS} trials had acknowledged drains"
     );
     assert!(results.iter().all(|r| r.found >= r.acked));
+    println!("{acked} of {TRIALS} trials had acknowledged drains before the kill");
 }
 
 /// The same with the ring poller on (ABI 1.1 polled rings): persists acknowledged without a
@@ -137,6 +138,7 @@ fn pv_acknowledged_persists_survive_kill_9_with_polling() {
         "only {acked} of {TRIALS} trials had acknowledged drains"
     );
     assert!(results.iter().all(|r| r.found >= r.acked));
+    println!("{acked} of {TRIALS} trials had acknowledged drains before the kill");
 }
 
 #[test]
