@@ -172,7 +172,7 @@ pub fn run(out: &Path, quick: bool) -> Result<(), LibpmemError> {
         "pmem_memcpy_persist into a 64 MiB mapping on /dev/shm, native mode, alternating runs"
     );
     let path = Path::new("/dev/shm/vpm-bench-libpmem");
-    let file = std::fs::OpenOptions::new()
+    let file = vpm_host::private_file::options()
         .read(true)
         .write(true)
         .create(true)
@@ -206,11 +206,13 @@ pub fn run(out: &Path, quick: bool) -> Result<(), LibpmemError> {
     }
     drop(map);
     let _ = std::fs::remove_file(path);
-    std::fs::create_dir_all(out).map_err(LibpmemError::io("create the directory", out))?;
+    vpm_host::private_file::create_dir_all(out)
+        .map_err(LibpmemError::io("create the directory", out))?;
     let doc = json!({"platform": platform_note(), "memcpy_persist": rows});
     let json_path = out.join("libpmem.json");
     let text = serde_json::to_string_pretty(&doc).map_err(LibpmemError::Json)?;
-    std::fs::write(&json_path, text).map_err(LibpmemError::io("write", &json_path))?;
+    vpm_host::private_file::write(&json_path, text)
+        .map_err(LibpmemError::io("write", &json_path))?;
     println!("wrote {}", json_path.display());
     Ok(())
 }

@@ -112,6 +112,8 @@ enum BenchError {
 }
 
 fn main() {
+    // Whatever the caller's umask, everything this process (and its children) creates is private.
+    vpm_host::private_file::restrict_umask();
     // Bad options end here with clap's message and exit status 2.
     let cli = Cli::parse();
     let result: Result<i32, BenchError> = match &cli.command {

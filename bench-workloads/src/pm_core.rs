@@ -75,7 +75,7 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new(parent: &str) -> Result<Scratch, PmCoreError> {
         let dir = PathBuf::from(parent).join(format!("vpm-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
+        vpm_host::private_file::create_dir_all(&dir)
             .map_err(PmCoreError::io("create the scratch directory", &dir))?;
         Ok(Scratch(dir))
     }
@@ -379,10 +379,11 @@ pub fn run(out: &Path, quick: bool) -> Result<(), PmCoreError> {
     println!("\nrecovery");
     let recovery = recovery_bench(if quick { 256 } else { 1024 })?;
     let doc = json!({"platform": platform_note(), "commit": commits, "persist": persists, "recovery": recovery});
-    std::fs::create_dir_all(out).map_err(PmCoreError::io("create the directory", out))?;
+    vpm_host::private_file::create_dir_all(out)
+        .map_err(PmCoreError::io("create the directory", out))?;
     let path = out.join("pm-core.json");
     let text = serde_json::to_string_pretty(&doc).map_err(PmCoreError::Json)?;
-    std::fs::write(&path, text).map_err(PmCoreError::io("write", &path))?;
+    vpm_host::private_file::write(&path, text).map_err(PmCoreError::io("write", &path))?;
     println!("\nwrote {}", path.display());
     Ok(())
 }

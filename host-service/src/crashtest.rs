@@ -1,9 +1,10 @@
 //! Crash trials with real processes: start `vpm guest` running a writer, `kill -9` it at a random
 //! moment, start `vpm guest` again on the same pool to recover and run the checker, and judge the
-//! checker's report. Used by the integration tests (≥ 50 trials) and by `vpm soak` (any number).
+//! checker's report. Used by the integration tests (≥ 100 trials of each kind) and by `vpm soak` (any number).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Why a trial could not be run or judged (a trial that ran and found data errors is not an
@@ -132,11 +133,33 @@ fn common(cfg: &TrialConfig, mode: &str) -> Vec<String> {
     .collect()
 }
 
+/// Held while this process holds a trial directory's lock and while it starts a child. A child
+/// inherits every descriptor until its `exec` closes them (close-on-exec), a trial directory's
+/// lock included: a trial on another thread that started a child at the wrong moment would make
+/// this trial's writer find its directory "in use by another vpm process". `spawn` returns after
+/// the child's `exec`, so with this held no child can keep a lock it never owned.
+static CHILDREN: Mutex<()> = Mutex::new(());
+
+/// Starts `cmd` under [`CHILDREN`].
+fn spawn(cmd: &mut Command, vpm: &Path) -> Result<Child, CrashTestError> {
+    let _g = CHILDREN.lock().unwrap_or_else(PoisonError::into_inner);
+    cmd.spawn().map_err(|source| CrashTestError::Start {
+        path: vpm.to_path_buf(),
+        source,
+    })
+}
+
 fn run_json(vpm: &Path, args: &[String]) -> Result<serde_json::Value, CrashTestError> {
-    let out = Command::new(vpm)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
+    let child = spawn(
+        Command::new(vpm)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        vpm,
+    )?;
+    let out = child
+        .wait_with_output()
         .map_err(|source| CrashTestError::Start {
             path: vpm.to_path_buf(),
             source,
@@ -154,9 +177,12 @@ fn run_json(vpm: &Path, args: &[String]) -> Result<serde_json::Value, CrashTestE
 pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, CrashTestError> {
     // Start from an empty pool: only VPM's own files go, and only from a VPM state directory;
     // the lock is released before the writer takes it.
-    crate::state_dir::StateDir::open(&cfg.dir)
-        .and_then(|d| d.reset())
-        .map_err(CrashTestError::ResetDir)?;
+    {
+        let _g = CHILDREN.lock().unwrap_or_else(PoisonError::into_inner);
+        crate::state_dir::StateDir::open(&cfg.dir)
+            .and_then(|d| d.reset())
+            .map_err(CrashTestError::ResetDir)?;
+    }
     let witness = cfg.dir.join("witness");
     let epochs = cfg.dir.join("epochs");
     let (mode, mut writer) = match cfg.kind {
@@ -196,16 +222,14 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, CrashTestE
     let mut args = common(cfg, mode);
     args.push("--fresh".into());
     args.extend(writer.iter().map(|s| s.to_string()));
-    let mut child = Command::new(&cfg.vpm)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| CrashTestError::Start {
-            path: cfg.vpm.clone(),
-            source,
-        })?;
+    let mut child = spawn(
+        Command::new(&cfg.vpm)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        &cfg.vpm,
+    )?;
     let (lo, hi) = cfg.kill_after_ms;
     let wait = lo + splitmix(seed) % (hi - lo + 1);
     // The kill moment counts from the first committed epoch, so a slow VM start (a loaded

@@ -11,6 +11,7 @@
 //! - `vmm` (feature `vmm`): the KVM VMM that runs the VPM test guest on top of all this;
 //!   `qemu`: serving a Linux guest under QEMU; `crashtest`: kill -9 crash trials.
 //! - `serve` (feature `vmm`): `vpm serve`, one host service for many VMs over an HTTP API.
+//! - [`private_file`]: every file, directory and socket VPM creates is private from the start.
 //! - [`state_dir`]: the directories `vpm` keeps pools in (marked, locked, reset safely).
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -18,6 +19,7 @@
 pub mod crashtest;
 pub mod pm;
 pub mod pool;
+pub mod private_file;
 #[cfg(feature = "vmm")]
 pub mod qemu;
 #[cfg(feature = "vmm")]

@@ -5,6 +5,8 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // Whatever the caller's umask, everything this process (and its children) creates is private.
+    vpm_host::private_file::restrict_umask();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("VPM_LOG"))
         .with_writer(std::io::stderr)

@@ -10,10 +10,9 @@
 //! A directory without the marker whose entries are all VPM files and which holds a pool (made by
 //! an older `vpm` or by `vpm-bench`) is adopted: the marker is added.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Name of the marker file that makes a directory a VPM state directory.
@@ -154,14 +153,14 @@ impl StateDir {
         match std::fs::metadata(path) {
             Ok(m) if !m.is_dir() => return Err(StateDirError::NotADirectory { path: shown(path) }),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)
-                .map_err(|source| StateDirError::Create {
-                    path: shown(path),
-                    source,
-                })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                crate::private_file::create_dir_all(path).map_err(|source| {
+                    StateDirError::Create {
+                        path: shown(path),
+                        source,
+                    }
+                })?
+            }
             Err(source) => {
                 return Err(StateDirError::Create {
                     path: shown(path),
@@ -233,11 +232,10 @@ impl StateDir {
             });
         }
         let marker = self.path.join(MARKER);
-        OpenOptions::new()
+        crate::private_file::options()
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
             .open(&marker)
             .map(drop)
             .map_err(|source| StateDirError::Marker {

@@ -93,10 +93,10 @@ impl LoopFs {
             let path = path.to_path_buf();
             move |source| BootError::Io { what, path, source }
         };
-        std::fs::File::create(img)
+        vpm_host::private_file::create(img)
             .and_then(|f| f.set_len(size))
             .map_err(io("create", img))?;
-        std::fs::create_dir_all(mnt).map_err(io("create", mnt))?;
+        vpm_host::private_file::create_dir_all(mnt).map_err(io("create", mnt))?;
         let dev = run(
             Command::new("losetup").arg("-f").arg("--show").arg(img),
             "losetup",

@@ -96,7 +96,8 @@ pub fn run(a: &Ext4Args) -> Result<(), Ext4CmpError> {
         }
     }
     let work = a.out.join("ext4cmp-work");
-    std::fs::create_dir_all(&work).map_err(|e| Ext4CmpError::Write(work.clone(), e))?;
+    vpm_host::private_file::create_dir_all(&work)
+        .map_err(|e| Ext4CmpError::Write(work.clone(), e))?;
     let g = build_guest(&work)?;
     // Progress on stderr: six TCG boots take minutes.
     eprintln!("vpm-bench ext4: {ops} operations; (a) virtio-pmem");
@@ -116,7 +117,7 @@ pub fn run(a: &Ext4Args) -> Result<(), Ext4CmpError> {
     let _ = std::fs::remove_dir_all(&work);
     for (name, text) in [("ext4cmp.md", md), ("ext4cmp.json", format!("{js:#}\n"))] {
         let p = a.out.join(name);
-        std::fs::write(&p, text).map_err(|e| Ext4CmpError::Write(p, e))?;
+        vpm_host::private_file::write(&p, text).map_err(|e| Ext4CmpError::Write(p, e))?;
     }
     Ok(())
 }

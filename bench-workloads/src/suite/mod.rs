@@ -276,10 +276,11 @@ pub fn run_heat(out: &Path, quick: bool) -> Result<(), SuiteError> {
     let mut r = serde_json::Map::new();
     r.insert("quick".into(), json!(quick));
     heat_benchmarks(t0, quick, &mut r)?;
-    std::fs::create_dir_all(out).map_err(SuiteError::io("create the directory", out))?;
+    vpm_host::private_file::create_dir_all(out)
+        .map_err(SuiteError::io("create the directory", out))?;
     let path = out.join("heat.json");
     let text = serde_json::to_string_pretty(&Value::Object(r)).map_err(SuiteError::Json)?;
-    std::fs::write(&path, text).map_err(SuiteError::io("write", &path))
+    vpm_host::private_file::write(&path, text).map_err(SuiteError::io("write", &path))
 }
 
 /// Four PV VMs on one pool; the pool holds 100, 50 or 25 % of their summed vPM as PM homes,

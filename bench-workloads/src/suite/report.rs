@@ -24,7 +24,7 @@ fn find(rows: &[Value], pred: impl Fn(&Value) -> bool) -> Option<&Value> {
 /// Writes `text` to `out/name`.
 fn write_file(out: &Path, name: &str, text: String) -> Result<(), SuiteError> {
     let path = out.join(name);
-    std::fs::write(&path, text).map_err(SuiteError::io("write", &path))
+    vpm_host::private_file::write(&path, text).map_err(SuiteError::io("write", &path))
 }
 
 fn write_csv(out: &Path, name: &str, rows: &[Value], cols: &[&str]) -> Result<(), SuiteError> {
@@ -60,7 +60,8 @@ pub fn write(
     targets: &[Target],
     vmx_exit_us: f64,
 ) -> Result<(), SuiteError> {
-    std::fs::create_dir_all(out).map_err(SuiteError::io("create the directory", out))?;
+    vpm_host::private_file::create_dir_all(out)
+        .map_err(SuiteError::io("create the directory", out))?;
     let json = serde_json::to_string_pretty(doc).map_err(SuiteError::Json)?;
     write_file(out, "results.json", json)?;
     let lat = rows(doc, "persist_latency");

@@ -22,7 +22,8 @@ impl Scratch {
     pub fn new(parent: &str, name: &str) -> Result<Scratch, SuiteError> {
         let d = PathBuf::from(parent).join(format!("vpm-suite-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).map_err(SuiteError::io("create the scratch directory", &d))?;
+        vpm_host::private_file::create_dir_all(&d)
+            .map_err(SuiteError::io("create the scratch directory", &d))?;
         Ok(Scratch(d))
     }
 }

@@ -108,12 +108,11 @@ pub fn run(state_path: &Path) -> Result<(), CliError> {
     let pool = open_pool(&state, 256)?;
     super::pool_info::print_tenants(&pool)?;
     let path = state_path.join("main-job.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&results).expect("json")).map_err(
-        |source| CliError::Write {
+    vpm_host::private_file::write(&path, serde_json::to_string_pretty(&results).expect("json"))
+        .map_err(|source| CliError::Write {
             path: path.display().to_string(),
             source,
-        },
-    )?;
+        })?;
     println!("\nper-mode JSON (with every counter): {}", path.display());
     bad.extend(real_crashes(state_path)?);
     if !bad.is_empty() {

@@ -143,13 +143,11 @@ pub trait PmDevice: Send + Sync + std::fmt::Debug {
 
 /// Opens (creating with mode 0600, never truncating) a file that backs a device.
 pub fn open_backing_file(path: &std::path::Path) -> Result<std::fs::File, PmError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    crate::private_file::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
         .open(path)
         .map_err(|source| PmError::Io {
             what: "open",

@@ -25,17 +25,15 @@ pub(super) struct Paths<'a> {
 
 /// Creates (0600, truncated) the guest RAM file of `len` bytes and maps it.
 pub(super) fn map_ram(path: &Path, len: u64) -> Result<FileMapping, VmmError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let file_error = |source| VmmError::QemuRamFile {
         path: path.to_path_buf(),
         source,
     };
-    let f = std::fs::OpenOptions::new()
+    let f = crate::private_file::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
         .open(path)
         .map_err(file_error)?;
     f.set_len(len).map_err(file_error)?;
@@ -64,6 +62,8 @@ pub(super) fn start_qemu(
         paths.ram.display()
     );
     let mut cmd = Command::new("qemu-system-x86_64");
+    // The console log and the QMP socket QEMU creates are private too.
+    crate::private_file::private_children(&mut cmd);
     if let Some(qmp) = paths.qmp {
         cmd.args([
             "-qmp",

@@ -276,10 +276,11 @@ pub fn run_qemu_controlled(
         .transpose()?;
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(&qmp_path);
-    let listener = UnixListener::bind(&sock).map_err(|source| VmmError::DoorbellSocket {
-        path: sock.clone(),
-        source,
-    })?;
+    let listener =
+        crate::private_file::bind_unix(&sock).map_err(|source| VmmError::DoorbellSocket {
+            path: sock.clone(),
+            source,
+        })?;
     let paths = launch::Paths {
         ram: &ram_path,
         doorbell: &sock,
@@ -355,11 +356,9 @@ pub fn run_qemu_controlled(
 
 /// Opens a persist witness for appending (0600).
 fn open_witness(path: &std::path::Path) -> Result<Mutex<std::fs::File>, VmmError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    crate::private_file::options()
         .create(true)
         .append(true)
-        .mode(0o600)
         .open(path)
         .map(Mutex::new)
         .map_err(|source| VmmError::Witness {

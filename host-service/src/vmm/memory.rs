@@ -102,13 +102,11 @@ impl VpmMemory {
         work_path: &Path,
         mut init: impl FnMut(u64, &mut [u8]),
     ) -> Result<VpmMemory, MemoryError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let work = std::fs::OpenOptions::new()
+        let work = crate::private_file::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
             .open(work_path)
             .map_err(|source| MemoryError::Os {
                 what: "open the PM working file",

@@ -26,7 +26,7 @@ pub struct Witnesses {
 /// Opens a witness file for appending.
 fn open(path: Option<&Path>) -> Result<Option<File>, VmmError> {
     path.map(|p| {
-        std::fs::OpenOptions::new()
+        crate::private_file::options()
             .create(true)
             .append(true)
             .open(p)

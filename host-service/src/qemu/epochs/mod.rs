@@ -126,7 +126,7 @@ impl EpochDriver {
             .witness
             .as_ref()
             .map(|p| {
-                std::fs::OpenOptions::new()
+                crate::private_file::options()
                     .create(true)
                     .append(true)
                     .open(p)

@@ -252,5 +252,9 @@ fn act(
     })
 }
 
+#[cfg(any(test, feature = "hint-harness"))]
+pub mod harness;
+#[cfg(test)]
+mod prop;
 #[cfg(test)]
 mod tests;
