@@ -241,10 +241,13 @@ fn vpm_qemu_creates_only_private_files_under_umask_000() {
         .args(["-c", "command -v qemu-system-x86_64"])
         .output()
         .is_ok_and(|o| o.status.success());
-    let Some(kernel) = kernel().filter(|_| qemu) else {
-        println!("SKIPPED: QEMU or the cached guest kernel is missing (tests/setup)");
-        return;
-    };
+    assert!(
+        qemu,
+        "qemu-system-x86_64 is missing: run tests/setup/install-deps.sh"
+    );
+    let kernel = kernel().expect(
+        "the guest kernel is missing: run guest-driver/kernel/build-kernel.sh (tests/run-all.sh does)",
+    );
     let root = scratch("qemu");
     let initrd = std::env::temp_dir().join(format!("vpm-modes-initrd-{}", std::process::id()));
     std::fs::write(&initrd, b"").unwrap();
@@ -301,13 +304,11 @@ fn vpm_qemu_creates_only_private_files_under_umask_000() {
 #[test]
 fn vpm_bench_results_are_private_under_umask_000() {
     let bench = vpm_exe().with_file_name("vpm-bench");
-    if !bench.exists() {
-        println!(
-            "SKIPPED: {} is not built (cargo build --workspace)",
-            bench.display()
-        );
-        return;
-    }
+    assert!(
+        bench.exists(),
+        "{} is not built: cargo build --workspace --release (tests/run-all.sh does) first",
+        bench.display()
+    );
     let root = scratch("bench");
     let o = output(
         umask0(&bench)
