@@ -216,7 +216,7 @@ impl Service {
             .remove(id)
             .ok_or_else(|| VmsError::Unknown(id.to_string()))?;
         // The VM's own files (working copy, QEMU RAM, socket, console) go with it.
-        for suffix in ["work", "ram", "sock", "console"] {
+        for suffix in ["work", "ram", "sock", "qmp", "console"] {
             let _ = std::fs::remove_file(self.work_dir.join(format!("{id}.{suffix}")));
         }
         match vm.tenant() {
