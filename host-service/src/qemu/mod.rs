@@ -324,7 +324,6 @@ pub fn run_qemu_controlled(
             .run(d)
         })
     };
-    let periodic = Some(controller);
     let start = Instant::now();
     let mut epochs_stopped = false;
     let exited = loop {
@@ -333,7 +332,7 @@ pub fn run_qemu_controlled(
         }
         // Epochs ended while QEMU runs (QMP, the commit or the witness failed): the guest must
         // not run on without them. (QEMU exiting breaks QMP first: give it a moment to go.)
-        if periodic.as_ref().is_some_and(|h| h.is_finished()) {
+        if controller.is_finished() {
             if wait_exit(&mut child, Duration::from_secs(2)) {
                 break true;
             }
@@ -348,17 +347,15 @@ pub fn run_qemu_controlled(
     };
     done.store(true, Ordering::SeqCst);
     let _ = server.join();
-    if let Some(h) = periodic {
-        let (d, r) = h.join().expect("controller thread");
-        if let Err(e) = r {
-            // QEMU going away mid-epoch breaks QMP; anything else is a failure.
-            if epochs_stopped || !matches!(e, EpochError::Qmp(_)) {
-                return Err(e.into());
-            }
-            tracing::debug!(error = %e, "QEMU controller stopped with QEMU");
+    let (d, r) = controller.join().expect("controller thread");
+    if let Err(e) = r {
+        // QEMU going away mid-epoch breaks QMP; anything else is a failure.
+        if epochs_stopped || !matches!(e, EpochError::Qmp(_)) {
+            return Err(e.into());
         }
-        driver = d;
+        tracing::debug!(error = %e, "QEMU controller stopped with QEMU");
     }
+    driver = d;
     // QEMU is gone: the memory is final, and one last epoch commits it.
     if let Some(d) = driver.as_mut() {
         d.epoch(target.vpm(), None, &pool, tenant)?;
