@@ -466,7 +466,7 @@ fn serve_runs_linux_guests_under_qemu_beside_a_kvm_vm_and_recovers_them_after_ki
     let linux = |vpmtest: &str| {
         json!({"front": "qemu", "mode": "pv", "vpm_mib": 64, "log_mib": 1,
                "qemu": {"kernel": kernel, "initrd": initrd, "vpmtest": vpmtest,
-                        "append": "vpmprog=vpmtest", "timeout_s": 90}})
+                        "append": "vpmprog=vpmtest", "timeout_s": 300}})
     };
     // A full-virt Linux writer whose epochs are taken only on request.
     let epochs = dir.join("full.epochs");
