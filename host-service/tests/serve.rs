@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use serve_support::{
-    acked_in, kv, last_committed_record, need_kvm, openapi, payload, promtool, scratch, serve_args,
-    start, vpm, wait_lines, witness_max, Serve,
+    acked_in, calls, kv, last_committed_record, need_kvm, openapi, payload, promtool, scratch,
+    serve_args, start, vpm, wait_lines, witness_max, Serve,
 };
 
 #[test]
@@ -145,7 +145,7 @@ fn serve_api_covers_every_path_refuses_bad_input_and_metrics_pass_promtool() {
 
     // A vPM device added and removed: one per VM, not while it runs, sizes checked, its tenant
     // freed in the pool.
-    serve_support::calls::pmem_devices(&s, &mut covered, &pool_before);
+    calls::pmem_devices(&s, &mut covered, &pool_before);
 
     let mut ok = |m: &str, template: &str, path: &str, body: Option<Value>| {
         covered.insert((m.to_string(), template.to_string()));
@@ -468,13 +468,16 @@ fn serve_runs_linux_guests_under_qemu_beside_a_kvm_vm_and_recovers_them_after_ki
                "qemu": {"kernel": kernel, "initrd": initrd, "vpmtest": vpmtest,
                         "append": "vpmprog=vpmtest", "timeout_s": 300}})
     };
-    // A full-virt Linux writer whose epochs are taken only on request.
+    // Full virtualization (no vpm.ko): ext4 -o dax on /dev/pmem0 with fsyncer, whose epochs are
+    // taken only on request.
     let epochs = dir.join("full.epochs");
-    let mut full = linux("writer");
+    let mut full = linux("none");
     full["mode"] = json!("full");
-    full["vpm_mib"] = json!(16);
+    full["vpm_mib"] = json!(32);
     full["epoch_ms"] = json!(0);
     full["epoch_witness"] = json!(epochs);
+    full["qemu"]["append"] =
+        json!("loglevel=1 vpmmod=0 vpmdev=/dev/pmem0 vpmfs=dax vpmtag=t vpmrun=mkfs,work");
     s.ok("PUT", "/api/v1/vms/k", Some(kv("pv", 16)));
     s.ok("PUT", "/api/v1/vms/basic", Some(linux("basic")));
     s.ok("PUT", "/api/v1/vms/writer", Some(linux("writer")));
@@ -499,11 +502,12 @@ fn serve_runs_linux_guests_under_qemu_beside_a_kvm_vm_and_recovers_them_after_ki
     }
     assert_eq!(s.vm("k")["state"], "running");
     assert_eq!(s.vm("writer")["state"], "running");
-    serve_support::calls::qemu_pause_resume_and_epochs(&s, "writer", &console, None);
-    serve_support::calls::qemu_pause_resume_and_epochs(
+    let full_console = dir.join("pool/full.console");
+    calls::qemu_pause_resume_and_epochs(&s, "writer", (&console, acked_in), None);
+    calls::qemu_pause_resume_and_epochs(
         &s,
         "full",
-        &dir.join("pool/full.console"),
+        (&full_console, calls::fsync_acks),
         Some(&epochs),
     );
     let scrape = s.ok("GET", "/metrics", None);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{acked_in, kv, vpm, Serve};
+use super::{kv, vpm, Serve};
 
 /// The vPM device calls on VM `d` (made here without a device), while no other VM runs: bad
 /// input changes nothing, the device is added (with `vpm ctl`), boots the VM, cannot be removed
@@ -141,36 +141,50 @@ pub fn pmem_devices(s: &Serve, covered: &mut BTreeSet<(String, String)>, pool_be
     assert_eq!(s.ok("GET", "/api/v1/pool", None), *pool_before);
 }
 
-/// Waits until the Linux writer whose console is `console` has acknowledged more than `past`
-/// records; returns how many.
-fn acked_past(console: &Path, past: u64, what: &str) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Acknowledgements fsyncer printed on `console` (`FSYNC-ACK` lines).
+pub fn fsync_acks(console: &Path) -> u64 {
+    // The console may hold bytes that are not UTF-8 (the guest's boot).
+    String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default())
+        .lines()
+        .filter(|l| l.contains("FSYNC-ACK"))
+        .count() as u64
+}
+
+/// Waits until `progress` of the Linux guest whose console is `console` is past `past`; returns
+/// it.
+fn acked_past(progress: fn(&Path) -> u64, console: &Path, past: u64, what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let n = acked_in(console);
+        let n = progress(console);
         if n > past {
             return n;
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: no record past {past} in 60 s"
+            "{what}: no acknowledgement past {past} in 120 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// QEMU VM `id` (a Linux writer) paused, an epoch requested while paused, resumed, and epochs
-/// requested while it runs, over the API: paused, it acknowledges nothing and stays paused
-/// through the epoch; each epoch request commits a new epoch (and, in full mode, a witness line
-/// for it in `epochs`).
-pub fn qemu_pause_resume_and_epochs(s: &Serve, id: &str, console: &Path, epochs: Option<&Path>) {
+/// QEMU VM `id` (a Linux guest printing acknowledgements, counted by `progress`, on `console`)
+/// paused, an epoch requested while paused, resumed, and epochs requested while it runs, over
+/// the API: paused, it acknowledges nothing and stays paused through the epoch; each epoch
+/// request commits a new epoch (and, in full mode, a witness line for it in `epochs`).
+pub fn qemu_pause_resume_and_epochs(
+    s: &Serve,
+    id: &str,
+    (console, progress): (&Path, fn(&Path) -> u64),
+    epochs: Option<&Path>,
+) {
     let path = |op: &str| format!("/api/v1/vms/{id}/{op}");
-    acked_past(console, 0, id);
+    acked_past(progress, console, 0, id);
     let e1 = s.ok("PUT", &path("epoch"), None)["epoch"].as_u64().unwrap();
     s.ok("PUT", &path("pause"), None);
     assert_eq!(s.vm(id)["state"], "paused");
     // The console file may still receive what QEMU had buffered before the stop.
     std::thread::sleep(Duration::from_millis(200));
-    let held = acked_in(console);
+    let held = progress(console);
     let e2 = s.ok("PUT", &path("epoch"), None)["epoch"].as_u64().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -179,7 +193,7 @@ pub fn qemu_pause_resume_and_epochs(s: &Serve, id: &str, console: &Path, epochs:
         "{id}: an epoch resumed a paused guest"
     );
     assert_eq!(
-        acked_in(console),
+        progress(console),
         held,
         "{id}: the paused guest acknowledged records"
     );
@@ -187,7 +201,7 @@ pub fn qemu_pause_resume_and_epochs(s: &Serve, id: &str, console: &Path, epochs:
     assert!(msg.contains("is paused: cannot pause"), "{msg}");
     s.ok("PUT", &path("resume"), None);
     assert_eq!(s.vm(id)["state"], "running");
-    acked_past(console, held, id);
+    acked_past(progress, console, held, id);
     let e3 = s.ok("PUT", &path("epoch"), None)["epoch"].as_u64().unwrap();
     assert!(e1 < e2 && e2 < e3, "{id}: epochs {e1}, {e2}, {e3}");
     if let Some(w) = epochs {
@@ -203,5 +217,5 @@ pub fn qemu_pause_resume_and_epochs(s: &Serve, id: &str, console: &Path, epochs:
             .unwrap();
         assert_eq!(last, e3, "{id}: the epoch witness has {text}");
     }
-    println!("{id}: paused at {held} acknowledged records; epochs {e1}, {e2}, {e3}");
+    println!("{id}: paused at {held} acknowledgements; epochs {e1}, {e2}, {e3}");
 }
