@@ -117,6 +117,13 @@ pub fn pmem_devices(s: &Serve, covered: &mut BTreeSet<(String, String)>, pool_be
         msg.contains("is running: cannot remove a vPM device"),
         "{msg}"
     );
+    let msg = s.fault(
+        "PUT",
+        "/api/v1/vms/d/pmem/p1",
+        Some("{\"size_mib\":8}"),
+        409,
+    );
+    assert!(msg.contains("one per VM"), "adding to a running VM: {msg}");
     s.ok("PUT", "/api/v1/vms/d/shutdown", None);
     let used = s.ok("GET", "/api/v1/pool", None);
     assert!(
