@@ -30,7 +30,8 @@ pub struct CtlArgs {
     /// The method.
     #[arg(value_enum)]
     pub method: Method,
-    /// The path, e.g. /api/v1/vms/a/boot.
+    /// The path, e.g. /api/v1/vms/a/boot or /api/v1/vms/a/pmem/pmem0 (every path is in
+    /// docs/api/openapi.json).
     pub path: String,
     /// A JSON body.
     pub body: Option<String>,

@@ -1,6 +1,6 @@
 //! Starting QEMU for a guest: the shared guest RAM file and the command line (RAM file backend,
 //! kernel and initramfs, the doorbell on isa-debugcon over a Unix socket, the console to a file,
-//! and a QMP socket when full-virt epochs must stop the guest).
+//! and the QMP socket through which the guest is stopped and resumed).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,8 +19,8 @@ pub(super) struct Paths<'a> {
     pub doorbell: &'a Path,
     /// The console log.
     pub console: &'a Path,
-    /// The QMP socket (QEMU listens), for full-virt epochs.
-    pub qmp: Option<&'a Path>,
+    /// The QMP socket (QEMU listens): pause/resume and epochs.
+    pub qmp: &'a Path,
 }
 
 /// Creates (0600, truncated) the guest RAM file of `len` bytes and maps it.
@@ -64,12 +64,10 @@ pub(super) fn start_qemu(
     let mut cmd = Command::new("qemu-system-x86_64");
     // The console log and the QMP socket QEMU creates are private too.
     crate::private_file::private_children(&mut cmd);
-    if let Some(qmp) = paths.qmp {
-        cmd.args([
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", qmp.display()),
-        ]);
-    }
+    cmd.args([
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", paths.qmp.display()),
+    ]);
     cmd.args([
         "-accel",
         "tcg",

@@ -6,10 +6,12 @@
 //!
 //! QEMU cannot hold the vCPU in the doorbell write, so the guest polls the ring's `consumed`
 //! (no SYNC_DOORBELL feature). In PV mode epochs are taken on request only and commit every vPM
-//! page (diffed against its home). In full mode ([`QemuSpec::epochs`]) a thread takes periodic
-//! epochs that stop the guest over QMP (see [`epochs`]); the guest's own epoch requests are
-//! refused there, since they would commit memory the epoch driver has not staged.
+//! page (diffed against its home). In full mode ([`QemuSpec::epochs`]) periodic epochs
+//! stop the guest over QMP (see [`epochs`]); the guest's own epoch requests are refused there,
+//! since they would commit memory the epoch driver has not staged. One controller thread owns
+//! the QMP session: epochs, and an operator's pause, resume and epoch requests (`vpm serve`).
 
+mod controller;
 mod epochs;
 mod launch;
 mod qmp;
@@ -113,6 +115,23 @@ impl QemuTarget {
         }
     }
 
+    /// Commits every vPM page as the next epoch (PV: the guest's and the operator's epoch
+    /// requests; the commit diffs each page against its home).
+    fn commit_all(&self) -> Result<crate::pool::CommitStats, PoolError> {
+        let pages: Vec<u64> = (0..self.vpm_size / PAGE_SIZE).collect();
+        let r = self
+            .pool
+            .lock()
+            .expect("pool")
+            .commit_epoch(self.tenant, &pages, self.vpm());
+        if let Ok(c) = &r {
+            let mut s = self.stats.lock().expect("stats");
+            s.epochs += 1;
+            s.epoch = c.epoch;
+        }
+        r
+    }
+
     fn pool_result(&self, r: Result<impl Sized, PoolError>) -> HintResult {
         match r {
             Ok(_) => HintResult::Ok,
@@ -201,17 +220,7 @@ impl HintTarget for QemuTarget {
         if self.full {
             return Ok(HintResult::NotSupported);
         }
-        let pages: Vec<u64> = (0..self.vpm_size / PAGE_SIZE).collect();
-        let r = self
-            .pool
-            .lock()
-            .expect("pool")
-            .commit_epoch(self.tenant, &pages, self.vpm());
-        if let Ok(c) = &r {
-            let mut s = self.stats.lock().expect("stats");
-            s.epochs += 1;
-            s.epoch = c.epoch;
-        }
+        let r = self.commit_all();
         Ok(self.pool_result(r))
     }
 
@@ -225,15 +234,17 @@ pub fn run_qemu(
     pool: Arc<Mutex<Pool>>,
     tenant: u32,
 ) -> Result<QemuOutcome, QemuError> {
-    run_qemu_controlled(spec, pool, tenant, &VmControl::default())
+    run_qemu_controlled(spec, pool, tenant, &Arc::new(VmControl::default()))
 }
 
-/// [`run_qemu`], and QEMU is killed when `control` asks for a stop (`vpm serve`'s shutdown).
+/// [`run_qemu`] under `control` (`vpm serve`): QEMU is killed when it asks for a stop, the guest
+/// is stopped over QMP while it holds the vCPU, and its epoch requests are served (see
+/// [`controller`]).
 pub fn run_qemu_controlled(
     spec: &QemuSpec,
     pool: Arc<Mutex<Pool>>,
     tenant: u32,
-    control: &VmControl,
+    control: &Arc<VmControl>,
 ) -> Result<QemuOutcome, QemuError> {
     let (vpm_size, start_epoch) = {
         let p = pool.lock().expect("pool");
@@ -285,7 +296,7 @@ pub fn run_qemu_controlled(
         ram: &ram_path,
         doorbell: &sock,
         console: &console_path,
-        qmp: driver.as_ref().map(|_| qmp_path.as_path()),
+        qmp: &qmp_path,
     };
     let mut child = launch::start_qemu(spec, &paths, vpm_size)?;
     let server = {
@@ -293,18 +304,26 @@ pub fn run_qemu_controlled(
         std::thread::spawn(move || serve_doorbell(listener, &sock, &target))
     };
     let done = Arc::new(AtomicBool::new(false));
-    let periodic = match driver.take() {
-        Some(d) if spec.epochs.as_ref().is_some_and(|e| e.epoch_ms > 0) => {
-            let (target, done, qmp_path) = (target.clone(), done.clone(), qmp_path.clone());
-            let every = Duration::from_millis(spec.epochs.as_ref().map_or(0, |e| e.epoch_ms));
-            Some(std::thread::spawn(move || {
-                periodic_epochs(d, &target, &qmp_path, every, &done)
-            }))
-        }
-        d => {
-            driver = d;
-            None
-        }
+    // The controller: periodic full-virt epochs, the operator's pause/resume and epoch requests.
+    let controller = {
+        let (target, done, qmp_path) = (target.clone(), done.clone(), qmp_path.clone());
+        let control = control.clone();
+        let every = spec
+            .epochs
+            .as_ref()
+            .filter(|e| e.epoch_ms > 0)
+            .map(|e| Duration::from_millis(e.epoch_ms));
+        let d = driver.take();
+        std::thread::spawn(move || {
+            controller::Controller {
+                target: &target,
+                control: &control,
+                qmp_path: &qmp_path,
+                every,
+                done: &done,
+            }
+            .run(d)
+        })
     };
     let start = Instant::now();
     let mut epochs_stopped = false;
@@ -314,7 +333,7 @@ pub fn run_qemu_controlled(
         }
         // Epochs ended while QEMU runs (QMP, the commit or the witness failed): the guest must
         // not run on without them. (QEMU exiting breaks QMP first: give it a moment to go.)
-        if periodic.as_ref().is_some_and(|h| h.is_finished()) {
+        if controller.is_finished() {
             if wait_exit(&mut child, Duration::from_secs(2)) {
                 break true;
             }
@@ -329,17 +348,15 @@ pub fn run_qemu_controlled(
     };
     done.store(true, Ordering::SeqCst);
     let _ = server.join();
-    if let Some(h) = periodic {
-        let (d, r) = h.join().expect("epoch thread");
-        if let Err(e) = r {
-            // QEMU going away mid-epoch breaks QMP; anything else is a failure.
-            if epochs_stopped || !matches!(e, EpochError::Qmp(_)) {
-                return Err(e.into());
-            }
-            tracing::debug!(error = %e, "epoch thread stopped with QEMU");
+    let (d, r) = controller.join().expect("controller thread");
+    if let Err(e) = r {
+        // QEMU going away mid-epoch breaks QMP; anything else is a failure.
+        if epochs_stopped || !matches!(e, EpochError::Qmp(_)) {
+            return Err(e.into());
         }
-        driver = Some(d);
+        tracing::debug!(error = %e, "QEMU controller stopped with QEMU");
     }
+    driver = d;
     // QEMU is gone: the memory is final, and one last epoch commits it.
     if let Some(d) = driver.as_mut() {
         d.epoch(target.vpm(), None, &pool, tenant)?;
@@ -377,49 +394,6 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
-}
-
-/// How long QEMU may take to open its QMP socket.
-const QMP_WAIT: Duration = Duration::from_secs(30);
-
-/// Takes an epoch every `every` until `done`; returns the driver and the first error.
-fn periodic_epochs(
-    mut d: EpochDriver,
-    t: &QemuTarget,
-    qmp_path: &std::path::Path,
-    every: Duration,
-    done: &AtomicBool,
-) -> (EpochDriver, Result<(), EpochError>) {
-    // QEMU creates the socket as it starts (or never, when it fails to start: stop trying then).
-    let connected = Instant::now();
-    let mut qmp = loop {
-        match Qmp::connect(qmp_path, Duration::from_millis(100)) {
-            Ok(q) => break q,
-            Err(e) if done.load(Ordering::SeqCst) || connected.elapsed() > QMP_WAIT => {
-                return (d, Err(e.into()))
-            }
-            Err(_) => {}
-        }
-    };
-    let mut next = Instant::now() + every;
-    while !done.load(Ordering::SeqCst) {
-        let now = Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(Duration::from_millis(20)));
-            continue;
-        }
-        next = now + every;
-        if let Err(e) = d.epoch(t.vpm(), Some(&mut qmp), &t.pool, t.tenant) {
-            return (d, Err(e));
-        }
-        let s = d.summary();
-        let mut st = t.stats.lock().expect("stats");
-        st.epochs = s.epochs;
-        st.epoch = s.epoch;
-        st.committed_pages = s.committed_pages;
-        st.pause_us_max = s.pause_us_max;
-    }
-    (d, Ok(()))
 }
 
 /// Writes every page's durable content into the vPM range of the RAM file.

@@ -184,8 +184,9 @@ pub async fn run(service: Arc<Service>, total_pages: u64, every: Duration) {
                     reserved += (vm.config.dram_mib << 20) / PAGE_SIZE;
                     continue;
                 }
-                let ts = pool
-                    .tenant(vm.tenant)
+                let ts = vm
+                    .tenant()
+                    .and_then(|t| pool.tenant(t).ok())
                     .map(|tn| tn.stats())
                     .unwrap_or_default();
                 members.push(Member {

@@ -10,7 +10,7 @@ use vpm_abi::PAGE_SIZE;
 
 use crate::pool::media::NAME_LEN;
 use crate::pool::TenantConfig;
-use crate::qemu::QemuSpec;
+use crate::qemu::{EpochSpec, QemuSpec};
 use crate::vmm::{DoorbellKind, Mode, VmSpec};
 
 /// Largest vPM of one VM, MiB (the test guest's vPM window).
@@ -64,7 +64,7 @@ pub enum Front {
     /// VPM's own KVM VMM with the test guest.
     #[default]
     Kvm,
-    /// QEMU (TCG) with a Linux guest and vpm.ko; para-virtual mode only.
+    /// QEMU (TCG) with a Linux guest and vpm.ko; modes `pv` and `full`.
     Qemu,
 }
 
@@ -199,6 +199,21 @@ pub struct QemuConfig {
     pub timeout_s: u64,
 }
 
+/// A vPM device (`PUT /api/v1/vms/{id}/pmem/{dev}` body, as Cloud Hypervisor's
+/// `vm.add-pmem` and Firecracker's `PUT /pmem/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmemConfig {
+    /// vPM size, MiB (the VM's `vpm_mib`).
+    pub size_mib: u64,
+    /// PM homes quota, MiB (default: the size).
+    #[serde(default)]
+    pub pm_quota_mib: Option<u64>,
+    /// Redo-log size, MiB (default: an eighth of the size, at least 2).
+    #[serde(default)]
+    pub log_mib: Option<u64>,
+}
+
 /// Guest RAM of a QEMU VM, MiB, and where vPM starts in it.
 pub const QEMU_RAM_MIB: u64 = 512;
 /// Offset of vPM in a QEMU guest's RAM, MiB.
@@ -213,7 +228,9 @@ pub struct VmConfig {
     pub front: Front,
     /// How vPM is served.
     pub mode: ModeName,
-    /// vPM size, MiB.
+    /// vPM size, MiB: the VM's vPM device `pmem0` (0 or absent: no device yet; add one with
+    /// `PUT /api/v1/vms/{id}/pmem/{dev}`).
+    #[serde(default)]
     pub vpm_mib: u64,
     /// DRAM share of the tiered modes, MiB.
     #[serde(default = "default_dram_mib")]
@@ -300,31 +317,21 @@ impl VmConfig {
             Front::Kvm if self.qemu.is_some() => return front("takes no qemu section"),
             Front::Qemu if self.qemu.is_none() => return front("give a qemu section"),
             Front::Qemu if self.workload.is_some() => return front("takes no workload"),
-            Front::Qemu if self.mode != ModeName::Pv => {
-                return front("serves para-virtual guests only (mode pv)")
+            Front::Qemu if !matches!(self.mode, ModeName::Pv | ModeName::Full) => {
+                return front("serves modes pv (hints) and full (epochs) only")
             }
             _ => {}
         }
         if self.vcpus != 1 {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
-        let max_vpm = match self.front {
-            Front::Kvm => MAX_VPM_MIB,
-            Front::Qemu => QEMU_RAM_MIB - QEMU_VPM_OFFSET_MIB,
-        };
-        check("vpm_mib", self.vpm_mib, 1, max_vpm)?;
         if let Some(q) = &self.qemu {
             check("qemu.timeout_s", q.timeout_s, 1, MAX_EPOCH_MS / 1000)?;
         }
-        check("dram_mib", self.dram_mib, 0, self.vpm_mib)?;
-        if let Some(m) = self.dram_min_mib {
+        if self.vpm_mib > 0 {
+            self.validate_pmem()?;
+        } else if let Some(m) = self.dram_min_mib {
             check("dram_min_mib", m, 0, self.dram_mib)?;
-        }
-        if let Some(q) = self.pm_quota_mib {
-            check("pm_quota_mib", q, 0, self.vpm_mib)?;
-        }
-        if let Some(l) = self.log_mib {
-            check("log_mib", l, 1, self.vpm_mib.max(1))?;
         }
         check("epoch_ms", self.epoch_ms, 0, MAX_EPOCH_MS)?;
         if let Some(w) = self
@@ -338,6 +345,27 @@ impl VmConfig {
             if !s.is_finite() || s < 0.0 || s > MAX_EPOCH_MS as f64 / 1000.0 {
                 return Err(ConfigError::Seconds(s));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the vPM device's bounds (`vpm_mib` and what depends on it): the size within the
+    /// front's limit, the DRAM share, PM quota and log within the size.
+    pub fn validate_pmem(&self) -> Result<(), ConfigError> {
+        let max_vpm = match self.front {
+            Front::Kvm => MAX_VPM_MIB,
+            Front::Qemu => QEMU_RAM_MIB - QEMU_VPM_OFFSET_MIB,
+        };
+        check("vpm_mib", self.vpm_mib, 1, max_vpm)?;
+        check("dram_mib", self.dram_mib, 0, self.vpm_mib)?;
+        if let Some(m) = self.dram_min_mib {
+            check("dram_min_mib", m, 0, self.dram_mib)?;
+        }
+        if let Some(q) = self.pm_quota_mib {
+            check("pm_quota_mib", q, 0, self.vpm_mib)?;
+        }
+        if let Some(l) = self.log_mib {
+            check("log_mib", l, 1, self.vpm_mib.max(1))?;
         }
         Ok(())
     }
@@ -377,7 +405,10 @@ impl VmConfig {
             vpm_offset_mib: QEMU_VPM_OFFSET_MIB,
             timeout: Duration::from_secs(q.timeout_s),
             persist_witness: self.witness.clone(),
-            epochs: None,
+            epochs: (self.mode == ModeName::Full).then(|| EpochSpec {
+                epoch_ms: self.epoch_ms,
+                witness: self.epoch_witness.clone(),
+            }),
         })
     }
 
@@ -455,12 +486,11 @@ mod tests {
         assert!(parse(r#"{"mode":"fast","vpm_mib":16,"workload":{"kind":"kv"}}"#).is_err());
         assert!(parse(r#"{"mode":"pv","vpm_mib":-1,"workload":{"kind":"kv"}}"#).is_err());
         let bad = [
-            r#"{"mode":"pv","vpm_mib":0,"workload":{"kind":"kv"}}"#,
             r#"{"mode":"pv","vpm_mib":4096,"workload":{"kind":"kv"}}"#,
             r#"{"mode":"pv","vpm_mib":16,"dram_mib":17,"workload":{"kind":"kv"}}"#,
             r#"{"mode":"pv","vpm_mib":16,"vcpus":2,"workload":{"kind":"kv"}}"#,
             r#"{"mode":"pv","vpm_mib":16,"front":"qemu","workload":{"kind":"kv"}}"#,
-            r#"{"mode":"full","vpm_mib":16,"front":"qemu","qemu":{"kernel":"k","initrd":"i"}}"#,
+            r#"{"mode":"direct","vpm_mib":16,"front":"qemu","qemu":{"kernel":"k","initrd":"i"}}"#,
             r#"{"mode":"pv","vpm_mib":256,"front":"qemu","qemu":{"kernel":"k","initrd":"i"}}"#,
             r#"{"mode":"pv","vpm_mib":16}"#,
             r#"{"mode":"pv","vpm_mib":16,"seconds":-1,"workload":{"kind":"kv"}}"#,
@@ -482,6 +512,25 @@ mod tests {
             r#"{"front":"qemu","mode":"pv","vpm_mib":64,"qemu":{"kernel":"k","initrd":"i","x":1}}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_vm_without_vpm_is_valid_and_its_device_is_checked_when_added() {
+        let mut c = parse(r#"{"mode":"pv","workload":{"kind":"kv"}}"#).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.vpm_mib, 0);
+        c.vpm_mib = 4;
+        assert!(c.validate_pmem().is_err(), "dram_mib 8 > vpm_mib 4");
+        c.vpm_mib = 16;
+        c.pm_quota_mib = Some(17);
+        assert!(c.validate_pmem().is_err(), "quota over the size");
+        c.pm_quota_mib = Some(16);
+        c.validate_pmem().unwrap();
+        let q = parse(r#"{"front":"qemu","mode":"full","vpm_mib":64,"epoch_ms":50,"qemu":{"kernel":"k","initrd":"i"}}"#)
+            .unwrap();
+        q.validate().unwrap();
+        let spec = q.qemu_spec("f", PathBuf::from("/tmp")).unwrap();
+        assert_eq!(spec.epochs.map(|e| e.epoch_ms), Some(50));
     }
 
     #[test]

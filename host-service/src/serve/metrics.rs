@@ -56,7 +56,7 @@ pub fn render(service: &Service) -> String {
         let pool = service.pool.lock().expect("pool");
         t.iter()
             .map(|(id, vm)| {
-                let tn = pool.tenant(vm.tenant).ok();
+                let tn = vm.tenant().and_then(|t| pool.tenant(t).ok());
                 VmSample {
                     labels: format!("vm=\"{}\"", label(id)),
                     state: vm.state(),

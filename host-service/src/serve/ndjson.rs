@@ -16,7 +16,10 @@ pub fn line(service: &Service) -> serde_json::Value {
     let vms: serde_json::Map<String, serde_json::Value> = t
         .iter()
         .map(|(id, vm)| {
-            let ts = pool.tenant(vm.tenant).ok().map(|tn| tn.stats());
+            let ts = vm
+                .tenant()
+                .and_then(|t| pool.tenant(t).ok())
+                .map(|tn| tn.stats());
             let s = vm.stats().unwrap_or_default();
             let v = json!({
                 "state": vm.state(),

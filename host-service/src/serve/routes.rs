@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::config::VmConfig;
+use super::config::{PmemConfig, VmConfig};
 use super::service::Service;
 use super::snapshot::SnapshotError;
 use super::vms::VmsError;
@@ -55,17 +55,19 @@ impl From<VmsError> for Fault {
             VmsError::Snapshot(SnapshotError::Invalid { .. } | SnapshotError::Io { .. }) => {
                 StatusCode::BAD_REQUEST
             }
-            VmsError::Unknown(_) => StatusCode::NOT_FOUND,
+            VmsError::Unknown(_) | VmsError::UnknownPmem { .. } => StatusCode::NOT_FOUND,
             VmsError::Exists(_)
             | VmsError::WrongState { .. }
             | VmsError::AddTenant { .. }
             | VmsError::DramBudget { .. }
-            | VmsError::Unsupported { .. }
+            | VmsError::NoPmem(_)
+            | VmsError::PmemExists { .. }
             | VmsError::Ended(_) => StatusCode::CONFLICT,
             VmsError::Pool { .. }
             | VmsError::Snapshot(_)
             | VmsError::Spawn { .. }
-            | VmsError::Vmm { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            | VmsError::Vmm { .. }
+            | VmsError::EpochFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Fault {
             status,
@@ -222,6 +224,30 @@ async fn restore(State(s): State<AppState>, Path(id): Path<String>, b: Bytes) ->
     no_content()
 }
 
+async fn get_pmem(State(s): State<AppState>, Path((id, dev)): Path<(String, String)>) -> Reply {
+    Ok(Json(s.pmem_info(&id, &dev)?).into_response())
+}
+
+async fn add_pmem(
+    State(s): State<AppState>,
+    Path((id, dev)): Path<(String, String)>,
+    b: Bytes,
+) -> Reply {
+    let req: PmemConfig = body(&b)?;
+    s.add_pmem(&id, &dev, req)?;
+    no_content()
+}
+
+async fn remove_pmem(
+    State(s): State<AppState>,
+    Path((id, dev)): Path<(String, String)>,
+    b: Bytes,
+) -> Reply {
+    no_body(&b)?;
+    s.remove_pmem(&id, &dev)?;
+    no_content()
+}
+
 async fn metrics(State(s): State<AppState>) -> Response {
     let text = super::metrics::render(&s);
     ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
@@ -277,6 +303,11 @@ pub fn routes() -> Vec<Route> {
         route("/api/v1/vms/{id}/epoch", &["put"], put(epoch)),
         route("/api/v1/vms/{id}/snapshot", &["put"], put(snapshot)),
         route("/api/v1/vms/{id}/restore", &["put"], put(restore)),
+        route(
+            "/api/v1/vms/{id}/pmem/{dev}",
+            &["get", "put", "delete"],
+            get(get_pmem).put(add_pmem).delete(remove_pmem),
+        ),
         route("/metrics", &["get"], get(metrics)),
     ]
 }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::config::{check_id, Front, VmConfig};
+use super::config::{check_id, Front, PmemConfig, VmConfig};
 use super::snapshot::Image;
-use super::vms::{self, Vm, VmState, VmTable, VmsError};
+use super::vms::{self, Pmem, RunEnd, Vm, VmState, VmTable, VmsError};
 use crate::pool::Pool;
 use crate::vmm::VmControl;
 
@@ -109,16 +109,16 @@ impl Service {
             return Err(VmsError::Exists(id.to_string()));
         }
         self.check_dram(&t, &config)?;
-        let tenant = vms::tenant_for(&mut self.pool.lock().expect("pool"), id, &config)?;
-        t.insert(
-            id.to_string(),
-            Vm {
-                config,
+        let pmem = if config.vpm_mib > 0 {
+            let tenant = vms::tenant_for(&mut self.pool.lock().expect("pool"), id, &config)?;
+            Some(Pmem {
+                id: vms::DEFAULT_PMEM_ID.to_string(),
                 tenant,
-                boots: 0,
-                run: None,
-            },
-        );
+            })
+        } else {
+            None
+        };
+        t.insert(id.to_string(), Vm::new(config, pmem));
         Ok(())
     }
 
@@ -140,17 +140,18 @@ impl Service {
         })
     }
 
-    fn live(&self, id: &str, op: &'static str, want: VmState) -> Result<Arc<VmControl>, VmsError> {
+    /// The control of VM `id` if it is in state `want`, and its end (set once it has ended).
+    #[allow(clippy::type_complexity)]
+    fn live(
+        &self,
+        id: &str,
+        op: &'static str,
+        want: VmState,
+    ) -> Result<(Arc<VmControl>, Arc<Mutex<Option<RunEnd>>>), VmsError> {
         self.with_vm(id, |vm| {
-            if vm.config.front == Front::Qemu {
-                return Err(VmsError::Unsupported {
-                    id: id.to_string(),
-                    op,
-                });
-            }
             let state = vm.state();
-            match vm.live_control() {
-                Some(c) if state == want => Ok(c),
+            match (vm.live_control(), vm.run.as_ref()) {
+                (Some(c), Some(run)) if state == want => Ok((c, run.end.clone())),
                 _ => Err(VmsError::WrongState {
                     id: id.to_string(),
                     state,
@@ -160,13 +161,14 @@ impl Service {
         })
     }
 
-    /// Holds VM `id`'s vCPU (running → paused) and waits until it is parked.
+    /// Holds VM `id`'s vCPU (running → paused) and waits until it is parked (the KVM front's
+    /// controller parks it; the QEMU front's stops the guest over QMP).
     pub async fn pause(&self, id: &str) -> Result<(), VmsError> {
-        let control = self.live(id, "pause", VmState::Running)?;
+        let (control, end) = self.live(id, "pause", VmState::Running)?;
         control.hold();
         let deadline = Instant::now() + PARKED_TIMEOUT;
         while !control.is_parked() {
-            if control.running().is_none() || Instant::now() > deadline {
+            if end.lock().expect("end").is_some() || Instant::now() > deadline {
                 return Err(VmsError::Ended(id.to_string()));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -176,7 +178,7 @@ impl Service {
 
     /// Lets VM `id`'s vCPU run again (paused → running).
     pub fn resume(&self, id: &str) -> Result<(), VmsError> {
-        self.live(id, "resume", VmState::Paused)?.release();
+        self.live(id, "resume", VmState::Paused)?.0.release();
         Ok(())
     }
 
@@ -214,17 +216,99 @@ impl Service {
             .remove(id)
             .ok_or_else(|| VmsError::Unknown(id.to_string()))?;
         // The VM's own files (working copy, QEMU RAM, socket, console) go with it.
-        for suffix in ["work", "ram", "sock", "console"] {
+        for suffix in ["work", "ram", "sock", "qmp", "console"] {
             let _ = std::fs::remove_file(self.work_dir.join(format!("{id}.{suffix}")));
         }
+        match vm.tenant() {
+            Some(tenant) => self.remove_tenant(id, tenant),
+            None => Ok(()),
+        }
+    }
+
+    fn remove_tenant(&self, id: &str, tenant: u32) -> Result<(), VmsError> {
         self.pool
             .lock()
             .expect("pool")
-            .remove_tenant(vm.tenant)
+            .remove_tenant(tenant)
             .map_err(|source| VmsError::Pool {
                 what: format!("remove tenant {id}"),
                 source,
             })
+    }
+
+    /// Adds vPM device `dev` to VM `id` (one per VM): `pmem` sizes it; its tenant is made, or
+    /// found if one of the VM's name and that size exists (a recovered vPM).
+    pub fn add_pmem(&self, id: &str, dev: &str, pmem: PmemConfig) -> Result<(), VmsError> {
+        check_id(dev)?;
+        let mut t = self.table();
+        let vm = t
+            .get_mut(id)
+            .ok_or_else(|| VmsError::Unknown(id.to_string()))?;
+        if let Some(p) = &vm.pmem {
+            return Err(VmsError::PmemExists {
+                id: id.to_string(),
+                dev: p.id.clone(),
+            });
+        }
+        let mut config = vm.config.clone();
+        config.vpm_mib = pmem.size_mib;
+        config.pm_quota_mib = pmem.pm_quota_mib;
+        config.log_mib = pmem.log_mib;
+        config.validate_pmem()?;
+        let tenant = vms::tenant_for(&mut self.pool.lock().expect("pool"), id, &config)?;
+        vm.config = config;
+        vm.pmem = Some(Pmem {
+            id: dev.to_string(),
+            tenant,
+        });
+        Ok(())
+    }
+
+    /// Removes vPM device `dev` of VM `id` (not while it runs): its tenant leaves the pool (its
+    /// vPM is gone) and the VM's working copy with it.
+    pub fn remove_pmem(&self, id: &str, dev: &str) -> Result<(), VmsError> {
+        let mut t = self.table();
+        let vm = t
+            .get_mut(id)
+            .ok_or_else(|| VmsError::Unknown(id.to_string()))?;
+        let tenant = match &vm.pmem {
+            Some(p) if p.id == dev => p.tenant,
+            _ => {
+                return Err(VmsError::UnknownPmem {
+                    id: id.to_string(),
+                    dev: dev.to_string(),
+                })
+            }
+        };
+        let state = vm.state();
+        if !matches!(state, VmState::Created | VmState::Stopped | VmState::Failed) {
+            return Err(VmsError::WrongState {
+                id: id.to_string(),
+                state,
+                op: "remove a vPM device of",
+            });
+        }
+        self.remove_tenant(id, tenant)?;
+        vm.pmem = None;
+        vm.config.vpm_mib = 0;
+        vm.config.pm_quota_mib = None;
+        vm.config.log_mib = None;
+        let _ = std::fs::remove_file(self.work_dir.join(format!("{id}.work")));
+        Ok(())
+    }
+
+    /// The JSON view of vPM device `dev` of VM `id`.
+    pub fn pmem_info(&self, id: &str, dev: &str) -> Result<serde_json::Value, VmsError> {
+        let t = self.table();
+        let vm = t.get(id).ok_or_else(|| VmsError::Unknown(id.to_string()))?;
+        let pool = self.pool.lock().expect("pool");
+        match vm.pmem_info(&pool) {
+            Some(v) if vm.pmem.as_ref().is_some_and(|p| p.id == dev) => Ok(v),
+            _ => Err(VmsError::UnknownPmem {
+                id: id.to_string(),
+                dev: dev.to_string(),
+            }),
+        }
     }
 
     /// Runs `job` with VM `id`'s vCPU parked after an epoch, if the VM runs; `None` if it does
@@ -252,16 +336,15 @@ impl Service {
     }
 
     /// Commits an epoch of VM `id` now (tiered modes, VM running or paused); returns the
-    /// tenant's committed epoch.
+    /// tenant's committed epoch. On the QEMU front the VM's controller takes it (full mode: an
+    /// epoch of its epoch driver; PV: the guest stopped and every vPM page committed).
     pub async fn epoch(&self, id: &str) -> Result<u64, VmsError> {
-        let (state, tiered) = self.with_vm(id, |vm| {
-            if vm.config.front == Front::Qemu {
-                return Err(VmsError::Unsupported {
-                    id: id.to_string(),
-                    op: "take an epoch of",
-                });
-            }
-            Ok((vm.state(), crate::vmm::Mode::from(vm.config.mode).tiered()))
+        let (state, tiered, front) = self.with_vm(id, |vm| {
+            Ok((
+                vm.state(),
+                crate::vmm::Mode::from(vm.config.mode).tiered(),
+                vm.config.front,
+            ))
         })?;
         if !tiered || !matches!(state, VmState::Running | VmState::Paused) {
             return Err(VmsError::WrongState {
@@ -274,6 +357,9 @@ impl Service {
                 },
             });
         }
+        if front == Front::Qemu {
+            return self.qemu_epoch(id).await;
+        }
         let epoch = self
             .parked(id, |vm| {
                 let p = vm.pool.lock().expect("pool");
@@ -281,6 +367,25 @@ impl Service {
             })
             .await?;
         epoch.ok_or_else(|| VmsError::Ended(id.to_string()))
+    }
+
+    /// An epoch of QEMU VM `id`, through its controller.
+    async fn qemu_epoch(&self, id: &str) -> Result<u64, VmsError> {
+        let control = self
+            .with_vm(id, |vm| Ok(vm.live_control()))?
+            .ok_or_else(|| VmsError::Ended(id.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        control.request_epoch(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        match tokio::time::timeout(PARKED_TIMEOUT, rx).await {
+            Ok(Ok(Ok(epoch))) => Ok(epoch),
+            Ok(Ok(Err(message))) => Err(VmsError::EpochFailed {
+                id: id.to_string(),
+                message,
+            }),
+            _ => Err(VmsError::Ended(id.to_string())),
+        }
     }
 
     /// Gives running VM `id` a DRAM share of `pages` (its coldest pages leave DRAM if it
@@ -299,7 +404,18 @@ impl Service {
 
     /// Writes VM `id`'s committed vPM (after a fresh epoch if it runs) to `path`.
     pub async fn snapshot(&self, id: &str, path: &Path) -> Result<SnapshotInfo, VmsError> {
-        let tenant = self.with_vm(id, |vm| Ok(vm.tenant))?;
+        let (tenant, qemu_live) = self.with_vm(id, |vm| {
+            let tenant = vm
+                .tenant()
+                .ok_or_else(|| VmsError::NoPmem(id.to_string()))?;
+            let live = vm.config.front == Front::Qemu
+                && matches!(vm.state(), VmState::Running | VmState::Paused);
+            Ok((tenant, live))
+        })?;
+        if qemu_live {
+            // The QEMU front's controller commits an epoch first: the image is that instant.
+            self.qemu_epoch(id).await?;
+        }
         let parked = self
             .parked(id, |vm| {
                 let t0 = Instant::now();
@@ -352,15 +468,11 @@ impl Service {
             let _ = pool.remove_tenant(tenant);
             return Err(e.into());
         }
-        t.insert(
-            id.to_string(),
-            Vm {
-                config,
-                tenant,
-                boots: 0,
-                run: None,
-            },
-        );
+        let pmem = Pmem {
+            id: vms::DEFAULT_PMEM_ID.to_string(),
+            tenant,
+        };
+        t.insert(id.to_string(), Vm::new(config, Some(pmem)));
         Ok(())
     }
 

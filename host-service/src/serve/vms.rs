@@ -87,14 +87,6 @@ pub enum VmsError {
         /// What is left.
         left_mib: u64,
     },
-    /// The VM's front does not do this.
-    #[error("VM {id:?} runs under QEMU: cannot {op} it (the qemu front boots, shuts down, snapshots and deletes)")]
-    Unsupported {
-        /// The VM.
-        id: String,
-        /// The operation.
-        op: &'static str,
-    },
     /// The VMM failed to carry out a request.
     #[error("VM {id:?}")]
     Vmm {
@@ -103,6 +95,33 @@ pub enum VmsError {
         /// Why.
         #[source]
         source: VmmError,
+    },
+    /// The VM has no vPM device (it cannot boot, snapshot, or lose one).
+    #[error("VM {0:?} has no vPM device (add one: PUT /api/v1/vms/{0}/pmem/DEV)")]
+    NoPmem(String),
+    /// The VM has no vPM device of this id.
+    #[error("VM {id:?} has no vPM device {dev:?}")]
+    UnknownPmem {
+        /// The VM.
+        id: String,
+        /// The device asked for.
+        dev: String,
+    },
+    /// The VM has a vPM device already (one per VM).
+    #[error("VM {id:?} has a vPM device already ({dev:?}): one per VM; remove it first")]
+    PmemExists {
+        /// The VM.
+        id: String,
+        /// Its device.
+        dev: String,
+    },
+    /// An operator's epoch request failed in the VMM (the QEMU front).
+    #[error("VM {id:?}: epoch request failed: {message}")]
+    EpochFailed {
+        /// The VM.
+        id: String,
+        /// Why.
+        message: String,
     },
     /// The VM ended before a request to it was served.
     #[error("VM {0:?} ended before the request was served")]
@@ -155,12 +174,25 @@ pub struct Run {
     pub end: Arc<Mutex<Option<RunEnd>>>,
 }
 
-/// A VM of the service.
-pub struct Vm {
-    /// Its configuration.
-    pub config: VmConfig,
+/// A VM's vPM device: its id (the API's `{dev}`) and the pool tenant holding its vPM (named
+/// after the VM, so a recovered tenant is found again by the VM's id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pmem {
+    /// The device id.
+    pub id: String,
     /// Its tenant in the pool.
     pub tenant: u32,
+}
+
+/// The id of the vPM device a VM created with `vpm_mib` gets.
+pub const DEFAULT_PMEM_ID: &str = "pmem0";
+
+/// A VM of the service.
+pub struct Vm {
+    /// Its configuration (`vpm_mib` is its vPM device's size, 0 without one).
+    pub config: VmConfig,
+    /// Its vPM device (one at most), if it has one.
+    pub pmem: Option<Pmem>,
     /// Boots so far.
     pub boots: u64,
     /// The current or last run.
@@ -168,6 +200,35 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// A VM with `config` and the device `pmem`, never booted.
+    pub fn new(config: VmConfig, pmem: Option<Pmem>) -> Vm {
+        Vm {
+            config,
+            pmem,
+            boots: 0,
+            run: None,
+        }
+    }
+
+    /// The pool tenant of its vPM device, if it has one.
+    pub fn tenant(&self) -> Option<u32> {
+        self.pmem.as_ref().map(|p| p.tenant)
+    }
+
+    /// The JSON view of its vPM device (`None`: it has none).
+    pub fn pmem_info(&self, pool: &Pool) -> Option<serde_json::Value> {
+        let p = self.pmem.as_ref()?;
+        let t = pool.tenant(p.tenant).ok();
+        Some(serde_json::json!({
+            "id": p.id,
+            "size_mib": self.config.vpm_mib,
+            "pm_quota_mib": self.config.tenant("x").pm_quota_bytes >> 20,
+            "log_mib": self.config.tenant("x").log_bytes >> 20,
+            "tenant": p.tenant,
+            "epoch": t.map(|t| t.epoch()),
+        }))
+    }
+
     /// The VM's state.
     pub fn state(&self) -> VmState {
         let Some(run) = &self.run else {
@@ -213,7 +274,7 @@ impl Vm {
 
     /// The JSON view of the VM (its state, configuration, counters and last result).
     pub fn info(&self, id: &str, pool: &Pool) -> serde_json::Value {
-        let tenant = pool.tenant(self.tenant).ok();
+        let tenant = self.tenant().and_then(|t| pool.tenant(t).ok());
         let end = self
             .run
             .as_ref()
@@ -242,6 +303,7 @@ impl Vm {
             "state": self.state(),
             "config": self.config,
             "boots": self.boots,
+            "pmem": self.pmem_info(pool),
             "tenant": tenant.map(|t| serde_json::json!({
                 "id": t.id(),
                 "epoch": t.epoch(),
@@ -321,7 +383,10 @@ pub fn boot(
     let qemu = vm.config.qemu_spec(id, work_dir);
     let control = Arc::new(VmControl::default());
     let end = Arc::new(Mutex::new(None));
-    let (c, e, p, tenant) = (control.clone(), end.clone(), pool.clone(), vm.tenant);
+    let tenant = vm
+        .tenant()
+        .ok_or_else(|| VmsError::NoPmem(id.to_string()))?;
+    let (c, e, p) = (control.clone(), end.clone(), pool.clone());
     let name = id.to_string();
     let handle = std::thread::Builder::new()
         .name(format!("vpm-vm-{id}"))

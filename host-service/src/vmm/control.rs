@@ -11,13 +11,18 @@ use super::context::VmContext;
 /// modes): the VM's committed vPM is its current content while the job runs.
 pub type ParkedJob = Box<dyn FnOnce(&VmContext) + Send>;
 
+/// The answer to an operator's epoch request served by a VMM that has no [`VmContext`] (the
+/// QEMU front): the committed epoch, or why none was committed.
+pub type EpochReply = Box<dyn FnOnce(Result<u64, String>) + Send>;
+
 /// Requests to a running VM's controller, and a handle on the running VM.
-#[derive(Default)]
 pub struct VmControl {
     held: AtomicBool,
     parked: AtomicBool,
     stop: AtomicBool,
     jobs: Mutex<Vec<ParkedJob>>,
+    /// Epoch requests for the QEMU front's controller; `None` once it has ended.
+    epochs: Mutex<Option<Vec<EpochReply>>>,
     running: Mutex<Option<Arc<VmContext>>>,
 }
 
@@ -27,6 +32,19 @@ impl std::fmt::Debug for VmControl {
             .field("held", &self.is_held())
             .field("stop", &self.stop_requested())
             .finish_non_exhaustive()
+    }
+}
+
+impl Default for VmControl {
+    fn default() -> VmControl {
+        VmControl {
+            held: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            jobs: Mutex::new(Vec::new()),
+            epochs: Mutex::new(Some(Vec::new())),
+            running: Mutex::new(None),
+        }
     }
 }
 
@@ -52,7 +70,7 @@ impl VmControl {
         self.parked.load(Ordering::Acquire)
     }
 
-    pub(super) fn set_parked(&self, parked: bool) {
+    pub(crate) fn set_parked(&self, parked: bool) {
         self.parked.store(parked, Ordering::Release);
     }
 
@@ -80,6 +98,29 @@ impl VmControl {
     /// Whether jobs wait.
     pub(super) fn has_jobs(&self) -> bool {
         !self.jobs.lock().expect("jobs").is_empty()
+    }
+
+    /// Asks the QEMU front's controller for an epoch now; `reply` gets its answer. If the
+    /// controller has ended (or ends before serving it) `reply` is dropped unrun.
+    pub fn request_epoch(&self, reply: EpochReply) {
+        if let Some(q) = self.epochs.lock().expect("epochs").as_mut() {
+            q.push(reply);
+        }
+    }
+
+    /// The queued epoch requests, taken.
+    pub(crate) fn take_epoch_requests(&self) -> Vec<EpochReply> {
+        self.epochs
+            .lock()
+            .expect("epochs")
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The controller has ended: epoch requests queued or made from now on are dropped.
+    pub(crate) fn close_epoch_requests(&self) {
+        self.epochs.lock().expect("epochs").take();
     }
 
     /// The running VM, while it runs (for its counters).

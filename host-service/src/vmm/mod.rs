@@ -35,7 +35,7 @@ pub mod witness;
 pub mod writable;
 
 pub use context::{VmContext, VpmState};
-pub use control::{ParkedJob, VmControl};
+pub use control::{EpochReply, ParkedJob, VmControl};
 pub use error::VmmError;
 pub use mode::Mode;
 pub use range::VpmRange;

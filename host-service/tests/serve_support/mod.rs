@@ -2,6 +2,8 @@
 //! promtool, snapshot payloads.
 #![allow(dead_code)]
 
+pub mod calls;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
