@@ -74,7 +74,7 @@ pub(super) fn start_qemu(
         "-accel",
         "tcg",
         "-smp",
-        "1",
+        &spec.vcpus.to_string(),
         "-m",
         &format!("{}M", spec.ram_mib),
         "-nographic",
