@@ -32,7 +32,7 @@ pub struct QemuArgs {
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub append: String,
     /// vCPUs of the guest (QEMU `-smp N`; the guest kernel supports up to 8).
-    #[arg(long, value_name = "N", default_value = "1",
+    #[arg(long, value_name = "N", default_value = "1", allow_hyphen_values = true,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_VCPUS)))]
     pub smp: u32,
     /// The VM's pool, tenant and vPM. Mode pv (the default) serves vpm.ko's hints; mode full
