@@ -179,6 +179,10 @@ static void *tw_run(void *arg)
 			pmem_persist(dst, REC);
 		}
 		if (n % TW_BATCH == 0) {
+			/* Every other batch, let other threads run (and drain) between this thread's
+			 * flushes and its drain: its drain must still wait for its own flushes. */
+			if (n / TW_BATCH % 2)
+				sched_yield();
 			pmem_drain();
 			if (pmem_vpm_failures() != 0) {
 				say("PMEMTEST FAIL thread %d: a PV persist was lost at %llu\n", w->id,

@@ -306,7 +306,11 @@ fn thread_acks(console: &str) -> ([u64; 4], std::collections::BTreeSet<u64>) {
 #[test]
 fn pv_libpmem_threads_on_two_vcpus_keep_every_acknowledged_record_through_a_host_kill() {
     const SMP: &[&str] = &["--smp", "2", "--append", "vpmprog=pmemtest"];
-    for trial in 0..3u64 {
+    let trials = std::env::var("VPM_SMP_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3u64);
+    for trial in 0..trials {
         let s = State::new(&format!("smp{trial}"));
         let host = HostRun::start(qemu_cmd(&s, "twriter", &[&["--fresh"], SMP].concat()));
         let console = s.0.join("linux.console");
@@ -321,7 +325,7 @@ fn pv_libpmem_threads_on_two_vcpus_keep_every_acknowledged_record_through_a_host
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(300 + trial * 500));
+        std::thread::sleep(Duration::from_millis(300 + trial % 3 * 500));
         if trial > 0 {
             // The host service stops first (QEMU and the guest run on): every drain then in
             // flight stays unanswered, so a thread acknowledging without its own drain having
