@@ -15,7 +15,7 @@ VPM_SHARED=${VPM_SHARED:-$repo/../shared}
 DEB_NAME='linux-source-7.3_7.3.4-1~bpo13+1_all.deb'
 KVER=7.3
 # Bump when a change to this script changes what it builds (the cache key includes it).
-RECIPE=1
+RECIPE=2
 export PATH="$VPM_CACHE_DIR/bindgen-0.73.2/bin:$PATH"
 
 log() { printf '[build-kernel] %s\n' "$*" >&2; }

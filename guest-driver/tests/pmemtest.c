@@ -9,14 +9,24 @@
  *   pmemtest threads    4 threads persist records into their own quarters at once (copies with
  *                       pmem_memcpy_nodrain + pmem_drain, and pmem_persist); each reads its
  *                       records back, and no PV persist was lost
+ *   pmemtest twriter    4 threads persist checksummed records into their own areas of the first
+ *                       half of vPM (see trec_fill) until their areas are full, "TW-ACK t n cpu"
+ *                       after each pmem_drain: thread t's records 1..n are acknowledged
+ *   pmemtest tcheck N1 N2 N3 N4
+ *                       thread t's records 1..Nt all survived the host crash, every word and
+ *                       the checksum (crash tests: Nt from the console of the killed run)
  */
+#define _GNU_SOURCE
 #include "records.h"
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <libpmem.h>
 #include <vpm.h>
@@ -91,6 +101,153 @@ static void threads(char *p, size_t len)
 	printf("%d threads persisted %llu records each\n", THREADS, THREAD_RECORDS);
 }
 
+/* twriter/tcheck: record n of thread t is word 0 = t << 56 | n, words 1-6 derived from word 0,
+ * word 7 a checksum over words 0-6 (a record torn by the crash fails it). */
+#define TW_THREADS 4
+#define TW_BATCH 8
+
+static uint64_t mix(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+static uint64_t trec_sum(const uint64_t *rec)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (int i = 0; i < 7; i++)
+		h = mix(h ^ rec[i]);
+	return h;
+}
+
+static void trec_fill(uint64_t *rec, int t, uint64_t n)
+{
+	rec[0] = (uint64_t)t << 56 | n;
+	for (int i = 1; i < 7; i++)
+		rec[i] = mix(rec[0] * 8 + (uint64_t)i);
+	rec[7] = trec_sum(rec);
+}
+
+static int trec_ok(const uint64_t *rec, int t, uint64_t n)
+{
+	uint64_t want[8];
+	trec_fill(want, t, n);
+	return !memcmp(rec, want, sizeof(want)) && rec[7] == trec_sum(rec);
+}
+
+/* One line per write(2), so the threads' lines never interleave on the console. */
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+	char line[128];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n > 0 && write(1, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1) < 0)
+		failures++;
+}
+
+struct tw {
+	char *base;	/* this thread's area */
+	uint64_t slots;
+	int id;
+};
+
+/* Thread t's writer: records through three libpmem paths, a drain every TW_BATCH records, then
+ * the acknowledgement on the console (the witness outside the pool). */
+static void *tw_run(void *arg)
+{
+	struct tw *w = arg;
+	for (uint64_t n = 1; n <= w->slots; n++) {
+		uint64_t rec[8];
+		char *dst = w->base + (n - 1) * REC;
+		trec_fill(rec, w->id, n);
+		switch (n % 3) {
+		case 0:
+			pmem_memcpy_nodrain(dst, rec, REC);
+			break;
+		case 1:
+			memcpy(dst, rec, REC);
+			pmem_flush(dst, REC);
+			break;
+		default:
+			memcpy(dst, rec, REC);
+			pmem_persist(dst, REC);
+		}
+		if (n % TW_BATCH == 0) {
+			/* Every other batch, let other threads run (and drain) between this thread's
+			 * flushes and its drain: its drain must still wait for its own flushes. */
+			if (n / TW_BATCH % 2)
+				sched_yield();
+			pmem_drain();
+			if (pmem_vpm_failures() != 0) {
+				say("PMEMTEST FAIL thread %d: a PV persist was lost at %llu\n", w->id,
+				    (unsigned long long)n);
+				return NULL;
+			}
+			say("TW-ACK %d %llu %d\n", w->id, (unsigned long long)n, sched_getcpu());
+		}
+	}
+	say("TW-FULL %d\n", w->id);
+	return NULL;
+}
+
+/* Thread t's area: a quarter of the first half of vPM. */
+static struct tw tw_area(char *p, size_t len, int t)
+{
+	size_t area = len / 2 / TW_THREADS / REC * REC;
+	return (struct tw){ .base = p + (size_t)(t - 1) * area, .slots = area / REC, .id = t };
+}
+
+static void twriter(char *p, size_t len)
+{
+	pthread_t th[TW_THREADS];
+	struct tw w[TW_THREADS];
+	char online[64] = "?";
+	FILE *f = fopen("/sys/devices/system/cpu/online", "r");
+	if (f) {
+		if (fgets(online, sizeof(online), f))
+			online[strcspn(online, "\n")] = 0;
+		fclose(f);
+	}
+	say("TW-CPUS online=%s nproc=%ld\n", online, sysconf(_SC_NPROCESSORS_ONLN));
+	for (int t = 1; t <= TW_THREADS; t++) {
+		w[t - 1] = tw_area(p, len, t);
+		CHECK(pthread_create(&th[t - 1], NULL, tw_run, &w[t - 1]) == 0, "pthread_create");
+	}
+	for (int t = 0; t < TW_THREADS; t++)
+		pthread_join(th[t], NULL);
+}
+
+static void tcheck(char *p, size_t len, int argc, char **argv)
+{
+	for (int t = 1; t <= TW_THREADS; t++) {
+		struct tw w = tw_area(p, len, t);
+		uint64_t acked = argc > t + 1 ? strtoull(argv[t + 1], NULL, 10) : 0, bad = 0, more = 0;
+		CHECK(acked <= w.slots, "acknowledged more records than the area holds");
+		for (uint64_t n = 1; n <= acked && n <= w.slots; n++) {
+			if (!trec_ok((const uint64_t *)(w.base + (n - 1) * REC), t, n)) {
+				if (!bad)
+					printf("PMEMTEST FAIL thread %d record %llu lost or torn\n", t,
+					       (unsigned long long)n);
+				bad++;
+			}
+		}
+		/* Records written after the last acknowledgement that made it too (not required). */
+		while (acked + more < w.slots &&
+		       trec_ok((const uint64_t *)(w.base + (acked + more) * REC), t, acked + more + 1))
+			more++;
+		if (bad)
+			failures++;
+		printf("TW-CHECK %d acked %llu bad %llu beyond %llu\n", t, (unsigned long long)acked,
+		       (unsigned long long)bad, (unsigned long long)more);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "basic";
@@ -135,6 +292,10 @@ int main(int argc, char **argv)
 		}
 	} else if (!strcmp(mode, "threads")) {
 		threads(p, len);
+	} else if (!strcmp(mode, "twriter")) {
+		twriter(p, len);
+	} else if (!strcmp(mode, "tcheck")) {
+		tcheck(p, len, argc, argv);
 	} else if (!strcmp(mode, "check")) {
 		uint64_t acked = argc > 2 ? strtoull(argv[2], NULL, 10) : 0, lost = 0;
 		for (uint64_t r = acked > slots ? acked - slots + 1 : 1; r <= acked && r > 0; r++) {

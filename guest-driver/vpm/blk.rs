@@ -19,7 +19,8 @@
 //! and bio pages, so the disk is created and the bios are walked through raw bindings (each
 //! `unsafe` says why it holds). `queue_rq` must not sleep (the Rust tag set is not
 //! `BLK_MQ_F_BLOCKING`) and the hint channel sleeps, so flushes, FUA writes and discards run on
-//! the disk's own workqueue (one worker); plain reads and writes complete in `queue_rq`.
+//! the disk's own ordered workqueue (one work at a time, also on SMP guests); plain reads and
+//! writes complete in `queue_rq` (on any CPU at once: the bitmaps are atomics).
 
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
@@ -227,11 +228,16 @@ unsafe impl Sync for BlkDisk {}
 impl BlkDisk {
     /// Creates `/dev/vpmblk0` over the vPM at `base` (guest-physical) of `size` bytes.
     pub(crate) fn new(base: u64, size: u64) -> Result<BlkDisk> {
+        // An ordered workqueue (`alloc_ordered_workqueue`): one work at a time in queueing order
+        // on any CPU. A per-CPU queue's max_active of 1 counts per CPU, so on an SMP guest it
+        // would run flushes on two CPUs at once.
         // SAFETY: a plain allocation; the name has no format directives.
         let wq = unsafe {
             bindings::alloc_workqueue_noprof(
                 kernel::str::CStrExt::as_char_ptr(c"vpmblk"),
-                bindings::wq_flags_WQ_MEM_RECLAIM,
+                bindings::wq_flags_WQ_UNBOUND
+                    | bindings::wq_flags___WQ_ORDERED
+                    | bindings::wq_flags_WQ_MEM_RECLAIM,
                 1,
             )
         };

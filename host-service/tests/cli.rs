@@ -67,6 +67,16 @@ fn huge_sizes_are_refused() {
     }
     refused(&["guest", "--vpm-mib", "0"], &["--vpm-mib", "1..=1048576"]);
     refused(&["guest", "--epoch-ms", "99999999999"], &["--epoch-ms"]);
+    for v in ["0", "9", "-1", "two"] {
+        refused(
+            &["qemu", "--kernel", "k", "--initrd", "i", "--smp", v],
+            &["--smp"],
+        );
+    }
+    refused(
+        &["qemu", "--kernel", "k", "--initrd", "i", "--smp", "9"],
+        &["1..=8"],
+    );
     refused(
         &["guest", "--args", "1,2,3,4,5,6,7"],
         &["--args", "at most 6"],

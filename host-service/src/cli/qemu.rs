@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use vpm_host::qemu::{run_qemu, EpochSpec, QemuSpec};
+use vpm_host::qemu::{run_qemu, EpochSpec, QemuSpec, MAX_VCPUS};
 use vpm_host::state_dir::StateDir;
 
 use super::guest::{open_pool, tenant_for, GuestArgs};
@@ -31,6 +31,10 @@ pub struct QemuArgs {
     /// Extra kernel command line.
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub append: String,
+    /// vCPUs of the guest (QEMU `-smp N`; the guest kernel supports up to 8).
+    #[arg(long, value_name = "N", default_value = "1", allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_VCPUS)))]
+    pub smp: u32,
     /// The VM's pool, tenant and vPM. Mode pv (the default) serves vpm.ko's hints; mode full
     /// takes an epoch every --epoch-ms (stopping the guest over QMP; 0 = only when QEMU exits)
     /// and appends `epoch console_bytes` to --epoch-witness after each.
@@ -59,6 +63,7 @@ pub fn run(a: &QemuArgs) -> Result<(), CliError> {
         // RAM, which must not overlap the e820 PM range).
         ram_mib: 512.max(384 + o.vpm_mib_or(64) + 64),
         vpm_offset_mib: 384,
+        vcpus: a.smp,
         timeout: Duration::from_secs_f64(a.timeout),
         persist_witness: o.witness.clone(),
         epochs: full.then(|| EpochSpec {

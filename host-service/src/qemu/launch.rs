@@ -68,11 +68,15 @@ pub(super) fn start_qemu(
         "-qmp",
         &format!("unix:{},server=on,wait=off", paths.qmp.display()),
     ]);
+    // One vCPU per socket: the guest kernel has no ACPI and finds its CPUs in SeaBIOS's MP
+    // table, which lists only the first logical CPU of each package (with QEMU's default of
+    // cores in one socket, `-smp 2` boots with one CPU).
+    let smp = format!("{n},sockets={n},cores=1,threads=1", n = spec.vcpus);
     cmd.args([
         "-accel",
         "tcg",
         "-smp",
-        "1",
+        &smp,
         "-m",
         &format!("{}M", spec.ram_mib),
         "-nographic",

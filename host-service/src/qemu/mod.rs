@@ -50,6 +50,10 @@ use crate::vmm::hints::{HintService, HintTarget};
 use crate::vmm::mapping::FileMapping;
 use crate::vmm::{Mode, VmControl, VmStats, VmmError, VpmRange};
 
+/// Most vCPUs a Linux guest gets: the guest kernel is built with `NR_CPUS=8`
+/// (guest-driver/kernel/config-fragment.sh).
+pub const MAX_VCPUS: u32 = 8;
+
 /// What to boot.
 #[derive(Clone, Debug)]
 pub struct QemuSpec {
@@ -65,6 +69,8 @@ pub struct QemuSpec {
     pub append: String,
     /// Guest RAM in MiB.
     pub ram_mib: u64,
+    /// vCPUs (QEMU `-smp`), 1 to [`MAX_VCPUS`].
+    pub vcpus: u32,
     /// vPM offset in guest RAM, MiB (`memmap=SIZE!OFFSET`).
     pub vpm_offset_mib: u64,
     /// Give up after this long.

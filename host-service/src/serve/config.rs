@@ -35,8 +35,9 @@ pub enum ConfigError {
         /// Largest allowed.
         max: u64,
     },
-    /// More than one vCPU.
-    #[error("vcpus = {0}: this service runs single-vCPU VMs only (vcpus must be 1)")]
+    /// A vCPU count the front cannot run.
+    #[error("vcpus = {0}: front kvm runs single-vCPU VMs only; front qemu takes 1 to {max}",
+            max = crate::qemu::MAX_VCPUS)]
     Vcpus(u32),
     /// A field the front needs is missing, or one it does not take is given.
     #[error("front {front}: {what}")]
@@ -245,7 +246,7 @@ pub struct VmConfig {
     /// Redo-log size, MiB (default: an eighth of vPM, at least 2).
     #[serde(default)]
     pub log_mib: Option<u64>,
-    /// vCPUs (1).
+    /// vCPUs (1; front `qemu` takes up to [`crate::qemu::MAX_VCPUS`], QEMU `-smp`).
     #[serde(default = "default_vcpus")]
     pub vcpus: u32,
     /// Epoch interval, ms (0: only on request and at shutdown).
@@ -322,7 +323,11 @@ impl VmConfig {
             }
             _ => {}
         }
-        if self.vcpus != 1 {
+        let max_vcpus = match self.front {
+            Front::Kvm => 1,
+            Front::Qemu => crate::qemu::MAX_VCPUS,
+        };
+        if !(1..=max_vcpus).contains(&self.vcpus) {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
         if let Some(q) = &self.qemu {
@@ -402,6 +407,7 @@ impl VmConfig {
             initrd: q.initrd.clone(),
             append: format!("vpmtest={} {}", q.vpmtest.replace(' ', ","), q.append),
             ram_mib: QEMU_RAM_MIB,
+            vcpus: self.vcpus,
             vpm_offset_mib: QEMU_VPM_OFFSET_MIB,
             timeout: Duration::from_secs(q.timeout_s),
             persist_witness: self.witness.clone(),
@@ -493,6 +499,8 @@ mod tests {
             r#"{"mode":"direct","vpm_mib":16,"front":"qemu","qemu":{"kernel":"k","initrd":"i"}}"#,
             r#"{"mode":"pv","vpm_mib":256,"front":"qemu","qemu":{"kernel":"k","initrd":"i"}}"#,
             r#"{"mode":"pv","vpm_mib":16}"#,
+            r#"{"front":"qemu","mode":"pv","vpm_mib":64,"vcpus":0,"qemu":{"kernel":"k","initrd":"i"}}"#,
+            r#"{"front":"qemu","mode":"pv","vpm_mib":64,"vcpus":9,"qemu":{"kernel":"k","initrd":"i"}}"#,
             r#"{"mode":"pv","vpm_mib":16,"seconds":-1,"workload":{"kind":"kv"}}"#,
             r#"{"mode":"pv","vpm_mib":16,"workload":{"kind":"kv","args":[1,2,3,4,5,6,7]}}"#,
         ];
@@ -508,6 +516,11 @@ mod tests {
         c.validate().unwrap();
         let q = c.qemu_spec("l", PathBuf::from("/tmp")).unwrap();
         assert!(q.append.starts_with("vpmtest=writer,5 "), "{}", q.append);
+        assert_eq!(q.vcpus, 1);
+        let c = parse(r#"{"front":"qemu","mode":"pv","vpm_mib":64,"vcpus":2,"qemu":{"kernel":"k","initrd":"i"}}"#)
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.qemu_spec("l", PathBuf::from("/tmp")).unwrap().vcpus, 2);
         assert!(parse(
             r#"{"front":"qemu","mode":"pv","vpm_mib":64,"qemu":{"kernel":"k","initrd":"i","x":1}}"#
         )
