@@ -1,8 +1,9 @@
 //! `/dev/vpmblk0`, the vPM block device of vpm.ko, in a Linux 7.3 guest under QEMU (TCG) served
 //! by `vpm qemu`: raw writes with fsync, ext4 (mkfs, mount, fsync, read back, fsck) and Debian's
 //! fio with `--verify`; every flush persists what was written since the last one and nothing
-//! else, checked against the host's count of persisted bytes. Needs the cached guest kernel, QEMU
-//! and the toolchain that tests/setup/install-deps.sh installs.
+//! else, checked against the host's count of persisted bytes; and chained crash trials (kill -9 of
+//! the host under an fsync writer, trial after trial on one pool and one filesystem). Needs the
+//! cached guest kernel, QEMU and the toolchain that tests/setup/install-deps.sh installs.
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
