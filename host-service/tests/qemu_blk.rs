@@ -296,18 +296,24 @@ fn acked(console: &str) -> Vec<(u64, String, String)> {
         .filter_map(|l| {
             let mut w = l.strip_prefix("ACKED ")?.split_whitespace();
             let (i, name, sum) = (w.next()?.parse().ok()?, w.next()?, w.next()?);
-            (sum.len() == 32).then(|| (i, name.to_string(), sum.to_string()))
+            // A kernel message may land right after the md5 on the console line.
+            let sum = sum.get(..32)?;
+            sum.bytes()
+                .all(|b| b.is_ascii_hexdigit())
+                .then(|| (i, name.to_string(), sum.to_string()))
         })
         .collect()
 }
 
-/// The `FILE name md5` lines of a check boot.
+/// The `FILE name md5` lines of a check boot. The md5 is its first 32 characters: a kernel
+/// message may still land right after it on the console line.
 fn files(console: &str) -> HashMap<String, String> {
     console
         .lines()
         .filter_map(|l| {
             let mut w = l.strip_prefix("FILE ")?.split_whitespace();
-            Some((w.next()?.to_string(), w.next()?.to_string()))
+            let (name, sum) = (w.next()?, w.next()?);
+            Some((name.to_string(), sum.get(..32).unwrap_or(sum).to_string()))
         })
         .collect()
 }
@@ -472,8 +478,10 @@ fn ext4_on_the_disk_keeps_every_acknowledged_fsync_across_chained_host_crashes()
         let at = Instant::now();
         chained_trial(&s, trial, after, delay_ms, &mut witness, &mut t);
         println!(
-            "trial {trial}: killed {delay_ms} ms after ack {after}; {} files checked ({:.1} s)",
+            "trial {trial}: killed {delay_ms} ms after ack {after}; {} files on the disk checked; \
+             {} acknowledged fsyncs so far ({:.1} s)",
             witness.len(),
+            t.acked,
             at.elapsed().as_secs_f64()
         );
         if t.failure.is_some() {
