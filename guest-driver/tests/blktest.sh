@@ -13,11 +13,17 @@
 #   blktest refused a flush whose FLUSH entry the host refuses (injected through the driver's
 #                   debugfs) fails the fsync with EIO; the next fsync persists the whole disk
 #                   (every page was marked again) and succeeds
-#   blktest writer  (crash trials) mkfs.ext4 (discarding the disk) and mount -o discard; files f1, f2, ... of 4-64 KiB of random
-#                   data, each written with conv=fsync and its directory fsynced, then
-#                   "ACKED i f<i> <md5>"; meanwhile another writer rewrites a file and never syncs
-#   blktest check   after a host crash: mount (journal replay), "FILE f<i> <md5>" for every file,
-#                   unmount, "FSCK rc=N" of e2fsck -fn
+#   blktest writer TAG mkfs|keep  (crash trials) with mkfs: mkfs.ext4 (discarding the disk)
+#                   first; mount -o discard; files TAG-1, TAG-2, ... of 4-64 KiB of random data,
+#                   each written with conv=fsync and its directory fsynced, then
+#                   "ACKED i TAG-i <md5>"; meanwhile another writer rewrites a file and never
+#                   syncs. VPM_BLK_ACK_BEFORE_FSYNC=1 in the environment (kernel command line)
+#                   makes it a broken writer that acknowledges before the fsync, which the crash
+#                   trials must catch.
+#   blktest check [PRUNE]  after a host crash: mount (journal replay), "FILE name <md5>" for
+#                   every file but the unsynced one, removes the files PRUNE-* (old trials, to
+#                   keep the disk from filling) and prints "PRUNED PRUNE", unmount, "FSCK rc=N"
+#                   of e2fsck -fn
 # Prints "BLK-FLUSH mode=M written=W persisted=P" per measured fsync, "BLKTEST <mode> OK" or
 # "BLKTEST FAIL <why>".
 /bin/busybox --install -s 2>/dev/null
@@ -41,6 +47,9 @@ drop_caches() {
 
 [ -b "$dev" ] || { echo "BLKTEST FAIL no $dev"; exit 1; }
 echo "vpmblk0: $(cat /sys/block/vpmblk0/size) sectors, logical block $(cat /sys/block/vpmblk0/queue/logical_block_size), cache $(cat /sys/block/vpmblk0/queue/write_cache), fua $(cat /sys/block/vpmblk0/queue/fua)"
+
+# The crash trials parse the console: only emergencies from the kernel on it meanwhile.
+case "$mode" in writer | check) echo 1 >/proc/sys/kernel/printk ;; esac
 
 case "$mode" in
 raw)
@@ -114,28 +123,42 @@ refused)
   echo "BLK-FLUSH mode=refused persisted=$(stat_of blk_last_flush_bytes)"
   ;;
 writer)
-  # mkfs discards the whole disk (every page transient) and -o discard discards freed blocks:
-  # every persisted page goes through SET_PERSISTENT first.
-  mkfs.ext4 -q -F -b 4096 $dev || fail "mkfs.ext4"
+  # mkfs discards the whole disk (every page transient on the host, durably) and -o discard
+  # discards freed blocks: every page persisted later, in this boot or a later one, must go
+  # through SET_PERSISTENT first.
+  tag=${2:-f}
+  if [ "${3:-mkfs}" = mkfs ]; then mkfs.ext4 -q -F -b 4096 $dev || fail "mkfs.ext4"; fi
   mkdir -p /mnt
   mount -t ext4 -o discard $dev /mnt || fail "mount"
   (while :; do dd if=/dev/urandom of=/mnt/unsynced bs=4096 count=32 2>/dev/null; done) &
+  early=${VPM_BLK_ACK_BEFORE_FSYNC:-0}
+  [ "$early" = 1 ] && echo "WRITER acknowledges before fsync (VPM_BLK_ACK_BEFORE_FSYNC=1)"
   i=0
   while [ $fails = 0 ]; do
     i=$((i + 1))
+    f=$tag-$i
     dd if=/dev/urandom of=/tmp/d bs=4096 count=$((i * 7 % 16 + 1)) 2>/dev/null
     sum=$(md5sum </tmp/d | cut -d' ' -f1)
-    dd if=/tmp/d of=/mnt/f$i bs=4096 conv=fsync 2>/dev/null || fail "write f$i"
-    sync /mnt || fail "fsync /mnt"
-    [ $fails = 0 ] && echo "ACKED $i f$i $sum"
+    if [ "$early" = 1 ]; then
+      dd if=/tmp/d of=/mnt/$f bs=4096 2>/dev/null || fail "write $f"
+      echo "ACKED $i $f $sum"
+      sync /mnt/$f /mnt || fail "fsync $f"
+    else
+      dd if=/tmp/d of=/mnt/$f bs=4096 conv=fsync 2>/dev/null || fail "write $f"
+      sync /mnt || fail "fsync /mnt"
+      [ $fails = 0 ] && echo "ACKED $i $f $sum"
+    fi
   done
   ;;
 check)
   mkdir -p /mnt
   if mount -t ext4 $dev /mnt; then
-    for f in /mnt/f*; do
-      [ -f "$f" ] && echo "FILE ${f#/mnt/} $(md5sum <"$f" | cut -d' ' -f1)"
+    for f in /mnt/*; do
+      [ -f "$f" ] && [ "$f" != /mnt/unsynced ] && echo "FILE ${f#/mnt/} $(md5sum <"$f" | cut -d' ' -f1)"
     done
+    if [ -n "$2" ]; then
+      rm -f /mnt/"$2"-* && sync && echo "PRUNED $2"
+    fi
     umount /mnt || fail "umount"
   else
     fail "mount after the crash"

@@ -12,7 +12,9 @@
 //! page bitmap is exact (no sector outside a write is ever persisted) and ext4's 4 KiB blocks map
 //! one to one. A discard marks the whole pages it covers transient (SET_TRANSIENT: they read as
 //! zeros after a host crash and take no PM); a page written after that is marked persistent again
-//! (SET_PERSISTENT) by the flush or FUA write that persists it, before its FLUSH entry.
+//! (SET_PERSISTENT) by the flush or FUA write that persists it, before its FLUSH entry. The host
+//! keeps transient marks across reboots, so after load every page counts as possibly discarded
+//! until its first persist (see `blk_vpm.rs`).
 //!
 //! The Rust block layer of 7.3 (`kernel::block::mq`) gives the tag set and the request
 //! plumbing; it has no way to declare a write cache or FUA, nor to reach a request's op, sector

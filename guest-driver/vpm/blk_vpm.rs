@@ -4,6 +4,14 @@
 //! reaches the host: a flush (the dirty pages' runs as FLUSH entries and one DRAIN), a FUA
 //! write's own range, and a discard (SET_TRANSIENT over whole pages; such a page written again
 //! is marked persistent before its FLUSH entry). The block counters live here too.
+//!
+//! The host's transient marks are durable: they outlive this module, the guest and a host crash.
+//! A page discarded in an earlier boot (mkfs.ext4 discards the whole disk) is still transient on
+//! the host when a later vpm.ko writes it, so the transient bitmap starts FULL at load: every page
+//! is "possibly transient", and its first flush (or FUA write) after load sends SET_PERSISTENT,
+//! one entry per run, before its FLUSH entry. The host takes SET_PERSISTENT on a page that is not
+//! transient as a successful no-op, so an unneeded mark costs one ring entry per run, once per
+//! page per load.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,10 +40,13 @@ pub(crate) struct BlkCounters {
     /// Bytes written and read through the disk.
     pub(crate) written: AtomicU64,
     pub(crate) read: AtomicU64,
-    /// Discards and the bytes they marked transient; pages marked persistent again.
+    /// Discards and the bytes they marked transient.
     pub(crate) discards: AtomicU64,
     pub(crate) discard_bytes: AtomicU64,
+    /// Pages sent in SET_PERSISTENT entries (discarded pages written again, and each page's first
+    /// persist after load) and the number of those entries (one per run).
     pub(crate) repersisted_pages: AtomicU64,
+    pub(crate) repersist_ranges: AtomicU64,
     /// Requests that failed.
     pub(crate) errors: AtomicU64,
 }
@@ -52,6 +63,7 @@ pub(crate) static BLK_COUNTERS: BlkCounters = BlkCounters {
     discards: AtomicU64::new(0),
     discard_bytes: AtomicU64::new(0),
     repersisted_pages: AtomicU64::new(0),
+    repersist_ranges: AtomicU64::new(0),
     errors: AtomicU64::new(0),
 };
 
@@ -70,6 +82,7 @@ pub(crate) fn write_stats(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result
     writeln!(f, "blk_discards {}", v(&c.discards))?;
     writeln!(f, "blk_discard_bytes {}", v(&c.discard_bytes))?;
     writeln!(f, "blk_repersisted_pages {}", v(&c.repersisted_pages))?;
+    writeln!(f, "blk_repersist_ranges {}", v(&c.repersist_ranges))?;
     writeln!(f, "blk_errors {}", v(&c.errors))
 }
 
@@ -82,7 +95,9 @@ pub(crate) struct Vpm {
     pub(crate) size: u64,
     /// One bit per page, set by writes, taken (swapped to 0) by flushes.
     dirty: KVVec<AtomicU64>,
-    /// One bit per page the host holds as transient (discarded, not written and persisted since).
+    /// One bit per page the host may hold as transient: set for every page at load (a discard of
+    /// an earlier boot is still in force on the host) and by discards; cleared once the page's
+    /// SET_PERSISTENT succeeded.
     transient: KVVec<AtomicU64>,
     /// The disk's own workqueue (one worker: flushes run in order), destroyed by `BlkDisk`.
     pub(crate) wq: usize,
@@ -95,7 +110,9 @@ impl Vpm {
         let mut transient = KVVec::with_capacity(words, GFP_KERNEL)?;
         for _ in 0..words {
             dirty.push(AtomicU64::new(0), GFP_KERNEL)?;
-            transient.push(AtomicU64::new(0), GFP_KERNEL)?;
+            // Every page possibly transient (see the module comment); bits past the last page
+            // are never looked at.
+            transient.push(AtomicU64::new(u64::MAX), GFP_KERNEL)?;
         }
         // SAFETY: maps the guest-physical vPM range, reserved memory the host gave this guest
         // (not System RAM), write-back; unmapped in `drop`.
@@ -128,8 +145,10 @@ impl Vpm {
         set_bits(&self.dirty, off / PAGE, (off + len).div_ceil(PAGE));
     }
 
-    /// Marks the transient pages among `count` pages from `first` persistent again, one
-    /// SET_PERSISTENT per run of them (before their FLUSH entries).
+    /// Marks the possibly transient pages among `count` pages from `first` persistent again, one
+    /// SET_PERSISTENT per run of them (before their FLUSH entries). If the host refuses one, that
+    /// run's pages stay possibly transient (the host may have changed some of them) and the
+    /// caller's flush fails (EIO, every page dirty again): the retry marks them again.
     fn make_persistent(&self, c: &mut Channel, first: u64, count: u64) -> Result {
         let mut page = first;
         while page < first + count {
@@ -153,6 +172,7 @@ impl Vpm {
             BLK_COUNTERS
                 .repersisted_pages
                 .fetch_add(page - start, Ordering::Relaxed);
+            BLK_COUNTERS.repersist_ranges.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -164,11 +184,23 @@ impl Vpm {
     }
 
     /// Marks the whole pages inside `[off, off + len)` transient.
+    ///
+    /// Runs on the disk's workqueue, so never beside a flush or a FUA write; plain writes may
+    /// complete meanwhile. The pages' dirty bits are dropped and their transient bits set BEFORE
+    /// the SET_TRANSIENT: a write that marks a page dirty after that is persisted by the next
+    /// flush with a SET_PERSISTENT first (the write is ordered after the discard); a write marked
+    /// before is ordered before it (discarded). If the host refuses the discard the pages are
+    /// marked dirty again (the next flush persists them, as if there had been no discard) and
+    /// stay "possibly transient" (some may have been marked before the failure).
     pub(crate) fn discard(&self, off: u64, len: u64) -> Result {
         let (first, end) = (off.div_ceil(PAGE), (off + len) / PAGE);
         if end <= first {
             return Ok(());
         }
+        for page in first..end {
+            take_bit(&self.dirty, page);
+        }
+        set_bits(&self.transient, first, end);
         with_channel(|c| {
             c.call(
                 Op::SetTransient,
@@ -178,12 +210,9 @@ impl Vpm {
         })
         .map_err(|e| {
             pr_err!("vpmblk: discard failed: {:?}\n", e);
+            set_bits(&self.dirty, first, end);
             EIO
         })?;
-        set_bits(&self.transient, first, end);
-        for page in first..end {
-            take_bit(&self.dirty, page);
-        }
         BLK_COUNTERS.discards.fetch_add(1, Ordering::Relaxed);
         BLK_COUNTERS
             .discard_bytes
