@@ -46,7 +46,10 @@ pub fn create(path: impl AsRef<Path>) -> io::Result<File> {
 }
 
 /// Creates `path` and any missing parents with mode [`DIR_MODE`] (existing ones are kept).
+/// Holds the umask lock: [`bind_unix`]'s temporary 0177 would leave a directory made meanwhile
+/// without its search bit.
 pub fn create_dir_all(path: impl AsRef<Path>) -> io::Result<()> {
+    let _g = UMASK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
