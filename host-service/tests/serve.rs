@@ -550,23 +550,7 @@ fn serve_moves_dram_from_a_cold_vm_to_a_hot_one() {
     let t0 = Instant::now();
     let dir = scratch("dram");
     // 8 MiB of DRAM for both VMs; each starts with 4 and keeps at least 1.
-    let s = serve_support::start_with(&dir, &["--dram-mib", "8"]);
-    let vm = |mode: &str, kind: &str| {
-        json!({"mode": mode, "vpm_mib": 16, "dram_mib": 4, "dram_min_mib": 1, "log_mib": 1,
-               "epoch_ms": 20, "seconds": 60,
-               "workload": {"kind": kind, "args": [100_000_000u64]}})
-    };
-    s.ok("PUT", "/api/v1/vms/hot", Some(vm("full", "random-writes")));
-    s.ok("PUT", "/api/v1/vms/cold", Some(vm("pv", "kv")));
-    let msg = s.fault(
-        "PUT",
-        "/api/v1/vms/more",
-        Some(&vm("pv", "kv").to_string()),
-        409,
-    );
-    assert!(msg.contains("DRAM budget"), "{msg}");
-    s.ok("PUT", "/api/v1/vms/hot/boot", None);
-    s.ok("PUT", "/api/v1/vms/cold/boot", None);
+    let s = hot_and_cold(&dir, "shared");
     let budget = |id: &str| s.vm(id)["stats"]["dram_budget_pages"].as_u64().unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(20);
     let (hot, cold) = loop {
@@ -594,6 +578,70 @@ fn serve_moves_dram_from_a_cold_vm_to_a_hot_one() {
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "shared DRAM: hot {hot} pages, cold {cold} pages after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// A service with `--dram-mib 8 --dram-policy POLICY` running two VMs that start at 4 MiB of
+/// DRAM each (at least 1): `hot` (full mode, random writes) and `cold` (pv, kv); a third VM that
+/// does not fit the budget is refused.
+fn hot_and_cold(dir: &Path, policy: &str) -> Serve {
+    let s = serve_support::start_with(dir, &["--dram-mib", "8", "--dram-policy", policy]);
+    let vm = |mode: &str, kind: &str| {
+        json!({"mode": mode, "vpm_mib": 16, "dram_mib": 4, "dram_min_mib": 1, "log_mib": 1,
+               "epoch_ms": 20, "seconds": 60,
+               "workload": {"kind": kind, "args": [100_000_000u64]}})
+    };
+    s.ok("PUT", "/api/v1/vms/hot", Some(vm("full", "random-writes")));
+    s.ok("PUT", "/api/v1/vms/cold", Some(vm("pv", "kv")));
+    let msg = s.fault(
+        "PUT",
+        "/api/v1/vms/more",
+        Some(&vm("pv", "kv").to_string()),
+        409,
+    );
+    assert!(msg.contains("DRAM budget"), "{msg}");
+    s.ok("PUT", "/api/v1/vms/hot/boot", None);
+    s.ok("PUT", "/api/v1/vms/cold/boot", None);
+    s
+}
+
+/// `--dram-policy static`: the same pair as [`serve_moves_dram_from_a_cold_vm_to_a_hot_one`]
+/// (where the hot VM's share grows within about a second), but every VM keeps the share it was
+/// created with while the hot one commits epochs for 4 s.
+#[test]
+fn serve_static_dram_policy_never_changes_a_share() {
+    need_kvm();
+    let t0 = Instant::now();
+    let dir = scratch("dram-static");
+    let s = hot_and_cold(&dir, "static");
+    let stats = |id: &str| s.vm(id)["stats"].clone();
+    let start_epochs = stats("hot")["epochs"].as_u64().unwrap_or(0);
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut samples = 0;
+    while Instant::now() < until {
+        for id in ["hot", "cold"] {
+            let st = stats(id);
+            // Before the VMM reports its counters the share is not shown yet.
+            if let Some(pages) = st["dram_budget_pages"].as_u64() {
+                assert_eq!(pages, 1024, "VM {id}'s share changed: {st}");
+                samples += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hot = stats("hot");
+    let epochs = hot["epochs"].as_u64().unwrap_or(0);
+    assert!(
+        samples > 40 && epochs >= start_epochs + 20,
+        "the hot VM hardly ran: {samples} samples, epochs {start_epochs} -> {epochs}: {hot}"
+    );
+    assert!(hot["dram_pages"].as_u64().unwrap() <= 1024, "{hot}");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "static DRAM: both shares 1024 pages over {samples} samples, {} epochs; {:.1} s",
+        epochs - start_epochs,
         t0.elapsed().as_secs_f64()
     );
 }

@@ -89,10 +89,14 @@ bytes and would flatter the ratio, so it is not used.");
     let sh = rows(doc, "shared_dram");
     if !sh.is_empty() {
         let _ = writeln!(m, "\n## One DRAM budget shared by heat against static equal shares (issue 15)\n\n\
-Four full-virt VMs, 32 MiB vPM each, 8 MiB of DRAM in all: two hot (skewed 64 B writes, a 3.2 MiB hot set) and two light \
-(the checksum job: one fill, then reads and 4 rewritten pages a round; stopped when the hot ones finish). `static`: 2 MiB each. \
-`shared`: `vpm serve`'s arbiter (`vpm_host::serve::arbiter::Arbiter`, the same code, driven in-process) divides the 8 MiB \
-every 250 ms by DRAM demand (the pages each VM's tier policy holds write-hot), at least 0.5 MiB each; a share change is applied with the vCPU parked after an epoch.\n\n\
+Four full-virt VMs under a real `vpm serve` (a child process, one fresh service and pool per round, `--dram-mib 8`), created, \
+booted, watched and shut down over its HTTP API: 32 MiB vPM and a 2 MiB starting share each, two hot (skewed 64 B writes, a 3.2 MiB \
+hot set) and two light (the checksum job: one fill, then reads and 4 rewritten pages a round; shut down when the hot ones \
+finish). `static`: `--dram-policy static`, every VM keeps its 2 MiB. `shared`: `--dram-policy shared`, the service's arbiter \
+divides the 8 MiB every 250 ms by DRAM demand (the pages each VM's tier policy holds write-hot), at least 0.5 MiB each; a \
+share change is applied with the vCPU parked after an epoch. Every figure is a VM's counters from `GET /api/v1/vms/{{id}}` \
+after its run (ops and run time of the guest's final report; epochs, pool bytes, tier moves, DRAM pages of the VMM's \
+counters); share changes are those seen by polling every VM each 100 ms (the arbiter changes a share at most every 250 ms).\n\n\
 | DRAM | round | hot VMs' ops/s | epochs per VM | share changes | pool bytes (MiB) | tier→PM copies (MiB) | PM bytes counted (MiB) | counted PM bytes per hot write | most DRAM pages per VM |\n|---|---|---|---|---|---|---|---|---|---|");
         for r in sh {
             let _ = writeln!(
