@@ -645,3 +645,76 @@ fn serve_static_dram_policy_never_changes_a_share() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// Four busy full-mode VMs under `--dram-mib` (shared): the arbiter reads every VM's DRAM
+/// demand (its VMM state) while their epochs commit (the VMM state, then the pool). It once
+/// held the pool while taking the state and the service hung within a second; here every call
+/// must answer until all four VMs finish.
+#[test]
+fn serve_shared_dram_keeps_answering_while_four_vms_commit_epochs() {
+    need_kvm();
+    let t0 = Instant::now();
+    let dir = scratch("dram-busy");
+    let s = serve_support::start_with(&dir, &["--dram-mib", "8"]);
+    let ids = ["a", "b", "c", "d"];
+    for (i, id) in ids.iter().enumerate() {
+        let kind = if i < 2 { "skewed-writes" } else { "checksum" };
+        let args = if i < 2 {
+            json!([100_000_000u64, 64])
+        } else {
+            json!([1u64 << 30, 4])
+        };
+        s.ok(
+            "PUT",
+            &format!("/api/v1/vms/{id}"),
+            Some(
+                json!({"mode": "full", "vpm_mib": 32, "dram_mib": 2, "epoch_ms": 20,
+                        "seconds": if i < 2 { 60 } else { 10 },
+                        "workload": {"kind": kind, "args": args}}),
+            ),
+        );
+    }
+    for id in ids {
+        s.ok("PUT", &format!("/api/v1/vms/{id}/boot"), None);
+    }
+    let socket = s.socket.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || loop {
+        let states: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                let r = vpm_host::serve::client::request(
+                    &socket,
+                    "GET",
+                    &format!("/api/v1/vms/{id}"),
+                    None,
+                )
+                .expect("GET");
+                let v: Value = serde_json::from_str(&r.body).expect("JSON");
+                v["state"].as_str().unwrap_or("?").to_string()
+            })
+            .collect();
+        let done = states.iter().all(|st| st == "stopped" || st == "failed");
+        if tx.send(states).is_err() || done {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    });
+    let mut polls = 0;
+    let states = loop {
+        let states = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the service stopped answering after {polls} polls"));
+        polls += 1;
+        if states.iter().all(|st| st == "stopped" || st == "failed") {
+            break states;
+        }
+    };
+    assert!(states.iter().all(|st| st == "stopped"), "{states:?}");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "shared DRAM, 4 busy VMs: {polls} polls answered; {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}

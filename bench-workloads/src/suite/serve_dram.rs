@@ -289,13 +289,16 @@ fn row(policy: &str, round: u64, infos: &[Value], shares: &Shares) -> Value {
 }
 
 /// Issue 15: four full-virt VMs under `vpm serve` (32 MiB vPM each, 2 MiB DRAM share each,
-/// 8 MiB budget), two hot (skewed 64 B writes: a 3.2 MiB hot set that does not fit a static
-/// share) and two light (the checksum job), with `--dram-policy static` and `shared`,
+/// 8 MiB budget), two hot (skewed 64 B writes, 300 million each, 15 million with `quick`: a
+/// 3.2 MiB hot set that does not fit a static share) and two light (the checksum job), with `--dram-policy static` and `shared`,
 /// alternating for a few rounds (the machine is shared and noisy), one row each. The light VMs
 /// are shut down when both hot ones finish; throughput is the hot VMs'.
 pub fn shared_dram(quick: bool) -> Result<Vec<Value>, SuiteError> {
     let vpm = vpm_exe()?;
-    let writes = if quick { 15_000_000 } else { 60_000_000 };
+    // Pages enter DRAM after three epochs of writes, at most 32 per 100 ms epoch
+    // (`tier::policy`): a hot VM needs about 3 s to fill a grown share, so the full run's hot
+    // VMs run for ~10 s (the quick one's for ~1 s: a smoke run, the shares hardly matter).
+    let writes = if quick { 15_000_000 } else { 300_000_000 };
     let rounds = if quick { 2 } else { 3 };
     let mut rows = Vec::new();
     for (r, policy) in (0..rounds).flat_map(|r| [(r, "static"), (r, "shared")]) {
