@@ -131,6 +131,22 @@ counted PM bytes per hot write {:.0} %.",
             100.0 * mean("shared", "hot_pm_bytes_per_write")
                 / mean("static", "hot_pm_bytes_per_write")
         );
+        // The hot VMs' largest DRAM footprint (pages), mean over the rounds.
+        let hot_dram = |dram: &str| {
+            let v: Vec<f64> = sh
+                .iter()
+                .filter(|r| r["dram"] == dram)
+                .filter_map(|r| r["dram_pages_max"].as_array())
+                .map(|p| p.iter().take(2).map(f).sum::<f64>() / 2.0)
+                .collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        let _ = writeln!(
+            m,
+            "DRAM pages a hot VM held at most (mean): {:.0} shared, {:.0} static (a 2 MiB share is 512 pages).",
+            hot_dram("shared"),
+            hot_dram("static")
+        );
         let spread = |dram: &str| {
             let v: Vec<f64> = sh
                 .iter()
@@ -172,8 +188,8 @@ mod tests {
             ],
             "write_amplification": [{"workload": "random 64 B writes", "mode": "full-100ms", "pm_bytes_written": 10}],
             "shared_dram": [
-                {"dram": "static", "hot_ops_per_s": 200.0, "pm_bytes_written": 1000, "hot_pm_bytes_per_write": 2.0},
-                {"dram": "shared", "hot_ops_per_s": 150.0, "pm_bytes_written": 3000, "hot_pm_bytes_per_write": 2.0},
+                {"dram": "static", "hot_ops_per_s": 200.0, "pm_bytes_written": 1000, "hot_pm_bytes_per_write": 2.0, "dram_pages_max": [512, 512, 1, 1]},
+                {"dram": "shared", "hot_ops_per_s": 150.0, "pm_bytes_written": 3000, "hot_pm_bytes_per_write": 2.0, "dram_pages_max": [800, 1000, 0, 0]},
                 {"dram": "static", "hot_ops_per_s": 100.0, "pm_bytes_written": 1000, "hot_pm_bytes_per_write": 1.0},
                 {"dram": "shared", "hot_ops_per_s": 75.0, "pm_bytes_written": 3000, "hot_pm_bytes_per_write": 3.0},
             ],
@@ -187,6 +203,11 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("not measured"), "{md}");
+        // Rounds without the field are left out of the mean.
+        assert!(
+            md.contains("at most (mean): 900 shared, 512 static"),
+            "{md}"
+        );
         assert!(!md.contains("Consolidation in full-virt"), "{md}");
     }
 }
