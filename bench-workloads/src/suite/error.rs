@@ -95,6 +95,29 @@ pub enum SuiteError {
         #[source]
         source: std::io::Error,
     },
+    /// A request to `vpm serve` could not be sent or answered (the socket, HTTP).
+    #[error("vpm serve: {call}")]
+    Client {
+        /// The request (method and path).
+        call: String,
+        /// The client's error.
+        #[source]
+        source: vpm_host::serve::client::ClientError,
+    },
+    /// `vpm serve` answered a request with an error status or a body that is not JSON.
+    #[error("vpm serve: {call}: HTTP {status}: {body}")]
+    Api {
+        /// The request (method and path).
+        call: String,
+        /// The HTTP status.
+        status: u16,
+        /// The body.
+        body: String,
+    },
+    /// `vpm serve` or one of its VMs did not do what the benchmark needs (did not start, exited,
+    /// a VM failed or did not finish in time); the service's log tail is in the message.
+    #[error("vpm serve: {0}")]
+    Service(String),
     /// The results could not be turned into JSON.
     #[error("encode the results as JSON")]
     Json(#[source] serde_json::Error),

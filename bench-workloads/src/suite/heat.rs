@@ -1,29 +1,25 @@
 //! The suite's heat benchmarks: 4 full-virt VMs on a shrinking pool (uniform and write-skewed),
 //! DRAM absorption of a skewed workload against the all-PM mapping, PM write amplification of
-//! random 64 B writes, and one DRAM budget shared by heat (`vpm serve --dram-mib`'s arbiter,
-//! driven here in-process) against static equal shares.
+//! random 64 B writes. (One DRAM budget shared by heat against static equal shares runs through
+//! a real `vpm serve`: [`super::serve_dram`].)
 //!
 //! PM bytes of a tiered VM are what the pool wrote for it (epoch commits: homes and redo log)
 //! plus the pages its tier moves copied into the PM tier (`moved_to_pm` × page). Guest stores
 //! that land on pages placed in the PM tier are PM writes too but have no counter yet; every
 //! row says so in `uncounted`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use vpm_abi::harness::Workload;
 use vpm_abi::PAGE_SIZE;
-use vpm_host::serve::arbiter::{Arbiter, Member};
-use vpm_host::tier::policy::dram_demand;
-use vpm_host::vmm::{Mode, VmControl, VmOutcome, VmStats};
+use vpm_host::vmm::{Mode, VmOutcome, VmStats};
 
 use super::vm::{self, run_alone, Job};
 use super::{SuiteError, PM_DIR};
 
 /// What the PM-bytes figure of a tiered mode leaves out.
-const UNCOUNTED: &str = "guest stores to pages placed in the PM tier (no counter yet)";
+pub(super) const UNCOUNTED: &str = "guest stores to pages placed in the PM tier (no counter yet)";
 
 /// PM bytes a tiered VM caused that are counted: pool writes plus copies into the PM tier.
 fn tiered_pm_bytes(s: &VmStats) -> u64 {
@@ -134,135 +130,4 @@ pub fn write_amplification(quick: bool) -> Result<Vec<Value>, SuiteError> {
 /// The guest bytes the epoch commits found changed (changed cache lines × 64, summed over epochs).
 fn changed_bytes(s: &VmStats) -> Option<u64> {
     Some(s.changed_bytes)
-}
-
-/// How often the shared budget is divided (as `vpm serve`).
-const ARBITER_TICK: Duration = Duration::from_millis(250);
-
-/// Issue 15: four full-virt VMs (32 MiB vPM each, 2 MiB DRAM share each, 8 MiB in all), two hot
-/// (skewed 64 B writes: a 3.2 MiB hot set that does not fit a static share) and two light (the
-/// checksum job: fill once, then mostly reads, 4 pages rewritten a round), with static equal
-/// shares and with one budget divided by heat every 250 ms by `vpm serve`'s arbiter
-/// (`vpm_host::serve::arbiter::Arbiter`, the same code, driven in-process). The light VMs are
-/// stopped when both hot ones finish; throughput is the hot VMs'. The two arrangements alternate
-/// for a few rounds, one row each.
-pub fn shared_dram(quick: bool) -> Result<Vec<Value>, SuiteError> {
-    let writes = if quick { 15_000_000 } else { 60_000_000 };
-    let (vpm, share) = (32u64, 2u64);
-    let mut rows = Vec::new();
-    // Alternating rounds: the machine is shared and noisy, so each arrangement runs more than
-    // once, side by side in time.
-    let rounds = if quick { 2 } else { 3 };
-    for (round, shared) in (0..rounds).flat_map(|r| [(r, false), (r, true)]) {
-        let name = if shared { "shared" } else { "static" };
-        let s = vm::Scratch::new(PM_DIR, &format!("dram-{name}{round}"))?;
-        let pool = vm::pool(&s.0, 4 * vpm, 32)?;
-        let controls: Vec<Arc<VmControl>> = (0..4).map(|_| Arc::default()).collect();
-        let done = Arc::new(AtomicBool::new(false));
-        let changes = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let arbiter = shared.then(|| {
-            let (controls, done, changes) = (controls.clone(), done.clone(), changes.clone());
-            let failed = failed.clone();
-            let pages = |mib: u64| (mib << 20) / PAGE_SIZE;
-            std::thread::spawn(move || {
-                let mut arb = Arbiter::default();
-                let mut trace = Vec::new();
-                while !done.load(Ordering::Acquire) {
-                    std::thread::sleep(ARBITER_TICK);
-                    let mut members = Vec::new();
-                    let mut reserved = 0;
-                    for (i, c) in controls.iter().enumerate() {
-                        let Some(vm) = c.running() else {
-                            reserved += pages(share);
-                            continue;
-                        };
-                        let budget = vm.stats.lock().expect("stats").dram_budget_pages;
-                        let ts = vm
-                            .pool
-                            .lock()
-                            .expect("pool")
-                            .tenant(vm.tenant)
-                            .map(|t| t.stats())
-                            .unwrap_or_default();
-                        members.push(Member {
-                            id: i.to_string(),
-                            share: budget,
-                            min: pages(share) / 4,
-                            cap: pages(vpm),
-                            work: ts.committed_pages + ts.persist_requested_bytes / PAGE_SIZE,
-                            epochs: ts.epochs,
-                            demand: Some(dram_demand(&vm.state.lock().expect("state").placements)),
-                        });
-                    }
-                    let plan = arb.plan(pages(4 * share) - reserved, &members);
-                    trace.push(members.iter().map(|m| m.share).collect::<Vec<_>>());
-                    for (id, p) in plan {
-                        let i: usize = id.parse().expect("an index");
-                        changes.fetch_add(1, Ordering::Relaxed);
-                        let failed = failed.clone();
-                        controls[i].run_parked(Box::new(move |vm| {
-                            if vm.set_dram_budget(p).is_err() {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }));
-                    }
-                }
-                trace
-            })
-        });
-        let handles: Vec<_> = (0..4usize)
-            .map(|i| {
-                let (pool, dir, control) = (pool.clone(), s.0.clone(), controls[i].clone());
-                let mut job = if i < 2 {
-                    Job::new(
-                        &format!("hot{i}"),
-                        Mode::Full,
-                        Workload::SkewedWrites,
-                        &[writes, 64],
-                    )
-                } else {
-                    Job::new(
-                        &format!("light{i}"),
-                        Mode::Full,
-                        Workload::Checksum,
-                        &[1 << 30, 4],
-                    )
-                };
-                job.vpm_mib = vpm;
-                job.dram_mib = share;
-                std::thread::spawn(move || vm::run_controlled(&job, &pool, &dir, &control))
-            })
-            .collect();
-        let mut outs = Vec::new();
-        for (i, h) in handles.into_iter().enumerate() {
-            if i == 2 {
-                // Both hot VMs are done: stop the light ones.
-                for c in &controls[2..] {
-                    c.stop();
-                }
-            }
-            outs.push(join(h)?);
-        }
-        done.store(true, Ordering::Release);
-        let trace = match arbiter {
-            Some(t) => t.join().map_err(|_| SuiteError::VmThreadPanicked)?,
-            None => Vec::new(),
-        };
-        let hot = &outs[..2];
-        rows.push(json!({"dram": name, "round": round, "hot_ops_per_s": hot.iter().map(|o| o.report.ops as f64 / o.elapsed.as_secs_f64()).sum::<f64>(),
-            "hot_seconds": hot.iter().map(|o| o.elapsed.as_secs_f64()).collect::<Vec<_>>(),
-            "epochs": outs.iter().map(|o| o.stats.epochs).collect::<Vec<_>>(),
-            "pool_bytes_written": outs.iter().map(|o| o.stats.pm_bytes_written).sum::<u64>(),
-            "tier_to_pm_bytes": outs.iter().map(|o| o.stats.moved_to_pm * PAGE_SIZE).sum::<u64>(),
-            "pm_bytes_written": outs.iter().map(|o| tiered_pm_bytes(&o.stats)).sum::<u64>(),
-            "hot_pm_bytes_per_write": hot.iter().map(|o| tiered_pm_bytes(&o.stats)).sum::<u64>() as f64 / (2 * writes) as f64,
-            "moves_to_dram": outs.iter().map(|o| o.stats.moved_to_dram).sum::<u64>(),
-            "dram_pages_max": outs.iter().map(|o| o.stats.dram_pages_max).collect::<Vec<_>>(),
-            "share_changes": changes.load(Ordering::Relaxed),
-            "share_changes_failed": failed.load(Ordering::Relaxed),
-            "shares_trace_pages": trace.iter().rev().take(8).rev().collect::<Vec<_>>(),
-            "uncounted": UNCOUNTED}));
-    }
-    Ok(rows)
 }

@@ -6,6 +6,7 @@ mod error;
 mod heat;
 mod report;
 mod report_heat;
+mod serve_dram;
 mod svg;
 mod targets;
 mod vm;
@@ -262,25 +263,54 @@ fn heat_benchmarks(
         "write_amplification".into(),
         Value::Array(heat::write_amplification(quick)?),
     );
-    step(t0, "one DRAM budget shared by heat against static shares");
+    step(
+        t0,
+        "one DRAM budget shared by heat against static shares: 4 VMs under vpm serve",
+    );
     r.insert(
         "shared_dram".into(),
-        Value::Array(heat::shared_dram(quick)?),
+        Value::Array(serve_dram::shared_dram(quick)?),
     );
     Ok(())
 }
 
-/// Only the heat benchmarks (`vpm-bench heat`): writes heat.json under `out`.
+/// Only the heat benchmarks (`vpm-bench heat`): writes heat.json and heat.md (the report's heat
+/// sections) under `out`.
 pub fn run_heat(out: &Path, quick: bool) -> Result<(), SuiteError> {
     let t0 = Instant::now();
     let mut r = serde_json::Map::new();
+    r.insert("platform".into(), json!(crate::stats::platform_note()));
+    r.insert(
+        "date".into(),
+        json!(httpdate::fmt_http_date(std::time::SystemTime::now())),
+    );
     r.insert("quick".into(), json!(quick));
     heat_benchmarks(t0, quick, &mut r)?;
+    r.insert("seconds".into(), json!(t0.elapsed().as_secs_f64()));
     vpm_host::private_file::create_dir_all(out)
         .map_err(SuiteError::io("create the directory", out))?;
+    let doc = Value::Object(r);
     let path = out.join("heat.json");
-    let text = serde_json::to_string_pretty(&Value::Object(r)).map_err(SuiteError::Json)?;
-    vpm_host::private_file::write(&path, text).map_err(SuiteError::io("write", &path))
+    let text = serde_json::to_string_pretty(&doc).map_err(SuiteError::Json)?;
+    vpm_host::private_file::write(&path, text).map_err(SuiteError::io("write", &path))?;
+    let path = out.join("heat.md");
+    vpm_host::private_file::write(&path, heat_markdown(&doc))
+        .map_err(SuiteError::io("write", &path))?;
+    step(t0, &format!("done: {}", path.display()));
+    Ok(())
+}
+
+/// heat.md: where and when it was measured, then the report's heat sections.
+fn heat_markdown(doc: &Value) -> String {
+    format!(
+        "# VPM heat benchmarks\n\n`vpm-bench heat{}` ({:.0} s), {}. Measured on: {} — every figure \
+below is from this run, on this machine. Emulated PM is a tmpfs file.\n{}",
+        if doc["quick"] == true { " --quick" } else { "" },
+        doc["seconds"].as_f64().unwrap_or(f64::NAN),
+        doc["date"].as_str().unwrap_or("?"),
+        doc["platform"].as_str().unwrap_or("?"),
+        report_heat::markdown(doc)
+    )
 }
 
 /// Four PV VMs on one pool; the pool holds 100, 50 or 25 % of their summed vPM as PM homes,
@@ -358,14 +388,7 @@ fn recovery(quick: bool) -> Result<Vec<Value>, SuiteError> {
     use std::process::{Command, Stdio};
     use vpm_host::pool::{PageSource, SourceError};
     // The `vpm` built with this `vpm-bench` (same target directory).
-    let vpm_exe = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("vpm")))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vpm"));
-    if !vpm_exe.exists() {
-        return Err(SuiteError::VpmMissing { path: vpm_exe });
-    }
+    let vpm_exe = serve_dram::vpm_exe()?;
     let sizes: &[u64] = if quick { &[256] } else { &[256, 1024] };
     let mut rows = Vec::new();
     for &mib in sizes {

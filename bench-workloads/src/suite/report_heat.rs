@@ -89,10 +89,14 @@ bytes and would flatter the ratio, so it is not used.");
     let sh = rows(doc, "shared_dram");
     if !sh.is_empty() {
         let _ = writeln!(m, "\n## One DRAM budget shared by heat against static equal shares (issue 15)\n\n\
-Four full-virt VMs, 32 MiB vPM each, 8 MiB of DRAM in all: two hot (skewed 64 B writes, a 3.2 MiB hot set) and two light \
-(the checksum job: one fill, then reads and 4 rewritten pages a round; stopped when the hot ones finish). `static`: 2 MiB each. \
-`shared`: `vpm serve`'s arbiter (`vpm_host::serve::arbiter::Arbiter`, the same code, driven in-process) divides the 8 MiB \
-every 250 ms by DRAM demand (the pages each VM's tier policy holds write-hot), at least 0.5 MiB each; a share change is applied with the vCPU parked after an epoch.\n\n\
+Four full-virt VMs under a real `vpm serve` (a child process, one fresh service and pool per round, `--dram-mib 8`), created, \
+booted, watched and shut down over its HTTP API: 32 MiB vPM and a 2 MiB starting share each, two hot (skewed 64 B writes, a 3.2 MiB \
+hot set) and two light (the checksum job: one fill, then reads and 4 rewritten pages a round; shut down when the hot ones \
+finish). `static`: `--dram-policy static`, every VM keeps its 2 MiB. `shared`: `--dram-policy shared`, the service's arbiter \
+divides the 8 MiB every 250 ms by DRAM demand (the pages each VM's tier policy holds write-hot), at least 0.5 MiB each; a \
+share change is applied with the vCPU parked after an epoch. Every figure is a VM's counters from `GET /api/v1/vms/{{id}}` \
+after its run (ops and run time of the guest's final report; epochs, pool bytes, tier moves, DRAM pages of the VMM's \
+counters); share changes are those seen by polling every VM each 100 ms (the arbiter changes a share at most every 250 ms).\n\n\
 | DRAM | round | hot VMs' ops/s | epochs per VM | share changes | pool bytes (MiB) | tier→PM copies (MiB) | PM bytes counted (MiB) | counted PM bytes per hot write | most DRAM pages per VM |\n|---|---|---|---|---|---|---|---|---|---|");
         for r in sh {
             let _ = writeln!(
@@ -126,6 +130,22 @@ counted PM bytes per hot write {:.0} %.",
             100.0 * mean("shared", "pm_bytes_written") / mean("static", "pm_bytes_written"),
             100.0 * mean("shared", "hot_pm_bytes_per_write")
                 / mean("static", "hot_pm_bytes_per_write")
+        );
+        // The hot VMs' largest DRAM footprint (pages), mean over the rounds.
+        let hot_dram = |dram: &str| {
+            let v: Vec<f64> = sh
+                .iter()
+                .filter(|r| r["dram"] == dram)
+                .filter_map(|r| r["dram_pages_max"].as_array())
+                .map(|p| p.iter().take(2).map(f).sum::<f64>() / 2.0)
+                .collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        let _ = writeln!(
+            m,
+            "DRAM pages a hot VM held at most (mean): {:.0} shared, {:.0} static (a 2 MiB share is 512 pages).",
+            hot_dram("shared"),
+            hot_dram("static")
         );
         let spread = |dram: &str| {
             let v: Vec<f64> = sh
@@ -168,8 +188,8 @@ mod tests {
             ],
             "write_amplification": [{"workload": "random 64 B writes", "mode": "full-100ms", "pm_bytes_written": 10}],
             "shared_dram": [
-                {"dram": "static", "hot_ops_per_s": 200.0, "pm_bytes_written": 1000, "hot_pm_bytes_per_write": 2.0},
-                {"dram": "shared", "hot_ops_per_s": 150.0, "pm_bytes_written": 3000, "hot_pm_bytes_per_write": 2.0},
+                {"dram": "static", "hot_ops_per_s": 200.0, "pm_bytes_written": 1000, "hot_pm_bytes_per_write": 2.0, "dram_pages_max": [512, 512, 1, 1]},
+                {"dram": "shared", "hot_ops_per_s": 150.0, "pm_bytes_written": 3000, "hot_pm_bytes_per_write": 2.0, "dram_pages_max": [800, 1000, 0, 0]},
                 {"dram": "static", "hot_ops_per_s": 100.0, "pm_bytes_written": 1000, "hot_pm_bytes_per_write": 1.0},
                 {"dram": "shared", "hot_ops_per_s": 75.0, "pm_bytes_written": 3000, "hot_pm_bytes_per_write": 3.0},
             ],
@@ -183,6 +203,11 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("not measured"), "{md}");
+        // Rounds without the field are left out of the mean.
+        assert!(
+            md.contains("at most (mean): 900 shared, 512 static"),
+            "{md}"
+        );
         assert!(!md.contains("Consolidation in full-virt"), "{md}");
     }
 }

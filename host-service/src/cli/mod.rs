@@ -319,12 +319,27 @@ mod tests {
             "64",
             "--dram-mib",
             "16",
+            "--dram-policy",
+            "static",
             "--metrics-ndjson",
             "/tmp/m",
             "--metrics-interval-ms",
             "500"
         ])
         .is_ok());
+        let serve = |policy: &str| {
+            parse(&[
+                "serve",
+                "--socket",
+                "/tmp/s",
+                "--pool",
+                "/tmp/p",
+                "--dram-policy",
+                policy,
+            ])
+        };
+        assert!(serve("shared").is_ok());
+        assert!(serve("heat").is_err());
         assert!(parse(&[
             "ctl",
             "--socket",

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::Args;
-use vpm_host::serve::{self, ServeOptions};
+use clap::{Args, ValueEnum};
+use vpm_host::serve::{self, DramPolicy, ServeOptions};
 use vpm_host::state_dir::StateDir;
 
 use super::values::MAX_MIB;
@@ -26,6 +26,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", allow_hyphen_values = true,
           value_parser = clap::value_parser!(u64).range(0..=MAX_MIB))]
     pub dram_mib: Option<u64>,
+    /// How the --dram-mib budget is divided: `shared` by heat every 250 ms, or `static` (every
+    /// VM keeps the dram_mib it was created with; the budget only refuses VMs that do not fit).
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = DramPolicyArg::Shared)]
+    pub dram_policy: DramPolicyArg,
     /// Pool size in MiB when it is created.
     #[arg(long, value_name = "N", allow_hyphen_values = true, default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=MAX_MIB))]
@@ -39,6 +43,24 @@ pub struct ServeArgs {
     pub metrics_interval_ms: u64,
 }
 
+/// `--dram-policy` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DramPolicyArg {
+    /// One budget divided among the running tiered VMs by heat.
+    Shared,
+    /// Every VM keeps the share it was created with.
+    Static,
+}
+
+impl From<DramPolicyArg> for DramPolicy {
+    fn from(a: DramPolicyArg) -> DramPolicy {
+        match a {
+            DramPolicyArg::Shared => DramPolicy::Shared,
+            DramPolicyArg::Static => DramPolicy::Static,
+        }
+    }
+}
+
 /// Runs the service until SIGTERM or SIGINT.
 pub fn run(a: &ServeArgs) -> Result<(), CliError> {
     let state = StateDir::open(&a.pool)?;
@@ -48,6 +70,7 @@ pub fn run(a: &ServeArgs) -> Result<(), CliError> {
         socket: a.socket.clone(),
         work_dir: a.pool.clone(),
         dram_budget_bytes: a.dram_mib.map(|m| m << 20),
+        dram_policy: a.dram_policy.into(),
         metrics_ndjson: a.metrics_ndjson.clone(),
         metrics_interval: std::time::Duration::from_millis(a.metrics_interval_ms),
     };

@@ -168,8 +168,10 @@ pub async fn run(service: Arc<Service>, total_pages: u64, every: Duration) {
         let mut members = Vec::new();
         let mut reserved = 0u64;
         {
+            // The pool is locked per VM and never while its VMM state is: an epoch commit
+            // holds the VMM state and then locks the pool, so holding the pool while taking
+            // the state (the demand) deadlocked the service.
             let t = service.table();
-            let pool = service.pool.lock().expect("pool");
             for (id, vm) in t.iter() {
                 let tiered = Mode::from(vm.config.mode).tiered() && vm.config.front == Front::Kvm;
                 let share = vm
@@ -184,10 +186,18 @@ pub async fn run(service: Arc<Service>, total_pages: u64, every: Duration) {
                     reserved += (vm.config.dram_mib << 20) / PAGE_SIZE;
                     continue;
                 }
+                let demand = vm.dram_demand();
                 let ts = vm
                     .tenant()
-                    .and_then(|t| pool.tenant(t).ok())
-                    .map(|tn| tn.stats())
+                    .and_then(|t| {
+                        service
+                            .pool
+                            .lock()
+                            .expect("pool")
+                            .tenant(t)
+                            .ok()
+                            .map(|tn| tn.stats())
+                    })
                     .unwrap_or_default();
                 members.push(Member {
                     id: id.clone(),
@@ -196,7 +206,7 @@ pub async fn run(service: Arc<Service>, total_pages: u64, every: Duration) {
                     cap: vm.config.pages(),
                     work: ts.committed_pages + ts.persist_requested_bytes / PAGE_SIZE,
                     epochs: ts.epochs,
-                    demand: vm.dram_demand(),
+                    demand,
                 });
             }
         }

@@ -106,6 +106,8 @@ pub enum WorkloadName {
     SeqCheck,
     /// Random 4 KiB writes.
     RandomWrites,
+    /// Writes of a given size, 90 % of them to a hot tenth of the vPM.
+    SkewedWrites,
     /// Sequential writes.
     SeqWrites,
     /// A persistent key-value store.
@@ -129,6 +131,7 @@ impl From<WorkloadName> for Workload {
             WorkloadName::SeqWriter => Workload::SeqWriter,
             WorkloadName::SeqCheck => Workload::SeqCheck,
             WorkloadName::RandomWrites => Workload::RandomWrites,
+            WorkloadName::SkewedWrites => Workload::SkewedWrites,
             WorkloadName::SeqWrites => Workload::SeqWrites,
             WorkloadName::Kv => Workload::KvStore,
             WorkloadName::Log => Workload::AppendLog,

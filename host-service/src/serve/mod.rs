@@ -52,10 +52,23 @@ pub struct ServeOptions {
     pub work_dir: PathBuf,
     /// DRAM budget of all VMs together, bytes (`None`: no limit).
     pub dram_budget_bytes: Option<u64>,
+    /// How the budget is divided: by heat, or each VM keeping the share it was created with.
+    pub dram_policy: DramPolicy,
     /// Append an NDJSON metrics line to this file every `metrics_interval`.
     pub metrics_ndjson: Option<PathBuf>,
     /// Interval of the NDJSON metrics lines.
     pub metrics_interval: Duration,
+}
+
+/// How `vpm serve --dram-mib` divides its DRAM budget among the VMs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DramPolicy {
+    /// The arbiter divides the budget among the running tiered VMs by heat every 250 ms.
+    #[default]
+    Shared,
+    /// Static shares: every VM keeps the `dram_mib` it was created with (the budget only
+    /// refuses VMs whose share does not fit); no arbiter runs.
+    Static,
 }
 
 /// Serves `pool` until SIGTERM or SIGINT; then stops every VM (their final epochs commit) and
@@ -84,7 +97,8 @@ pub fn run(pool: Pool, recovery: Duration, opts: &ServeOptions) -> Result<(), Se
             })?;
         tracing::info!(socket = %opts.socket.display(), "vpm serve listening");
         eprintln!("vpm serve: listening on {}", opts.socket.display());
-        let arbiter = opts.dram_budget_bytes.map(|bytes| {
+        let shared = opts.dram_policy == DramPolicy::Shared;
+        let arbiter = opts.dram_budget_bytes.filter(|_| shared).map(|bytes| {
             let s = service.clone();
             let pages = bytes / vpm_abi::PAGE_SIZE;
             tokio::spawn(async move { arbiter::run(s, pages, Duration::from_millis(250)).await })
