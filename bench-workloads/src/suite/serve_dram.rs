@@ -135,7 +135,10 @@ impl Serve {
 
     /// SIGTERM, as an operator stops it; it must exit with success within 60 s.
     fn stop(mut self) -> Result<(), SuiteError> {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
+        // Never 0 (kill(0, ..) would signal our own process group).
+        let Ok(pid @ 1..) = libc::pid_t::try_from(self.child.id()) else {
+            return Err(self.fail("has no valid pid"));
+        };
         // SAFETY: kill(2) on our own child's pid (it has not been waited for, so the pid is
         // still ours); no memory is involved.
         unsafe { libc::kill(pid, libc::SIGTERM) };
