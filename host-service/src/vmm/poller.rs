@@ -18,11 +18,14 @@ use vpm_abi::SleepCheck;
 
 use super::{VmContext, VmmError};
 
-/// `vpm guest --poll-us` by default on the KVM front: the poller spins only while hints arrive
-/// and for 50 µs after the last one (about one PVM exit: a guest that persists again within that
-/// time finds the host still polling), then sleeps on the doorbell, so an idle guest costs the
-/// host almost nothing (the suite's idle job measures it). 0 turns the poller off.
-pub const DEFAULT_POLL_US: u64 = 50;
+/// `vpm guest --poll-us` by default on the KVM front. The poller spins only while hints arrive
+/// and for this long after the last one, then sleeps on the doorbell, so an idle guest costs the
+/// host at most one window of CPU per quiet period (the suite's idle job measures it). The window
+/// is a few PVM exit round trips (38–54 µs p50 here, docs/costs.md): shorter, a guest whose vCPU
+/// thread was descheduled once or that just came back from a doorbell exit finds the poller
+/// asleep, rings again, and a busy ring can stay in doorbell-per-entry mode (measured with 50 µs
+/// on this shared 2-core host: 994 of 1000 NOP entries woke the poller). 0 turns the poller off.
+pub const DEFAULT_POLL_US: u64 = 200;
 
 /// What one poller run counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
