@@ -433,6 +433,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_ring_floor_the_idle_poller_and_cpu_per_hint_are_reported() {
+        let tput = vec![
+            json!({"workload": "kv puts", "mode": "direct", "ops_per_s": 1000.0}),
+            json!({"workload": "kv puts", "mode": "pv", "ops_per_s": 10.0}),
+            json!({"workload": "kv puts", "mode": "pv-poll", "ops_per_s": 300.0, "host_cpu_us_per_hint": 1.25}),
+        ];
+        let doc = json!({
+            "floors": {"exit_us": 40.0, "exit_p99_us": 90.0,
+                "ring_round_trip": {"p50_us": 0.55, "p99_us": 1.5}, "copy_flush_us": []},
+            "poller_idle": {"poll_us": 200, "hints": 200, "guest_window_s": 1.2, "window_s": 1.21,
+                "poller_cpu_us_in_window": 180.0, "core_pct": 0.015, "poller_wakeups": 3,
+                "host_cpu_us_per_hint": 2.0},
+            "throughput": tput,
+        });
+        let md = markdown(&doc, &[], &tput, &[], &[]);
+        assert!(
+            md.contains("| VM exit round trip (guest `out` → VMM → guest) | 40.0 µs | 90.0 µs |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("completion seen) | 0.55 µs | 1.50 µs |"),
+            "{md}"
+        );
+        let kv = md.lines().find(|l| l.starts_with("| kv puts |")).unwrap();
+        assert!(kv.ends_with("| 1.25 µs |"), "{kv}");
+        assert!(
+            md.contains("`pv-poll` ×30.0 `pv` (doorbell), 30.00 % of `direct`"),
+            "{md}"
+        );
+        assert!(
+            md.contains("180 µs of CPU in 1.210 s: 0.015 % of a core"),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn the_targets_table_is_the_computed_targets_and_vmx_is_only_a_projection() {
         let mut lat = Vec::new();
         for b in [64u64, 4096, 65536] {
