@@ -79,6 +79,7 @@ pub fn write(
             "p99_us",
             "pm_bytes_written",
             "persisted_bytes",
+            "host_cpu_us_per_hint",
         ],
     )?;
     write_csv(
@@ -93,6 +94,7 @@ pub fn write(
             "pause_us_total",
             "dirty_mib",
             "pm_bytes_written",
+            "host_cpu_us_per_hint",
         ],
     )?;
     write_csv(
