@@ -126,7 +126,7 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
                 o.report.values[0] as f64 / tsc,
                 o.report.values[1] as f64 / tsc,
             );
-            lat.push(json!({"mode": label, "bytes": size, "poller_cpu_us": o.stats.poller_cpu_us,
+            lat.push(json!({"mode": label, "bytes": size, "poller_cpu_us": o.stats.poller_cpu_us, "poller_wakeups": o.stats.poller_wakeups,
                 "host_cpu_us_per_hint": if poll_us > 0 { json!(pvpoll::cpu_us_per_hint(&o)) } else { Value::Null },
                 "p50_us": p50, "p99_us": p99, "pm_bytes_written": o.stats.pm_bytes_written, "persisted_bytes": o.stats.persist_requested_bytes}));
         }
@@ -192,7 +192,7 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
                 "epochs": o.stats.epochs, "pause_us_total": o.stats.pause_us_total, "pause_us_max": o.stats.pause_us_max,
                 "dirty_mib": dirty_mib, "pm_bytes_written": o.stats.pm_bytes_written,
                 "persisted_bytes": o.stats.persist_requested_bytes, "dram_pages_max": o.stats.dram_pages_max,
-                "poller_cpu_us": o.stats.poller_cpu_us, "poller_hints": o.stats.poller_hints, "hints_served": o.stats.hints_served,
+                "poller_cpu_us": o.stats.poller_cpu_us, "poller_hints": o.stats.poller_hints, "hints_served": o.stats.hints_served, "poller_wakeups": o.stats.poller_wakeups,
                 "host_cpu_us_per_hint": if poll_us > 0 { json!(pvpoll::cpu_us_per_hint(&o)) } else { Value::Null },
                 "pause_us_p99": o.stats.pause_us_p99, "epoch": vm::epoch_fields(&o)}));
         }
