@@ -58,6 +58,9 @@ pub enum Workload {
     /// storm; `errors` counts answers that were not the expected error.
     Hostile = 9,
     /// Persist latency: `arg[0]` persists of `arg[1]` bytes each; reports TSC cycles per persist.
+    /// `arg[2]` = 1 times NOP entries instead (the ring round trip, no data); `arg[2]` = 2 is the
+    /// idle job: `arg[0]` persists, a progress exit, `arg[3]` TSC cycles without hints, a
+    /// progress exit, `arg[0]` persists.
     PersistLatency = 10,
     /// Exit round trip: `arg[0]` writes to the progress port; reports TSC cycles per exit.
     ExitLatency = 11,

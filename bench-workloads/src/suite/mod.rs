@@ -4,6 +4,7 @@
 
 mod error;
 mod heat;
+mod pvpoll;
 mod report;
 mod report_heat;
 mod serve_dram;
@@ -43,8 +44,8 @@ fn tsc_per_us() -> f64 {
     (t() - c0) as f64 / i0.elapsed().as_secs_f64() / 1e6
 }
 
-/// Copy + flush + drain of `size` bytes on an emulated-PM file, p50 in µs.
-fn copy_flush_floor(size: usize) -> Result<f64, SuiteError> {
+/// Copy + flush + drain of `size` bytes on an emulated-PM file: p50 and p99 in µs.
+fn copy_flush_floor(size: usize) -> Result<(f64, f64), SuiteError> {
     let path = Path::new(PM_DIR).join(format!("vpm-suite-floor-{}", std::process::id()));
     let opts = MapOptions {
         size: 64 << 20,
@@ -65,11 +66,11 @@ fn copy_flush_floor(size: usize) -> Result<f64, SuiteError> {
     }
     let _ = std::fs::remove_file(&path);
     lat.sort_by(f64::total_cmp);
-    Ok(lat[lat.len() / 2])
+    Ok((lat[lat.len() / 2], lat[lat.len() * 99 / 100]))
 }
 
-/// The ring poller's idle window for the `pv-poll` rows (`vpm guest --poll-us`).
-const POLL_US: u64 = 50;
+/// The ring poller's idle window for the `pv-poll` rows: `vpm guest`'s default `--poll-us`.
+const POLL_US: u64 = vpm_host::vmm::poller::DEFAULT_POLL_US;
 
 /// Runs the suite and returns its targets, each computed from this run's numbers; the VMX
 /// projection assumes an exit of `vmx_exit_us`.
@@ -82,18 +83,24 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
     let tsc = tsc_per_us();
     r.insert("tsc_per_us".into(), json!(tsc));
 
-    step(t0, "floors: VM exit round trip and copy+flush");
+    step(
+        t0,
+        "floors: VM exit round trip, polled ring round trip and copy+flush",
+    );
     let exit = run_alone(
         &Job::new("exit", Mode::Full, Workload::ExitLatency, &[3000]),
         PM_DIR,
         64,
     )?;
     let exit_us = exit.report.values[0] as f64 / tsc;
-    let floors: Vec<(usize, f64)> = [64usize, 4096, 65536]
+    let exit_p99_us = exit.report.values[1] as f64 / tsc;
+    let ring = pvpoll::ring_floor(if quick { 1000 } else { 3000 }, POLL_US, tsc)?;
+    let floors: Vec<(usize, (f64, f64))> = [64usize, 4096, 65536]
         .iter()
         .map(|&s| copy_flush_floor(s).map(|f| (s, f)))
         .collect::<Result<_, _>>()?;
-    r.insert("floors".into(), json!({"exit_us": exit_us, "copy_flush_us": floors.iter().map(|(s, f)| json!({"bytes": s, "p50_us": f})).collect::<Vec<_>>()}));
+    r.insert("floors".into(), json!({"exit_us": exit_us, "exit_p99_us": exit_p99_us, "ring_round_trip": ring,
+        "copy_flush_us": floors.iter().map(|(s, (p50, p99))| json!({"bytes": s, "p50_us": p50, "p99_us": p99})).collect::<Vec<_>>()}));
 
     step(t0, "persist latency per mode and size");
     let n = if quick { 300 } else { 2000 };
@@ -119,10 +126,18 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
                 o.report.values[0] as f64 / tsc,
                 o.report.values[1] as f64 / tsc,
             );
-            lat.push(json!({"mode": label, "bytes": size, "poller_cpu_us": o.stats.poller_cpu_us, "p50_us": p50, "p99_us": p99, "pm_bytes_written": o.stats.pm_bytes_written, "persisted_bytes": o.stats.persist_requested_bytes}));
+            lat.push(json!({"mode": label, "bytes": size, "poller_cpu_us": o.stats.poller_cpu_us, "poller_wakeups": o.stats.poller_wakeups,
+                "host_cpu_us_per_hint": if poll_us > 0 { json!(pvpoll::cpu_us_per_hint(&o)) } else { Value::Null },
+                "p50_us": p50, "p99_us": p99, "pm_bytes_written": o.stats.pm_bytes_written, "persisted_bytes": o.stats.persist_requested_bytes}));
         }
     }
     r.insert("persist_latency".into(), Value::Array(lat));
+
+    step(
+        t0,
+        "ring poller idle: no hints for over a second, the poller's CPU from its thread clock",
+    );
+    r.insert("poller_idle".into(), pvpoll::idle(100, POLL_US, tsc)?);
 
     step(t0, "workload throughput per mode");
     let scale = if quick { 1 } else { 4 };
@@ -177,7 +192,8 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
                 "epochs": o.stats.epochs, "pause_us_total": o.stats.pause_us_total, "pause_us_max": o.stats.pause_us_max,
                 "dirty_mib": dirty_mib, "pm_bytes_written": o.stats.pm_bytes_written,
                 "persisted_bytes": o.stats.persist_requested_bytes, "dram_pages_max": o.stats.dram_pages_max,
-                "poller_cpu_us": o.stats.poller_cpu_us, "poller_hints": o.stats.poller_hints,
+                "poller_cpu_us": o.stats.poller_cpu_us, "poller_hints": o.stats.poller_hints, "hints_served": o.stats.hints_served, "poller_wakeups": o.stats.poller_wakeups,
+                "host_cpu_us_per_hint": if poll_us > 0 { json!(pvpoll::cpu_us_per_hint(&o)) } else { Value::Null },
                 "pause_us_p99": o.stats.pause_us_p99, "epoch": vm::epoch_fields(&o)}));
         }
     }

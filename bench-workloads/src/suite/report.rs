@@ -79,6 +79,7 @@ pub fn write(
             "p99_us",
             "pm_bytes_written",
             "persisted_bytes",
+            "host_cpu_us_per_hint",
         ],
     )?;
     write_csv(
@@ -93,6 +94,7 @@ pub fn write(
             "pause_us_total",
             "dirty_mib",
             "pm_bytes_written",
+            "host_cpu_us_per_hint",
         ],
     )?;
     write_csv(
@@ -194,12 +196,13 @@ pub fn write(
 fn markdown(doc: &Value, lat: &[Value], tput: &[Value], cons: &[Value], rec: &[Value]) -> String {
     let mut m = String::new();
     let exit_us = f(&doc["floors"]["exit_us"]);
-    let floor = |b: u64| {
+    let floor_q = |b: u64, k: &str| {
         rows(&doc["floors"], "copy_flush_us")
             .iter()
             .find(|r| r["bytes"] == b)
-            .map_or(f64::NAN, |r| f(&r["p50_us"]))
+            .map_or(f64::NAN, |r| f(&r[k]))
     };
+    let floor = |b: u64| floor_q(b, "p50_us");
     let lat_of = |mode: &str, b: u64, k: &str| {
         find(lat, |r| r["mode"] == mode && r["bytes"] == b).map_or(f64::NAN, |r| f(&r[k]))
     };
@@ -208,14 +211,24 @@ fn markdown(doc: &Value, lat: &[Value], tput: &[Value], cons: &[Value], rec: &[V
         PVM (nested, shadow paging): a VM exit to the VMM costs tens of µs, not the few µs of VMX hardware. Emulated PM is a \
         tmpfs file flushed with clwb; the msync (virtio-pmem-like) baseline keeps its backing file on the ext4 disk, as virtio-pmem \
         would. Quick run: {}.\n", doc["platform"].as_str().unwrap_or("?"), doc["quick"]);
-    let _ = writeln!(m, "## Floors (same run)\n\n| floor | p50 |\n|---|---|\n| VM exit round trip (guest `out` → VMM → guest) | {exit_us:.1} µs |");
+    let ring = &doc["floors"]["ring_round_trip"];
+    let _ = writeln!(m, "## Floors (same run)\n\n| floor | p50 | p99 |\n|---|---|---|\n\
+| VM exit round trip (guest `out` → VMM → guest) | {exit_us:.1} µs | {:.1} µs |\n\
+| ring round trip, polled (NOP entry, no data: publish → host sees it → completion seen) | {:.2} µs | {:.2} µs |",
+        f(&doc["floors"]["exit_p99_us"]), f(&ring["p50_us"]), f(&ring["p99_us"]));
     for b in [64u64, 4096, 65536] {
         let _ = writeln!(
             m,
-            "| copy + flush + drain of {b} B on emulated PM | {:.2} µs |",
-            floor(b)
+            "| copy + flush + drain of {b} B on emulated PM | {:.2} µs | {:.2} µs |",
+            floor(b),
+            floor_q(b, "p99_us")
         );
     }
+    let _ = writeln!(m, "\nThe ring floor is a NOP entry (an op of the ABI that the host completes without touching guest \
+memory), published with the poller on (`--poll-us {}`): the guest's publish, the host thread seeing it, the completion \
+the guest polls for. No VM exit is in it unless the poller slept: here {} of {} entries found it asleep and rang \
+the doorbell (a poller woken for most of them means this host could not give the poller and the vCPU a core each \
+during the run, and the figure is not exit-free).", doc["poller_idle"]["poll_us"], ring["poller_wakeups"], ring["entries"]);
     let _ = writeln!(m, "\n## Persist latency (µs)\n\n![persist latency](persist-latency.svg)\n\n| mode | 64 B p50 | 64 B p99 | 4 KiB p50 | 4 KiB p99 | 64 KiB p50 | 64 KiB p99 |\n|---|---|---|---|---|---|---|");
     for mode in ["direct", "msync", "pv", "pv-poll"] {
         let _ = write!(m, "| {mode} |");
@@ -229,13 +242,24 @@ fn markdown(doc: &Value, lat: &[Value], tput: &[Value], cons: &[Value], rec: &[V
         }
         let _ = writeln!(m);
     }
+    let per_hint: Vec<String> = [64u64, 4096, 65536]
+        .iter()
+        .map(|&b| {
+            format!(
+                "{b} B {:.2} µs",
+                lat_of("pv-poll", b, "host_cpu_us_per_hint")
+            )
+        })
+        .collect();
+    let _ = writeln!(m, "\nHost CPU per completed hint, `pv-poll` (the poller thread's CPU time / the entries it completed, \
+spinning included): {}.", per_hint.join(", "));
     let _ = writeln!(m, "\n`direct` acknowledges a hint without doing anything (ADR semantics: the guest's own clwb would be its persist); \
         it is the exit floor plus the hint ring. `full` has no persist call: its durability is the epoch. \
-`pv-poll` is `pv` with the ring poller (ABI 1.1 polled rings, `--poll-us 50`): the guest publishes and does not exit \
-while a host thread polls; that thread needs a host core of its own, which this 2-core machine can give only when \
-nothing else runs.\n");
+`pv-poll` is `pv` with the ring poller (ABI 1.1 polled rings, `--poll-us {}`, `vpm guest`'s default): the guest publishes \
+and does not exit while a host thread polls; that thread needs a host core of its own, which this 2-core machine can give \
+only when nothing else runs.\n", doc["poller_idle"]["poll_us"]);
 
-    let _ = writeln!(m, "## Throughput (ops/s)\n\n![throughput](throughput.svg)\n\n| workload | direct | msync | full-10ms | full-100ms | pv | pv-poll | epochs (full-100ms) | pause per MiB dirtied (full-100ms) |\n|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(m, "## Throughput (ops/s)\n\n![throughput](throughput.svg)\n\n| workload | direct | msync | full-10ms | full-100ms | pv | pv-poll | epochs (full-100ms) | pause per MiB dirtied (full-100ms) | host CPU per hint (pv-poll) |\n|---|---|---|---|---|---|---|---|---|---|");
     let tp = |w: &str, mo: &str| find(tput, |r| r["workload"] == w && r["mode"] == mo);
     for w in WRITE_WORKLOADS.iter().chain(&["transient scratch"]) {
         let _ = write!(m, "| {w} |");
@@ -255,11 +279,17 @@ nothing else runs.\n");
         let per_mib = full.map_or(f64::NAN, |r| {
             f(&r["pause_us_total"]) / f(&r["dirty_mib"]).max(1e-9)
         });
+        let cpu = tp(w, "pv-poll").map_or(f64::NAN, |r| f(&r["host_cpu_us_per_hint"]));
         let _ = writeln!(
             m,
-            " {} | {:.0} µs |",
+            " {} | {:.0} µs | {} |",
             full.map_or("–".into(), |r| r["epochs"].to_string()),
-            per_mib
+            per_mib,
+            if cpu.is_nan() {
+                "–".into()
+            } else {
+                format!("{cpu:.2} µs")
+            }
         );
     }
     for mib in [64, 128, 512] {
@@ -271,7 +301,7 @@ nothing else runs.\n");
         let rate = |r: Option<&Value>| r.map_or(f64::NAN, |r| f(&r["ops_per_s"]));
         let _ = writeln!(
             m,
-            "| kv puts, {mib} MiB vPM | {:.0} | – | – | {:.0} | – | – | {} | max pause {:.0} ms |",
+            "| kv puts, {mib} MiB vPM | {:.0} | – | – | {:.0} | – | – | {} | max pause {:.0} ms | – |",
             rate(direct),
             rate(full),
             full.map_or("–".into(), |r| r["epochs"].to_string()),
@@ -281,6 +311,7 @@ nothing else runs.\n");
     let t_off = tp("transient scratch", "pv").map_or(f64::NAN, |r| f(&r["ops_per_s"]));
     let t_on = tp("transient scratch", "pv+transient").map_or(f64::NAN, |r| f(&r["ops_per_s"]));
     let _ = writeln!(m, "\nTransient-scratch job (rounds/s): pv {t_off:.1}, pv with transient hints {t_on:.1} (×{:.2}).\n", t_on / t_off);
+    m += &poller_md(doc, tput);
 
     let _ = writeln!(m, "## Consolidation: 4 VMs, one pool\n\n![consolidation](consolidation.svg)\n\nEach VM runs random 4 KiB writes with a persist each (ops = writes) or, with transient hints, \
 the transient-scratch job (ops = rounds, each rewriting a 4 MiB scratch region marked transient): \
@@ -332,6 +363,39 @@ persists smaller than a line (64 B is the unit written).\n", floor(4096));
     m
 }
 
+/// The polled ring against the doorbell and direct (KV puts), and the poller while idle.
+fn poller_md(doc: &Value, tput: &[Value]) -> String {
+    let tp = |w: &str, mo: &str| {
+        find(tput, |r| r["workload"] == w && r["mode"] == mo)
+            .map_or(f64::NAN, |r| f(&r["ops_per_s"]))
+    };
+    let (poll, pv, direct) = (
+        tp("kv puts", "pv-poll"),
+        tp("kv puts", "pv"),
+        tp("kv puts", "direct"),
+    );
+    let i = &doc["poller_idle"];
+    format!(
+        "## The ring poller: polled against doorbell, and idle\n\n\
+KV puts: `pv-poll` ×{:.1} `pv` (doorbell), {:.2} % of `direct` ({poll:.0} vs {pv:.0} vs {direct:.0} puts/s).\n\n\
+Idle: a PV guest with the poller on (`--poll-us {}`) sends {} persists, computes for {:.2} s without a hint (busy, \
+not halted), then persists again; the host reads the poller thread's CPU clock when the guest marks the start and the \
+end of that window (a progress exit each). Over the window the poller used {:.0} µs of CPU in {:.3} s: {:.3} % of a \
+core (it spins for `--poll-us` after the last hint, then sleeps on the doorbell). Whole job: {} doorbell wake-ups, \
+{:.2} µs of poller CPU per completed hint.\n\n",
+        poll / pv,
+        100.0 * poll / direct,
+        i["poll_us"],
+        i["hints"],
+        f(&i["guest_window_s"]),
+        f(&i["poller_cpu_us_in_window"]),
+        f(&i["window_s"]),
+        f(&i["core_pct"]),
+        i["poller_wakeups"],
+        f(&i["host_cpu_us_per_hint"]),
+    )
+}
+
 /// The computed targets and the VMX projection with its inputs.
 fn targets_md(doc: &Value, targets: &[Target], vmx_exit_us: f64) -> String {
     let mut m = String::new();
@@ -371,6 +435,42 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_ring_floor_the_idle_poller_and_cpu_per_hint_are_reported() {
+        let tput = vec![
+            json!({"workload": "kv puts", "mode": "direct", "ops_per_s": 1000.0}),
+            json!({"workload": "kv puts", "mode": "pv", "ops_per_s": 10.0}),
+            json!({"workload": "kv puts", "mode": "pv-poll", "ops_per_s": 300.0, "host_cpu_us_per_hint": 1.25}),
+        ];
+        let doc = json!({
+            "floors": {"exit_us": 40.0, "exit_p99_us": 90.0, "copy_flush_us": [],
+                "ring_round_trip": {"p50_us": 0.55, "p99_us": 1.5, "poller_wakeups": 2, "entries": 3000}},
+            "poller_idle": {"poll_us": 200, "hints": 200, "guest_window_s": 1.2, "window_s": 1.21,
+                "poller_cpu_us_in_window": 180.0, "core_pct": 0.015, "poller_wakeups": 3,
+                "host_cpu_us_per_hint": 2.0},
+            "throughput": tput,
+        });
+        let md = markdown(&doc, &[], &tput, &[], &[]);
+        assert!(
+            md.contains("| VM exit round trip (guest `out` → VMM → guest) | 40.0 µs | 90.0 µs |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("completion seen) | 0.55 µs | 1.50 µs |"),
+            "{md}"
+        );
+        let kv = md.lines().find(|l| l.starts_with("| kv puts |")).unwrap();
+        assert!(kv.ends_with("| 1.25 µs |"), "{kv}");
+        assert!(
+            md.contains("`pv-poll` ×30.0 `pv` (doorbell), 30.00 % of `direct`"),
+            "{md}"
+        );
+        assert!(
+            md.contains("180 µs of CPU in 1.210 s: 0.015 % of a core"),
+            "{md}"
+        );
+    }
 
     #[test]
     fn the_targets_table_is_the_computed_targets_and_vmx_is_only_a_projection() {

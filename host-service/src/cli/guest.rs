@@ -134,9 +134,13 @@ pub struct GuestArgs {
     #[arg(long, value_enum, value_name = "K", default_value_t = DoorbellArg::Exit)]
     pub doorbell: DoorbellArg,
     /// Polled rings: a host thread keeps polling the hint ring for US microseconds after the
-    /// last hint before it sleeps on the doorbell, so a PV guest persists without a VM exit
-    /// (0 = no poller; a poller implies the ioeventfd doorbell and wants a spare host core).
-    #[arg(long, value_name = "US", default_value_t = 0,
+    /// last hint before it sleeps on the doorbell, so a PV guest persists without a VM exit.
+    /// The default, 200, is a few VM exits on this PVM host: the poller spins only while hints
+    /// arrive and for the window after the last one, then sleeps, so an idle guest costs almost
+    /// no host CPU (docs/costs.md; `vpm-bench suite` measures it). 0 = no poller, a doorbell per
+    /// batch (as ABI 1.0 guests always ring). A poller implies the ioeventfd doorbell and wants a
+    /// spare host core while hints arrive.
+    #[arg(long, value_name = "US", default_value_t = vpm_host::vmm::poller::DEFAULT_POLL_US,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub poll_us: u64,
     /// Pre-copy epochs (full mode): copy dirty pages while the guest runs, pause it only for
@@ -433,6 +437,7 @@ mod tests {
         assert_eq!(g.vpm_mib_or(32), 32);
         assert_eq!(g.mode(), Mode::Full);
         assert_eq!(g.workload, WorkloadArg::Kv);
+        assert_eq!(g.poll_us, 200, "the ring poller is on by default");
         assert_eq!(
             spec_for(&g).params.flags & FLAG_PV,
             0,

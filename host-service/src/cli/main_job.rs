@@ -26,7 +26,9 @@ const MODES: [(&str, &str); 5] = [
     ),
 ];
 
-/// The guest options of the main job's VM `name` (a mode name, or `pv-transient`).
+/// The guest options of the main job's VM `name` (a mode name, or `pv-transient`). They keep
+/// `vpm guest`'s defaults otherwise, the ring poller (`--poll-us`) included: the PV VMs persist
+/// through polled rings as a default `vpm guest --mode pv` does.
 fn vm_args(state: &Path, name: &str, mode: ModeArg) -> GuestArgs {
     let mut g = GuestArgs::defaults();
     g.state = state.to_path_buf();

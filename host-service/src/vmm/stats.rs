@@ -127,6 +127,10 @@ pub struct VmStats {
     pub doorbells_suppressed: u64,
     /// Hint entries the ring poller completed without a doorbell.
     pub poller_hints: u64,
+    /// The running ring poller thread's CPU-time clock (`pthread_getcpuclockid`), set while the
+    /// thread runs; read it with [`super::poller::cpu_time`]. Not reported.
+    #[serde(skip)]
+    pub poller_clock: Option<libc::clockid_t>,
 }
 
 #[cfg(test)]

@@ -351,8 +351,23 @@ fn transient(vpm: Vpm, p: &BootParams, hints: Option<&mut Hints>) {
     }
 }
 
-/// Persist latency: `arg[0]` persists of `arg[1]` bytes; values: p50, p99, min cycles, total.
+/// What a [`Workload::PersistLatency`] run times (its `arg[2]`).
+const LAT_PERSIST: u64 = 0;
+/// `arg[2]` = 1: the ring round trip: a NOP entry, which carries no data and which the host
+/// answers without touching guest memory (publish → host sees it → completion seen).
+const LAT_NOP: u64 = 1;
+/// `arg[2]` = 2: the idle job: `arg[0]` persists, a progress exit that opens the idle window,
+/// `arg[3]` TSC cycles of busy computing without hints, a progress exit that closes it, then
+/// `arg[0]` persists again.
+const LAT_IDLE: u64 = 2;
+
+/// Persist latency: `arg[0]` persists of `arg[1]` bytes (or NOP entries, or the idle job: see
+/// `arg[2]` above); values: p50, p99, min cycles, total.
 fn persist_latency(vpm: Vpm, p: &BootParams, h: &mut Hints) {
+    if p.arg[2] == LAT_IDLE {
+        return idle_window(vpm, p, h);
+    }
+    let nop = p.arg[2] == LAT_NOP;
     let n = p.arg[0].clamp(1, SCRATCH_LEN / 8);
     let len = p.arg[1].clamp(8, vpm.size / 2) / 8 * 8;
     let samples = SCRATCH_GPA as *mut u64;
@@ -360,9 +375,16 @@ fn persist_latency(vpm: Vpm, p: &BootParams, h: &mut Hints) {
     let start_all = rdtsc();
     for i in 0..n {
         let off = (i * len.max(PAGE)) % span / 64 * 64;
-        vpm.fill(off, len, |w| i ^ w);
-        let t0 = rdtsc();
-        check_ok("persist", h.persist(vpm.gpa(off), len));
+        let t0 = if nop {
+            let t0 = rdtsc();
+            check_ok("nop", h.call(Op::Nop.code(), 0, 0));
+            t0
+        } else {
+            vpm.fill(off, len, |w| i ^ w);
+            let t0 = rdtsc();
+            check_ok("persist", h.persist(vpm.gpa(off), len));
+            t0
+        };
         // SAFETY: n samples fit in the guest RAM scratch (clamped above).
         unsafe { *samples.add(i as usize) = rdtsc() - t0 };
     }
@@ -375,6 +397,35 @@ fn persist_latency(vpm: Vpm, p: &BootParams, h: &mut Hints) {
     set_value(2, s[0]);
     set_value(3, total);
     set_ops(n);
+}
+
+/// The idle job ([`LAT_IDLE`]): hints, an idle window marked by two progress exits (the host
+/// reads the poller thread's CPU clock at each), hints again. The guest computes during the
+/// window (it cannot halt: HLT ends the test VM); values: cycles of the window.
+fn idle_window(vpm: Vpm, p: &BootParams, h: &mut Hints) {
+    let n = p.arg[0].max(1);
+    let burst = |h: &mut Hints| {
+        for i in 0..n {
+            let off = (i * PAGE) % vpm.size;
+            vpm.write(off, i);
+            check_ok("persist", h.persist(vpm.gpa(off), 64));
+        }
+    };
+    burst(h);
+    progress();
+    let t0 = rdtsc();
+    let mut x = p.seed | 1;
+    while rdtsc() - t0 < p.arg[3] {
+        for _ in 0..1000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        }
+    }
+    let window = rdtsc() - t0;
+    progress();
+    burst(h);
+    set_value(0, window);
+    set_value(1, x);
+    set_ops(2 * n);
 }
 
 /// Exit round trips: `arg[0]` progress-port writes; values: p50, p99, min cycles.
