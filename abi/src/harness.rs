@@ -12,6 +12,34 @@ pub const SHARED_PAGE_GPA: u64 = 0x0092_0000;
 pub const GUEST_LOAD_GPA: u64 = 0x0010_0000;
 /// Top of the guest's stack.
 pub const GUEST_STACK_TOP: u64 = 0x0080_0000;
+/// Most vCPUs a test VM has (`vpm guest --vcpus`).
+pub const MAX_VCPUS: u32 = 8;
+/// Stack bytes of each vCPU: vCPU `i`'s stack top is [`vcpu_stack_top`]`(i)`, below the
+/// bootstrap vCPU's at [`GUEST_STACK_TOP`].
+pub const VCPU_STACK_SIZE: u64 = 0x4_0000;
+
+/// Top of vCPU `index`'s stack (vCPU 0's is [`GUEST_STACK_TOP`]). The VMM enters every vCPU at
+/// the same entry point with its index in RDI, the vCPU count in RSI and RSP just below this.
+pub const fn vcpu_stack_top(index: u32) -> u64 {
+    GUEST_STACK_TOP - index as u64 * VCPU_STACK_SIZE
+}
+/// The shared hint page vCPU `index` registers: one page each from [`SHARED_PAGE_GPA`], so every
+/// vCPU has its own ring and producers never share a cache line.
+pub const fn shared_page_gpa(index: u32) -> u64 {
+    SHARED_PAGE_GPA + index as u64 * crate::PAGE_SIZE
+}
+
+/// The report value in which vCPU `index`'s [`Workload::SeqWriter`] keeps its acknowledged
+/// sequence (the drain witness reads it when that vCPU's ring drains): value 1 for vCPU 0,
+/// `3 + index` for vCPUs 1 to 4, none beyond.
+pub const fn acked_seq_value(index: u32) -> Option<usize> {
+    match index {
+        0 => Some(1),
+        1..=4 => Some(3 + index as usize),
+        _ => None,
+    }
+}
+
 /// Size of guest RAM (slot 0).
 pub const GUEST_RAM_SIZE: u64 = 16 << 20;
 /// Guest-physical base of the vPM region (slot 1).

@@ -7,12 +7,11 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use vm_memory::GuestMemoryMmap;
+use vpm_abi::harness::acked_seq_value;
 
 use super::guest_map::read_report_value;
 use super::VmmError;
 
-/// Report value the guest keeps its acknowledged sequence in.
-const ACKED_SEQ_VALUE: u64 = 1;
 /// Report value the guest keeps its newest complete record in.
 const NEWEST_RECORD_VALUE: u64 = 2;
 
@@ -47,13 +46,22 @@ impl Witnesses {
         })
     }
 
-    /// Appends the guest's acknowledged sequence (report value 1) to the drain witness.
-    pub fn drain(&self, ram: &GuestMemoryMmap) {
+    /// Appends vCPU `vcpu`'s acknowledged sequence (its report value,
+    /// `vpm_abi::harness::acked_seq_value`) to the drain witness: `seq` for vCPU 0, `seq vcpu`
+    /// for the others (vCPUs without such a value are not recorded).
+    pub fn drain(&self, ram: &GuestMemoryMmap, vcpu: u32) {
+        let Some(value) = acked_seq_value(vcpu) else {
+            return;
+        };
         let mut w = self.drain.lock().expect("witness");
         if let Some(f) = w.as_mut() {
-            if let Ok(seq) = read_report_value(ram, ACKED_SEQ_VALUE) {
+            if let Ok(seq) = read_report_value(ram, value as u64) {
                 // A crash test's witness: a lost line only weakens the check, never fakes a pass.
-                let _ = writeln!(f, "{seq}");
+                let _ = if vcpu == 0 {
+                    writeln!(f, "{seq}")
+                } else {
+                    writeln!(f, "{seq} {vcpu}")
+                };
             }
         }
     }
@@ -102,7 +110,7 @@ mod tests {
             .unwrap();
         ram.write_obj(9u64, GuestAddress(REPORT_GPA + values + 16))
             .unwrap();
-        w.drain(&ram);
+        w.drain(&ram, 0);
         w.epoch(&ram, 3);
         assert_eq!(std::fs::read_to_string(&d).unwrap(), "7\n");
         assert_eq!(std::fs::read_to_string(&e).unwrap(), "3 9\n");
