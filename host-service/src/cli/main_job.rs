@@ -161,6 +161,7 @@ fn real_crashes(state_path: &Path) -> Result<Vec<&'static str>, CliError> {
             kill_after_ms: (20, 200),
             vpm_mib: 8,
             poll_us: 0,
+            vcpus: 1,
         };
         match run_trial(&cfg, 0x5eed + i as u64) {
             Ok(r) if r.errors == 0 => {
