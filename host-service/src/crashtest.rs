@@ -257,14 +257,19 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, CrashTestE
 
     let acked_vcpus = acked_per_vcpu(&witness, cfg.vcpus);
     let acked = acked_vcpus.first().copied().unwrap_or(0);
-    let committed = last_committed_record(&epochs);
+    let committed_vcpus = last_committed_records(&epochs);
+    let committed = committed_vcpus.first().copied().unwrap_or(0);
     let mut check = common(cfg, mode);
     let check_args = match cfg.kind {
+        // Each vCPU's log must reach its record of the last witnessed commit.
         TrialKind::FullPrefix => vec![
             "--workload".into(),
             "seq-check".into(),
             "--args".into(),
-            "0".into(),
+            std::iter::once("0".to_string())
+                .chain(committed_vcpus.iter().take(5).map(u64::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
         ],
         TrialKind::PvPersisted => vec![
             "--workload".into(),
@@ -365,17 +370,19 @@ fn wait_for_first_epoch(
     }
 }
 
-/// The record of the last complete line of the epoch witness (`epoch record`), else 0.
-fn last_committed_record(epochs: &Path) -> u64 {
+/// The records of the last complete line of the epoch witness (`epoch record…`, one record per
+/// vCPU), else none.
+fn last_committed_records(epochs: &Path) -> Vec<u64> {
     let text = std::fs::read_to_string(epochs).unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
             let _epoch: u64 = words.next()?.parse().ok()?;
-            words.next()?.parse().ok()
+            let records: Vec<u64> = words.map(str::parse).collect::<Result<_, _>>().ok()?;
+            (!records.is_empty()).then_some(records)
         })
         .next_back()
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 fn child_stderr(child: &mut std::process::Child) -> String {

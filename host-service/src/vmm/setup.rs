@@ -105,7 +105,8 @@ pub fn build_vm(
         .map(|i| vcpu::create(&vm, &cpuid, entry, i, vcpus))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let witnesses = Witnesses::open(spec.witness.as_deref(), spec.epoch_witness.as_deref())?;
+    let witnesses =
+        Witnesses::open(spec.witness.as_deref(), spec.epoch_witness.as_deref())?.for_vcpus(vcpus);
     // Direct modes map every page to its home: "PM" throughout, no DRAM.
     let placements = PagePlacements::new(pages, if spec.mode.tiered() { budget } else { 0 });
     let context = Arc::new(VmContext {

@@ -7,7 +7,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use vpm_abi::harness::{
-    acked_seq_value, BootParams, GuestExit, Workload, CONTROL_PORT, GUEST_STACK_TOP, MAX_VCPUS,
+    BootParams, GuestExit, Workload, CONTROL_PORT, GUEST_STACK_TOP, MAX_VCPUS,
     VCPU_STACK_SIZE,
 };
 use vpm_abi::PAGE_SIZE;
@@ -118,7 +118,7 @@ pub fn share(w: Workload, vpm: Vpm, p: &BootParams, cpu: Cpu) -> Option<(Vpm, Bo
             p.seed ^= i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             p.arg[0] = p.arg[0] / n + u64::from(i < p.arg[0] % n);
         }
-        Workload::SeqCheck if p.arg[0] == 1 => {
+        Workload::SeqCheck => {
             p.arg[1] = p.arg.get(1 + i as usize).copied().unwrap_or(0);
         }
         _ => {}
@@ -126,9 +126,8 @@ pub fn share(w: Workload, vpm: Vpm, p: &BootParams, cpu: Cpu) -> Option<(Vpm, Bo
     Some((part, p))
 }
 
-/// The report values this vCPU's sequence writer keeps: its acknowledged sequence (if the drain
-/// witness can read one for it) and, vCPU 0 only, its newest complete record (epoch witness).
-pub fn seq_values() -> (Option<usize>, Option<usize>) {
-    let me = current();
-    (acked_seq_value(me), (me == 0).then_some(2))
+/// Stores `v` at `gpa` (a word of the report page, e.g. `vpm_abi::harness::seq_words_gpa`).
+pub fn store_word(gpa: u64, v: u64) {
+    // SAFETY: callers pass words of the identity-mapped report page, which only this vCPU writes.
+    unsafe { core::ptr::write_volatile(gpa as *mut u64, v) }
 }

@@ -1,7 +1,7 @@
 //! The workloads the VMM can ask for (see `vpm_abi::harness::Workload`).
 
 use vpm_abi::harness::{
-    seq_record_word, shared_page_gpa, BootParams, Workload, FLAG_PV, FLAG_TRANSIENT_HINTS,
+    seq_record_word, seq_words_gpa, shared_page_gpa, BootParams, Workload, FLAG_PV, FLAG_TRANSIENT_HINTS,
 };
 use vpm_abi::{HintResult, Op};
 
@@ -134,23 +134,19 @@ fn seq_writer(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let slots = vpm.size / REC;
     let limit = p.arg[0];
     let batch = p.arg[1].max(1);
-    // Value 1 and 2 on vCPU 0; SMP: other vCPUs' acknowledged values (`smp::seq_values`).
-    let (acked_value, newest_value) = crate::smp::seq_values();
+    // Report values 1 and 2 on vCPU 0; SMP: each vCPU's own words.
+    let [acked_at, newest_at] = seq_words_gpa(crate::smp::current());
     let mut seq = 0u64;
     loop {
         seq += 1;
         let off = write_record(vpm, slots, seq);
         // The newest complete record: the host's epoch witness reads it while the vCPU is paused.
-        if let Some(v) = newest_value {
-            set_value(v, seq);
-        }
+        crate::smp::store_word(newest_at, seq);
         if let Some(h) = hints.as_deref_mut() {
             h.flush(vpm.gpa(off), REC);
             if seq % batch == 0 {
                 // The host records this value as acknowledged once the drain completes.
-                if let Some(v) = acked_value {
-                    set_value(v, seq);
-                }
+                crate::smp::store_word(acked_at, seq);
                 check_ok("drain", h.drain());
             }
         }
@@ -182,6 +178,10 @@ fn seq_check(vpm: Vpm, p: &BootParams) {
         check_persisted(vpm, slots, k, p.arg[1]);
     } else {
         check_point_in_time(vpm, slots, k);
+        // The last epoch the host witnessed committing held record arg[1] (0: not given).
+        if k < p.arg[1] {
+            guest_error!("recovered to record {k}, older than record {} of the last committed epoch", p.arg[1]);
+        }
     }
     set_ops(slots);
 }
