@@ -121,10 +121,11 @@ fn pthreads<T>(handles: &[std::thread::JoinHandle<T>]) -> Vec<libc::pthread_t> {
         .collect()
 }
 
-/// Stops every vCPU thread for good: raises `stop`, lifts any pause and kicks until all exited.
+/// Stops the vCPU threads `threads` (all that were started) for good: raises `stop`, lifts any
+/// pause and kicks until they have exited.
 fn stop_vcpus(vm: &VmContext, threads: &[libc::pthread_t]) {
     vm.stop.store(true, Ordering::Release);
-    while !vm.pause.all_exited() && !threads.is_empty() {
+    while (vm.pause.exited_count() as usize) < threads.len() {
         vm.pause.resume();
         vm.kick(threads);
         std::thread::sleep(Duration::from_micros(200));
