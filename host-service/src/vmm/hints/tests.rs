@@ -488,3 +488,24 @@ fn each_vcpu_has_its_own_ring() {
     vcpu_doorbell(&mut s, &vm, 2, DoorbellCmd::Ring);
     assert_eq!(vm.stats().doorbell_unknown, 1);
 }
+
+/// Two vCPUs registering at once: their multi-byte REGISTER commands interleave byte by byte, and
+/// each vCPU's decoder still reads its own page.
+#[test]
+fn interleaved_registrations_of_two_vcpus_both_succeed() {
+    let vm = FakeTarget::new(Mode::Pv);
+    let mut s = HintService::with_rings(BASE, SIZE, 2);
+    let _p0 = Producer::prepare(vm.page, ENTRIES, u32::MAX).unwrap();
+    let _p1 = Producer::prepare(vm.second, ENTRIES, u32::MAX).unwrap();
+    let (mut b0, mut b1) = ([0u8; 9], [0u8; 9]);
+    let n0 = encode(DoorbellCmd::Register(SHARED_GPA), &mut b0);
+    let n1 = encode(DoorbellCmd::Register(SHARED_GPA + PAGE_SIZE), &mut b1);
+    assert_eq!(n0, n1);
+    for i in 0..n0 {
+        s.on_vcpu_byte(0, b0[i], &vm).unwrap();
+        s.on_vcpu_byte(1, b1[i], &vm).unwrap();
+    }
+    assert_eq!(vm.page.status(), Some(HeaderStatus::Ok));
+    assert_eq!(vm.second.status(), Some(HeaderStatus::Ok));
+    assert_eq!(vm.stats().registrations_refused, 0);
+}
