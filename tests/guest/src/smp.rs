@@ -7,8 +7,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use vpm_abi::harness::{
-    BootParams, GuestExit, Workload, CONTROL_PORT, GUEST_STACK_TOP, MAX_VCPUS,
-    VCPU_STACK_SIZE,
+    BootParams, GuestExit, Workload, CONTROL_PORT, GUEST_STACK_TOP, MAX_VCPUS, VCPU_STACK_SIZE,
 };
 use vpm_abi::PAGE_SIZE;
 
@@ -51,7 +50,9 @@ impl Cpu {
 pub fn current() -> u32 {
     let sp: u64;
     // SAFETY: reads RSP into a register; no memory access.
-    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
     (GUEST_STACK_TOP.saturating_sub(sp) / VCPU_STACK_SIZE).min(MAX_VCPUS as u64 - 1) as u32
 }
 
