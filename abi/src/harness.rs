@@ -12,6 +12,23 @@ pub const SHARED_PAGE_GPA: u64 = 0x0092_0000;
 pub const GUEST_LOAD_GPA: u64 = 0x0010_0000;
 /// Top of the guest's stack.
 pub const GUEST_STACK_TOP: u64 = 0x0080_0000;
+/// Most vCPUs a test VM has (`vpm guest --vcpus`).
+pub const MAX_VCPUS: u32 = 8;
+/// Stack bytes of each vCPU: vCPU `i`'s stack top is [`vcpu_stack_top`]`(i)`, below the
+/// bootstrap vCPU's at [`GUEST_STACK_TOP`].
+pub const VCPU_STACK_SIZE: u64 = 0x4_0000;
+
+/// Top of vCPU `index`'s stack (vCPU 0's is [`GUEST_STACK_TOP`]). The VMM enters every vCPU at
+/// the same entry point with its index in RDI, the vCPU count in RSI and RSP just below this.
+pub const fn vcpu_stack_top(index: u32) -> u64 {
+    GUEST_STACK_TOP - index as u64 * VCPU_STACK_SIZE
+}
+/// The shared hint page vCPU `index` registers: one page each from [`SHARED_PAGE_GPA`], so every
+/// vCPU has its own ring and producers never share a cache line.
+pub const fn shared_page_gpa(index: u32) -> u64 {
+    SHARED_PAGE_GPA + index as u64 * crate::PAGE_SIZE
+}
+
 /// Size of guest RAM (slot 0).
 pub const GUEST_RAM_SIZE: u64 = 16 << 20;
 /// Guest-physical base of the vPM region (slot 1).
@@ -40,7 +57,9 @@ pub enum Workload {
     SeqWriter = 2,
     /// Check a recovered sequence-numbered image: the report's `values[0]` is the last sequence,
     /// `errors` counts records that break the point-in-time (F1) or persisted-prefix (P1) rule
-    /// (`arg[0]` = 1 for the P1 rule with the acknowledged sequence in `arg[1]`).
+    /// (`arg[0]` = 1 for the P1 rule with the acknowledged sequence in `arg[1]`; for F1 a
+    /// non-zero `arg[1]` is the newest record of the last committed epoch, which the image must
+    /// reach). With more vCPUs each checks its own log, with its value in `arg[1 + index]`.
     SeqCheck = 3,
     /// Random writes (`arg[0]` writes of `arg[1]` bytes, 0 = a whole 4 KiB page; smaller writes
     /// land at a random aligned offset of a random page), persisting each in PV mode.
@@ -132,6 +151,25 @@ pub struct GuestReport {
     /// A short text (panic message, first error).
     pub message: [u8; 256],
 }
+
+/// Guest-physical addresses of vCPU `index`'s two [`Workload::SeqWriter`] words: its
+/// acknowledged sequence (the drain witness reads it when that vCPU's ring drains) and its newest
+/// complete record (the epoch witness reads it at each epoch's pause). vCPU 0 keeps them in report
+/// values 1 and 2; the others in the report page past the [`GuestReport`], 16 bytes each.
+pub const fn seq_words_gpa(index: u32) -> [u64; 2] {
+    if index == 0 {
+        let values = REPORT_GPA + core::mem::offset_of!(GuestReport, values) as u64;
+        [values + 8, values + 16]
+    } else {
+        let base = REPORT_GPA + VCPU_SEQ_WORDS_OFFSET + index as u64 * 16;
+        [base, base + 8]
+    }
+}
+
+/// Where the other vCPUs' sequence-writer words start in the report page.
+const VCPU_SEQ_WORDS_OFFSET: u64 = 0x800;
+const _: () = assert!(core::mem::size_of::<GuestReport>() as u64 <= VCPU_SEQ_WORDS_OFFSET);
+const _: () = assert!(VCPU_SEQ_WORDS_OFFSET + MAX_VCPUS as u64 * 16 <= crate::PAGE_SIZE);
 
 /// Report state: running.
 pub const REPORT_RUNNING: u32 = 1;

@@ -1,7 +1,7 @@
 //! `vpm-bench`: benchmark commands (not tests). Each prints its figures and the floors they are
 //! compared with, measured side by side in the same run, and writes JSON under `--out`.
 //!
-//! Usage: `vpm-bench suite|pm-core|libpmem|ext4 [--out DIR] [--quick]`; `suite` also takes `--check`
+//! Usage: `vpm-bench suite|pm-core|libpmem|ext4|heat|smp [--out DIR] [--quick]`; `suite` also takes `--check`
 //! (exit 1 when a target is missed) and `--vmx-exit-us US` (the VMX projection's exit cost).
 
 mod ext4cmp;
@@ -38,6 +38,9 @@ enum Bench {
     /// ext4 in a Linux guest (TCG): virtio-pmem against VPM full-virt and the VPM block device —
     /// host bytes made durable and host time per fsync, guest fsync latency.
     Ext4(ext4cmp::Ext4Args),
+    /// PV KV puts and log appends at 1, 2 and 4 vCPUs (one ring per vCPU), polled and with
+    /// doorbells: smp.json.
+    Smp(Common),
     /// Only the suite's heat benchmarks (full-virt consolidation, DRAM absorption, write
     /// amplification, shared DRAM budget against static shares): heat.json.
     Heat(Common),
@@ -123,6 +126,9 @@ fn main() {
         Bench::Libpmem(c) => libpmem::run(&c.out, c.quick)
             .map(|()| 0)
             .map_err(Into::into),
+        Bench::Smp(a) => suite::run_smp(&a.out, a.quick)
+            .map(|_| 0)
+            .map_err(BenchError::from),
         Bench::Heat(a) => suite::run_heat(&a.out, a.quick)
             .map(|()| 0)
             .map_err(BenchError::from),

@@ -90,6 +90,9 @@ pub struct TrialConfig {
     pub vpm_mib: u64,
     /// The writer's `--poll-us` (0: no ring poller).
     pub poll_us: u64,
+    /// vCPUs of the writer and the checker (`--vcpus`): one sequence log per vCPU slice of vPM,
+    /// each checked; the witnesses describe vCPU 0's, and the drain witness vCPUs 1 to 4's too.
+    pub vcpus: u32,
 }
 
 /// What a trial found.
@@ -99,8 +102,10 @@ pub struct TrialResult {
     pub killed_after_ms: u64,
     /// The checker's newest sequence (F1/P1) or pages checked (P3).
     pub found: u64,
-    /// The acknowledged sequence from the witness (P1), else 0.
+    /// The acknowledged sequence from the witness (P1), else 0 (vCPU 0's with more vCPUs).
     pub acked: u64,
+    /// The acknowledged sequence of each vCPU from the witness (P1; vCPUs past 4 have none).
+    pub acked_vcpus: Vec<u64>,
     /// The newest record in the last epoch the host committed before the kill, from the epoch
     /// witness (F1: recovery must not go back past it).
     pub committed: u64,
@@ -127,6 +132,8 @@ fn common(cfg: &TrialConfig, mode: &str) -> Vec<String> {
         "4",
         "--pool-mib",
         "48",
+        "--vcpus",
+        &cfg.vcpus.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -248,24 +255,30 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, CrashTestE
     let _ = child.wait();
     let killed_after_ms = started.elapsed().as_millis() as u64;
 
-    let acked = std::fs::read_to_string(&witness)
-        .ok()
-        .and_then(|w| w.lines().filter_map(|l| l.trim().parse::<u64>().ok()).max())
-        .unwrap_or(0);
-    let committed = last_committed_record(&epochs);
+    let acked_vcpus = acked_per_vcpu(&witness, cfg.vcpus);
+    let acked = acked_vcpus.first().copied().unwrap_or(0);
+    let committed_vcpus = last_committed_records(&epochs);
+    let committed = committed_vcpus.first().copied().unwrap_or(0);
     let mut check = common(cfg, mode);
     let check_args = match cfg.kind {
+        // Each vCPU's log must reach its record of the last witnessed commit.
         TrialKind::FullPrefix => vec![
             "--workload".into(),
             "seq-check".into(),
             "--args".into(),
-            "0".into(),
+            std::iter::once("0".to_string())
+                .chain(committed_vcpus.iter().take(5).map(u64::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
         ],
         TrialKind::PvPersisted => vec![
             "--workload".into(),
             "seq-check".into(),
             "--args".into(),
-            format!("1,{acked}"),
+            std::iter::once("1".to_string())
+                .chain(acked_vcpus.iter().map(u64::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
         ],
         TrialKind::PvTransient => vec![
             "--workload".into(),
@@ -300,11 +313,34 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, CrashTestE
         killed_after_ms,
         found,
         acked,
+        acked_vcpus,
         committed,
         errors,
         message,
         recover_ms,
     })
+}
+
+/// Each vCPU's newest acknowledged sequence in the drain witness (lines `seq` for vCPU 0,
+/// `seq vcpu` for the others; a torn last line is ignored); 0 for a vCPU without one.
+fn acked_per_vcpu(witness: &Path, vcpus: u32) -> Vec<u64> {
+    let mut acked = vec![0u64; vcpus.clamp(1, 5) as usize];
+    let text = std::fs::read_to_string(witness).unwrap_or_default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(Ok(seq)) = words.next().map(str::parse::<u64>) else {
+            continue;
+        };
+        let vcpu = match words.next().map(str::parse::<usize>) {
+            None => 0,
+            Some(Ok(v)) => v,
+            Some(Err(_)) => continue,
+        };
+        if let Some(a) = acked.get_mut(vcpu) {
+            *a = (*a).max(seq);
+        }
+    }
+    acked
 }
 
 /// Waits until the writer's host has committed its first epoch (a line in the epoch witness).
@@ -334,17 +370,19 @@ fn wait_for_first_epoch(
     }
 }
 
-/// The record of the last complete line of the epoch witness (`epoch record`), else 0.
-fn last_committed_record(epochs: &Path) -> u64 {
+/// The records of the last complete line of the epoch witness (`epoch record…`, one record per
+/// vCPU), else none.
+fn last_committed_records(epochs: &Path) -> Vec<u64> {
     let text = std::fs::read_to_string(epochs).unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
             let _epoch: u64 = words.next()?.parse().ok()?;
-            words.next()?.parse().ok()
+            let records: Vec<u64> = words.map(str::parse).collect::<Result<_, _>>().ok()?;
+            (!records.is_empty()).then_some(records)
         })
         .next_back()
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 fn child_stderr(child: &mut std::process::Child) -> String {

@@ -24,6 +24,7 @@ fn config(kind: TrialKind, name: &str, kill_after_ms: (u64, u64)) -> TrialConfig
         kill_after_ms,
         vpm_mib: 8,
         poll_us: 0,
+        vcpus: 1,
     }
 }
 

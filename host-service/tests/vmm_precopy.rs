@@ -123,6 +123,7 @@ fn precopy_epochs_recover_one_epoch_image_after_kill_9() {
         kill_after_ms: (10, 200),
         vpm_mib: 8,
         poll_us: 0,
+        vcpus: 1,
     };
     for i in 0..30 {
         let r = run_trial(&cfg, 0x9c0 + i)

@@ -8,6 +8,7 @@ mod pvpoll;
 mod report;
 mod report_heat;
 mod serve_dram;
+mod smp;
 mod svg;
 mod targets;
 mod vm;
@@ -23,6 +24,7 @@ use vpm_host::pm::PmDevice;
 use vpm_host::vmm::Mode;
 
 pub use error::SuiteError;
+pub use smp::run_smp;
 pub use targets::{missed, Target};
 use vm::{run_alone, Job};
 

@@ -82,6 +82,8 @@ pub struct Job {
     pub transient: bool,
     /// Ring poller window in µs (0: doorbell only).
     pub poll_us: u64,
+    /// vCPUs (one writer and one hint ring each in the workloads that split).
+    pub vcpus: u32,
 }
 
 impl Job {
@@ -101,6 +103,7 @@ impl Job {
             hints: matches!(mode, Mode::Pv | Mode::Msync),
             transient: false,
             poll_us: 0,
+            vcpus: 1,
         }
     }
 }
@@ -166,6 +169,7 @@ pub fn run_controlled(
         poll_us: job.poll_us,
         // Stop-and-commit: pre-copy epochs cost throughput on PVM (docs/costs.md §5).
         precopy_rounds: None,
+        vcpus: job.vcpus,
     };
     let out = run_vm_controlled(&spec, pool.clone(), tenant, control).map_err(|source| {
         SuiteError::Vm {

@@ -156,6 +156,12 @@ pub struct GuestArgs {
           env = "VPM_PRECOPY_ROUNDS",
           value_parser = clap::value_parser!(u32).range(0..=16))]
     pub precopy_rounds: u32,
+    /// vCPUs (KVM front), one host thread and one hint ring each. The KV and log workloads
+    /// split vPM and their operations between the vCPUs, the sequence writer and checker run one
+    /// log per vCPU slice; the other workloads run on vCPU 0 alone.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=vpm_abi::harness::MAX_VCPUS as i64))]
+    pub vcpus: u32,
 }
 
 /// Parses guest options alone (for [`GuestArgs::defaults`]).
@@ -349,6 +355,7 @@ pub fn spec_for(o: &GuestArgs) -> VmSpec {
         doorbell: o.doorbell.into(),
         poll_us: o.poll_us,
         precopy_rounds: bool::from(o.precopy).then_some(o.precopy_rounds),
+        vcpus: o.vcpus,
     }
 }
 

@@ -29,8 +29,9 @@ const MODES: [(&str, &str); 5] = [
 /// The guest options of the main job's VM `name` (a mode name, or `pv-transient`). They keep
 /// `vpm guest`'s defaults otherwise, the ring poller (`--poll-us`) included: the PV VMs persist
 /// through polled rings as a default `vpm guest --mode pv` does.
-fn vm_args(state: &Path, name: &str, mode: ModeArg) -> GuestArgs {
+fn vm_args(state: &Path, name: &str, mode: ModeArg, vcpus: u32) -> GuestArgs {
     let mut g = GuestArgs::defaults();
+    g.vcpus = vcpus;
     g.state = state.to_path_buf();
     g.vm = name.to_string();
     g.mode = Some(mode);
@@ -49,8 +50,9 @@ fn vm_args(state: &Path, name: &str, mode: ModeArg) -> GuestArgs {
 }
 
 /// Runs the main job in the state directory `state` (reset first); fails if any guest failed or
-/// reported data errors, after the table and the JSON are out.
-pub fn run(state_path: &Path) -> Result<(), CliError> {
+/// reported data errors, after the table and the JSON are out. Every VM and crash trial has
+/// `vcpus` vCPUs.
+pub fn run(state_path: &Path, vcpus: u32) -> Result<(), CliError> {
     let state = StateDir::open(state_path)?;
     state.reset()?;
     println!(
@@ -79,7 +81,7 @@ pub fn run(state_path: &Path) -> Result<(), CliError> {
             "full" => ModeArg::Full,
             _ => ModeArg::Pv,
         };
-        let (out, js) = run_on(&vm_args(state_path, name, mode), &pool)?;
+        let (out, js) = run_on(&vm_args(state_path, name, mode, vcpus), &pool)?;
         let s = &out.stats;
         let secs = out.elapsed.as_secs_f64();
         let written = if matches!(mode, ModeArg::Direct | ModeArg::Msync) {
@@ -116,7 +118,7 @@ pub fn run(state_path: &Path) -> Result<(), CliError> {
             source,
         })?;
     println!("\nper-mode JSON (with every counter): {}", path.display());
-    bad.extend(real_crashes(state_path)?);
+    bad.extend(real_crashes(state_path, vcpus)?);
     if !bad.is_empty() {
         return Err(CliError::MainJobErrors {
             vms: bad.join(", "),
@@ -130,7 +132,7 @@ pub fn run(state_path: &Path) -> Result<(), CliError> {
 /// restarted on the same pool to recover, and its checker judges the image against the witness
 /// (the host's record of committed epochs and acknowledged drains, kept outside the pool).
 /// Returns the trials that found errors (each printed).
-fn real_crashes(state_path: &Path) -> Result<Vec<&'static str>, CliError> {
+fn real_crashes(state_path: &Path, vcpus: u32) -> Result<Vec<&'static str>, CliError> {
     let vpm = std::env::current_exe().map_err(CliError::Exe)?;
     let dir = state_path.with_extension("crash");
     println!(
@@ -163,6 +165,7 @@ fn real_crashes(state_path: &Path) -> Result<Vec<&'static str>, CliError> {
             kill_after_ms: (20, 200),
             vpm_mib: 8,
             poll_us: 0,
+            vcpus,
         };
         match run_trial(&cfg, 0x5eed + i as u64) {
             Ok(r) if r.errors == 0 => {

@@ -65,6 +65,10 @@ pub struct RunArgs {
         default_value = "/dev/shm/vpm-main"
     )]
     pub state: PathBuf,
+    /// vCPUs of every VM (`vpm guest --vcpus`).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=vpm_abi::harness::MAX_VCPUS as i64))]
+    pub vcpus: u32,
 }
 
 /// Errors of `vpm` commands.
@@ -190,7 +194,7 @@ pub use vpm_host::error_chain;
 /// Runs the command line `cli` describes.
 pub fn main(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Some(Command::Run(a)) => main_job::run(&a.state),
+        Some(Command::Run(a)) => main_job::run(&a.state, a.vcpus),
         Some(Command::Guest(a)) => guest::run(&a),
         Some(Command::PoolInfo(a)) => pool_info::run(&a),
         Some(Command::Qemu(a)) => qemu::run(&a),

@@ -46,6 +46,10 @@ pub struct SoakArgs {
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub poll_us: u64,
+    /// vCPUs of the writers and checkers (`vpm guest --vcpus`): one sequence log per vCPU.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=vpm_abi::harness::MAX_VCPUS as i64))]
+    pub vcpus: u32,
 }
 
 /// Runs the soak; fails if any trial failed.
@@ -75,6 +79,7 @@ pub fn run(a: &SoakArgs) -> Result<(), CliError> {
             kill_after_ms: (lo, hi),
             vpm_mib: 8,
             poll_us: a.poll_us,
+            vcpus: a.vcpus,
         };
         let mut worst_recover = 0;
         for i in 0..a.trials {

@@ -463,6 +463,7 @@ impl VmConfig {
             doorbell: DoorbellKind::Exit,
             poll_us: 0,
             precopy_rounds: None,
+            vcpus: self.vcpus,
         }
     }
 }

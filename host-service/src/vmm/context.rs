@@ -62,6 +62,8 @@ pub struct VmContext {
     /// Feature bits granted to the guest.
     pub features: u32,
     pub(super) pause: PauseGate,
+    /// vCPUs (one host thread and one hint ring each).
+    pub vcpus: u32,
     pub(super) stop: AtomicBool,
     pub(super) witnesses: Witnesses,
     /// vPM mapping, placements and writable set. Lock order: state, then pool, then stats.
@@ -106,14 +108,23 @@ impl HintTarget for VmContext {
         VmContext::set_transient(self, range, on)
     }
 
-    /// The only vCPU waits in the exit, so nothing runs meanwhile.
+    /// With one vCPU, it waits in the exit, so nothing runs meanwhile. With more, the others
+    /// would run on through the epoch: not supported (epochs come from the controller, which
+    /// pauses every vCPU).
     fn request_epoch(&self) -> Result<HintResult, VmmError> {
+        if self.vcpus > 1 {
+            return Ok(HintResult::NotSupported);
+        }
         self.take_epoch()?;
         Ok(HintResult::Ok)
     }
 
     fn witness_drain(&self) {
-        self.witnesses.drain(&self.ram)
+        self.witnesses.drain(&self.ram, 0)
+    }
+
+    fn witness_drain_ring(&self, ring: usize) {
+        self.witnesses.drain(&self.ram, ring as u32)
     }
 }
 
@@ -238,10 +249,13 @@ impl VmContext {
         &self.memslots
     }
 
-    /// Kicks the vCPU thread out of KVM_RUN.
-    pub(super) fn kick(&self, thread: libc::pthread_t) {
-        // SAFETY: pthread_kill on the vCPU thread, which is alive while the controller runs
-        // (the controller joins it only after it exits); the signal's handler does nothing.
-        unsafe { libc::pthread_kill(thread, pause::kick_signal()) };
+    /// Kicks the vCPU threads out of KVM_RUN.
+    pub(super) fn kick(&self, threads: &[libc::pthread_t]) {
+        for &thread in threads {
+            // SAFETY: pthread_kill on a vCPU thread, which is not joined (its pthread_t stays
+            // valid) while the controller runs (the controller joins the vCPU threads only after
+            // they exit); the signal's handler does nothing.
+            unsafe { libc::pthread_kill(thread, pause::kick_signal()) };
+        }
     }
 }

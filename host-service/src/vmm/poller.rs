@@ -1,5 +1,5 @@
 //! The ring poller (polled rings, ABI 1.1 feature `POLLED`): a host thread per VM that keeps
-//! polling the hint ring while hints arrive, so the guest publishes without a doorbell exit.
+//! polling the hint rings (one per vCPU) while hints arrive, so the guest publishes without a doorbell exit.
 //!
 //! Cycle: block on the RING ioeventfd → announce POLLING, serve the ring → poll `produced`,
 //! serving every batch, until nothing arrived for `poll` → announce SLEEPING and re-check
@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
-use vpm_abi::proto::doorbell::CMD_RING;
 use vpm_abi::SleepCheck;
 
 use super::{VmContext, VmmError};
@@ -73,7 +72,7 @@ fn poll_loop(
         {
             let mut hints = vm.hints.lock().expect("hints");
             hints.wake();
-            hints.on_byte(CMD_RING, vm)?;
+            hints.on_ring_doorbell(vm)?;
         }
         let mut idle_since = Instant::now();
         loop {

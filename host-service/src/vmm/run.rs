@@ -1,5 +1,6 @@
-//! Running a built VM: the vCPU loop, the ring thread of ioeventfd doorbells, the controller
-//! (periodic epochs, forced migrations, the time limit), and collecting the outcome.
+//! Running a built VM: one thread per vCPU, the ring thread of ioeventfd doorbells, the
+//! controller (periodic epochs, forced migrations, the time limit; every pause stops all vCPUs),
+//! and collecting the outcome.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -33,12 +34,12 @@ pub fn run_vm_controlled(
     tenant: u32,
     control: &VmControl,
 ) -> Result<VmOutcome, VmmError> {
-    let (vm, vcpu) = build_vm(spec, pool, tenant)?;
+    let (vm, vcpus) = build_vm(spec, pool, tenant)?;
     if vm.precopy.is_some() {
         super::precopy::keep_freed_memory();
     }
     control.set_running(Some(vm.clone()));
-    let r = run_built(spec, vm, vcpu, control);
+    let r = run_built(spec, vm, vcpus, control);
     control.set_running(None);
     control.set_parked(false);
     r
@@ -47,7 +48,7 @@ pub fn run_vm_controlled(
 fn run_built(
     spec: &VmSpec,
     vm: Arc<VmContext>,
-    vcpu: VcpuFd,
+    vcpus: Vec<VcpuFd>,
     control: &VmControl,
 ) -> Result<VmOutcome, VmmError> {
     let start = Instant::now();
@@ -56,26 +57,50 @@ fn run_built(
     } else {
         None
     };
-    let vcpu_vm = vm.clone();
-    let handle = std::thread::Builder::new()
-        .name("vpm-vcpu0".into())
-        .spawn(move || vcpu_loop(vcpu, &vcpu_vm))
-        .map_err(|source| VmmError::SpawnThread {
-            thread: "vCPU",
-            source,
-        })?;
-    let thread = std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle);
-    let controlled = control_loop(spec, &vm, thread, start, control);
-    // Whatever the controller ended with, the vCPU thread must stop before it can be joined.
-    vm.stop.store(true, Ordering::Release);
-    while !vm.pause.has_exited() {
-        vm.pause.resume();
-        vm.kick(thread);
-        std::thread::sleep(Duration::from_micros(200));
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for (index, vcpu) in vcpus.into_iter().enumerate() {
+        let vcpu_vm = vm.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vpm-vcpu{index}"))
+            .spawn(move || vcpu_loop(vcpu, &vcpu_vm, index))
+            .map_err(|source| VmmError::SpawnThread {
+                thread: "vCPU",
+                source,
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // The vCPUs already running must stop before the error returns.
+                let threads = pthreads(&handles);
+                stop_vcpus(&vm, &threads);
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(e);
+            }
+        }
     }
-    let exit = handle
-        .join()
-        .map_err(|_| VmmError::ThreadPanicked("vCPU"))??;
+    let threads = pthreads(&handles);
+    let controlled = control_loop(spec, &vm, &threads, start, control);
+    // Whatever the controller ended with, the vCPU threads must stop before they can be joined.
+    stop_vcpus(&vm, &threads);
+    // The VM's exit: the first error, else a failure on any vCPU, else vCPU 0's.
+    let mut exit = None;
+    let mut error = None;
+    for (index, h) in handles.into_iter().enumerate() {
+        match h.join().map_err(|_| VmmError::ThreadPanicked("vCPU"))? {
+            Ok(k) if index == 0 => exit = exit.or(Some(k)),
+            Ok(ExitKind::Failed) => exit = Some(ExitKind::Failed),
+            Ok(_) => {}
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let exit = exit.unwrap_or(ExitKind::Stopped);
     if let Some((evt, t)) = ring_thread {
         let _ = evt.write(1);
         t.join().map_err(|_| VmmError::ThreadPanicked("hint"))??;
@@ -86,6 +111,25 @@ fn run_built(
     }
     let elapsed = start.elapsed();
     finish(&vm, exit, elapsed)
+}
+
+/// The pthread ids of the vCPU threads (valid until they are joined).
+fn pthreads<T>(handles: &[std::thread::JoinHandle<T>]) -> Vec<libc::pthread_t> {
+    handles
+        .iter()
+        .map(std::os::unix::thread::JoinHandleExt::as_pthread_t)
+        .collect()
+}
+
+/// Stops the vCPU threads `threads` (all that were started) for good: raises `stop`, lifts any
+/// pause and kicks until they have exited.
+fn stop_vcpus(vm: &VmContext, threads: &[libc::pthread_t]) {
+    vm.stop.store(true, Ordering::Release);
+    while (vm.pause.exited_count() as usize) < threads.len() {
+        vm.pause.resume();
+        vm.kick(threads);
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 type RingThread = (Arc<EventFd>, std::thread::JoinHandle<Result<(), VmmError>>);
@@ -110,7 +154,7 @@ fn spawn_ring_thread(vm: &Arc<VmContext>, poll: Option<Duration>) -> Result<Ring
                 if vm.stop.load(Ordering::Acquire) {
                     return Ok(());
                 }
-                vm.hints.lock().expect("hints").on_byte(CMD_RING, &*vm)?;
+                vm.hints.lock().expect("hints").on_ring_doorbell(&*vm)?;
             }
         })
         .map_err(|source| VmmError::SpawnThread {
@@ -137,14 +181,22 @@ fn unexpected(exit: &VcpuExit) -> VmmError {
     VmmError::UnexpectedExit { exit, addr }
 }
 
-/// The vCPU thread: runs the guest and serves its exits.
-fn vcpu_loop(mut vcpu: VcpuFd, vm: &VmContext) -> Result<ExitKind, VmmError> {
-    let result = loop {
+/// vCPU `index`'s thread: runs the guest and serves its exits. vCPU 0's stop ends the VM; another
+/// vCPU's `Done` ends only its own thread (it finished its share), a failure or error ends the VM.
+fn vcpu_loop(vcpu: VcpuFd, vm: &VmContext, index: usize) -> Result<ExitKind, VmmError> {
+    let result = run_vcpu(vcpu, vm, index);
+    let ends_vm = index == 0 || !matches!(result, Ok(ExitKind::Done));
+    vm.pause.exited(ends_vm);
+    result
+}
+
+fn run_vcpu(mut vcpu: VcpuFd, vm: &VmContext, index: usize) -> Result<ExitKind, VmmError> {
+    loop {
         if vm.pause.requested() {
             vm.pause.park();
         }
         if vm.stop.load(Ordering::Acquire) {
-            break Ok(ExitKind::Stopped);
+            return Ok(ExitKind::Stopped);
         }
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
@@ -153,11 +205,11 @@ fn vcpu_loop(mut vcpu: VcpuFd, vm: &VmContext) -> Result<ExitKind, VmmError> {
                     DOORBELL_PORT => {
                         let mut hints = vm.hints.lock().expect("hints");
                         for &b in data {
-                            hints.on_byte(b, vm)?;
+                            hints.on_vcpu_byte(index, b, vm)?;
                         }
                     }
                     CONTROL_PORT => {
-                        break Ok(if data.first() == Some(&(GuestExit::Done as u8)) {
+                        return Ok(if data.first() == Some(&(GuestExit::Done as u8)) {
                             ExitKind::Done
                         } else {
                             ExitKind::Failed
@@ -175,13 +227,11 @@ fn vcpu_loop(mut vcpu: VcpuFd, vm: &VmContext) -> Result<ExitKind, VmmError> {
                 });
             }
             Ok(VcpuExit::Intr) => {}
-            Ok(other) => break Err(unexpected(&other)),
+            Ok(other) => return Err(unexpected(&other)),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-            Err(e) => break Err(VmmError::Run(e)),
+            Err(e) => return Err(VmmError::Run(e)),
         }
-    };
-    vm.pause.exited();
-    result
+    }
 }
 
 /// When the pre-copy rounds of an epoch run: evenly spread over the last quarter of the
@@ -213,12 +263,12 @@ impl RoundClock {
 fn control_loop(
     spec: &VmSpec,
     vm: &VmContext,
-    thread: libc::pthread_t,
+    threads: &[libc::pthread_t],
     start: Instant,
     control: &VmControl,
 ) -> Result<(), VmmError> {
     let tick = Duration::from_millis(1);
-    // Whether the operator's hold has the vCPU parked.
+    // Whether the operator's hold has the vCPUs parked.
     let mut holding = false;
     let mut next_epoch = spec.epoch_interval.map(|d| start + d);
     let mut next_migrate = spec.migrate_interval.map(|d| start + d);
@@ -244,7 +294,7 @@ fn control_loop(
                 control.set_parked(false);
                 vm.pause.resume();
                 holding = false;
-            } else if vm.pause.pause(|| vm.kick(thread)) {
+            } else if vm.pause.pause(|| vm.kick(threads)) {
                 holding = true;
                 control.set_parked(true);
             } else {
@@ -267,7 +317,7 @@ fn control_loop(
             }
             continue;
         }
-        if !vm.pause.pause(|| vm.kick(thread)) {
+        if !vm.pause.pause(|| vm.kick(threads)) {
             return Ok(());
         }
         let r = (|| -> Result<Option<StoppedEpoch>, VmmError> {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VcpuFd;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vpm_abi::harness::MAX_VCPUS;
 use vpm_abi::PAGE_SIZE;
 
 use super::context::{VmContext, VpmState};
@@ -35,12 +36,13 @@ const RAM_SLOT: u32 = 0;
 /// vPM's memslot.
 const VPM_SLOT: u32 = 1;
 
-/// Builds the VM for `spec` on `pool`'s tenant `tenant`: its context, and vCPU 0 ready to run.
+/// Builds the VM for `spec` on `pool`'s tenant `tenant`: its context, and its vCPUs (vCPU 0
+/// first) ready to run.
 pub fn build_vm(
     spec: &VmSpec,
     pool: Arc<Mutex<Pool>>,
     tenant: u32,
-) -> Result<(Arc<VmContext>, VcpuFd), VmmError> {
+) -> Result<(Arc<VmContext>, Vec<VcpuFd>), VmmError> {
     pause::install_kick_handler().map_err(VmmError::KickHandler)?;
     let kvm = kvm::open_kvm()?;
     let vm = Arc::new(kvm.create_vm().map_err(VmmError::CreateVm)?);
@@ -98,13 +100,21 @@ pub fn build_vm(
         )?
     };
     let cpuid = kvm::supported_cpuid(&kvm)?;
-    let vcpu = vcpu::create(&vm, &cpuid, entry)?;
+    let vcpus = spec.vcpus.clamp(1, MAX_VCPUS);
+    let vcpu_fds = (0..vcpus)
+        .map(|i| vcpu::create(&vm, &cpuid, entry, i, vcpus))
+        .collect::<Result<Vec<_>, _>>()?;
 
-    let witnesses = Witnesses::open(spec.witness.as_deref(), spec.epoch_witness.as_deref())?;
+    let witnesses =
+        Witnesses::open(spec.witness.as_deref(), spec.epoch_witness.as_deref())?.for_vcpus(vcpus);
     // Direct modes map every page to its home: "PM" throughout, no DRAM.
     let placements = PagePlacements::new(pages, if spec.mode.tiered() { budget } else { 0 });
     let context = Arc::new(VmContext {
-        hints: Mutex::new(HintService::new(VPM_BASE_GPA, vpm_size)),
+        hints: Mutex::new(HintService::with_rings(
+            VPM_BASE_GPA,
+            vpm_size,
+            vcpus as usize,
+        )),
         precopy: (spec.precopy() && dirty.is_some()).then(|| Mutex::new(Staging::new(pages))),
         dirty,
         memslots: vec![ram_slot, vpm_slot],
@@ -118,7 +128,8 @@ pub fn build_vm(
             ..VmStats::default()
         }),
         features: spec.hint_features(),
-        pause: PauseGate::default(),
+        pause: PauseGate::new(vcpus),
+        vcpus,
         stop: AtomicBool::new(false),
         witnesses,
         state: Mutex::new(VpmState {
@@ -135,7 +146,7 @@ pub fn build_vm(
         }),
         ram,
     });
-    Ok((context, vcpu))
+    Ok((context, vcpu_fds))
 }
 
 /// Loads the test guest into guest RAM; returns its entry point.

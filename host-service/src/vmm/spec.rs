@@ -44,6 +44,8 @@ pub struct VmSpec {
     /// `Some(n)` = `n` pre-copy rounds while the vCPU runs before each stop, a pause that only
     /// copies what is dirty at the stop, and the commit after the vCPU resumed.
     pub precopy_rounds: Option<u32>,
+    /// vCPUs (1 to `vpm_abi::harness::MAX_VCPUS`), one host thread and one hint ring each.
+    pub vcpus: u32,
 }
 
 impl VmSpec {

@@ -95,6 +95,8 @@ pub struct VmStats {
     pub hints_served: u64,
     /// Hint entries refused, plus header faults.
     pub hints_rejected: u64,
+    /// Hint entries completed per ring (ring `i` is vCPU `i`'s).
+    pub ring_hints: Vec<u64>,
     /// Doorbell RING commands.
     pub doorbells: u64,
     /// Doorbell bytes that were no command.

@@ -7,20 +7,24 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use vm_memory::GuestMemoryMmap;
+use vpm_abi::harness::seq_words_gpa;
 
-use super::guest_map::read_report_value;
 use super::VmmError;
-
-/// Report value the guest keeps its acknowledged sequence in.
-const ACKED_SEQ_VALUE: u64 = 1;
-/// Report value the guest keeps its newest complete record in.
-const NEWEST_RECORD_VALUE: u64 = 2;
+use vm_memory::{Bytes, GuestAddress};
 
 /// The open witness files of one VM (either may be absent).
 #[derive(Debug, Default)]
 pub struct Witnesses {
     drain: Mutex<Option<File>>,
     epoch: Mutex<Option<File>>,
+    /// vCPUs whose sequence words the epoch witness records.
+    vcpus: u32,
+}
+
+/// vCPU `vcpu`'s sequence-writer word `which` (0: acknowledged, 1: newest complete record).
+fn seq_word(ram: &GuestMemoryMmap, vcpu: u32, which: usize) -> Option<u64> {
+    ram.read_obj::<u64>(GuestAddress(seq_words_gpa(vcpu)[which]))
+        .ok()
 }
 
 /// Opens a witness file for appending.
@@ -44,34 +48,58 @@ impl Witnesses {
         Ok(Witnesses {
             drain: Mutex::new(open(drain)?),
             epoch: Mutex::new(open(epoch)?),
+            vcpus: 1,
         })
     }
 
-    /// Appends the guest's acknowledged sequence (report value 1) to the drain witness.
-    pub fn drain(&self, ram: &GuestMemoryMmap) {
+    /// The same witnesses for a VM of `vcpus` vCPUs: each epoch line records every vCPU's
+    /// newest complete record.
+    pub fn for_vcpus(self, vcpus: u32) -> Witnesses {
+        Witnesses {
+            vcpus: vcpus.max(1),
+            ..self
+        }
+    }
+
+    /// Appends vCPU `vcpu`'s acknowledged sequence (`vpm_abi::harness::seq_words_gpa`) to the
+    /// drain witness: `seq` for vCPU 0, `seq vcpu` for the others.
+    pub fn drain(&self, ram: &GuestMemoryMmap, vcpu: u32) {
         let mut w = self.drain.lock().expect("witness");
         if let Some(f) = w.as_mut() {
-            if let Ok(seq) = read_report_value(ram, ACKED_SEQ_VALUE) {
+            if let Some(seq) = seq_word(ram, vcpu, 0) {
                 // A crash test's witness: a lost line only weakens the check, never fakes a pass.
-                let _ = writeln!(f, "{seq}");
+                let _ = if vcpu == 0 {
+                    writeln!(f, "{seq}")
+                } else {
+                    writeln!(f, "{seq} {vcpu}")
+                };
             }
         }
     }
 
-    /// Appends `epoch record` to the epoch witness: the guest's newest complete record (report
-    /// value 2), read while the vCPU is paused, is in the image epoch `epoch` committed.
+    /// Appends `epoch record…` to the epoch witness: every vCPU's newest complete record, read
+    /// while the vCPUs are paused, is in the image epoch `epoch` committed.
     pub fn epoch(&self, ram: &GuestMemoryMmap, epoch: u64) {
-        let record = self.epoch_record(ram);
-        self.write_epoch(epoch, record);
+        let mut w = self.epoch.lock().expect("epoch witness");
+        let Some(f) = w.as_mut() else {
+            return;
+        };
+        let records: Option<Vec<String>> = (0..self.vcpus.max(1))
+            .map(|v| seq_word(ram, v, 1).map(|r| r.to_string()))
+            .collect();
+        if let Some(records) = records {
+            // A crash test's witness: a lost line only weakens the check, never fakes a pass.
+            let _ = writeln!(f, "{epoch} {}", records.join(" "));
+        }
     }
 
-    /// The guest's newest complete record (report value 2), read at an epoch's stop when an
-    /// epoch witness is open (pre-copy epochs commit after the vCPU resumed).
+    /// vCPU 0's newest complete record, read at an epoch's stop when an epoch witness is open
+    /// (pre-copy epochs commit after the vCPUs resumed; their lines record vCPU 0 only).
     pub fn epoch_record(&self, ram: &GuestMemoryMmap) -> Option<u64> {
         if self.epoch.lock().expect("epoch witness").is_none() {
             return None;
         }
-        read_report_value(ram, NEWEST_RECORD_VALUE).ok()
+        seq_word(ram, 0, 1)
     }
 
     /// Appends `epoch record` to the epoch witness once epoch `epoch` has committed.
@@ -87,7 +115,6 @@ impl Witnesses {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress};
     use vpm_abi::harness::{GUEST_RAM_SIZE, REPORT_GPA};
 
     #[test]
@@ -102,10 +129,29 @@ mod tests {
             .unwrap();
         ram.write_obj(9u64, GuestAddress(REPORT_GPA + values + 16))
             .unwrap();
-        w.drain(&ram);
+        w.drain(&ram, 0);
         w.epoch(&ram, 3);
         assert_eq!(std::fs::read_to_string(&d).unwrap(), "7\n");
         assert_eq!(std::fs::read_to_string(&e).unwrap(), "3 9\n");
+    }
+
+    #[test]
+    fn lines_carry_every_vcpus_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, e) = (dir.path().join("d"), dir.path().join("e"));
+        let w = Witnesses::open(Some(&d), Some(&e)).unwrap().for_vcpus(2);
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_RAM_SIZE as usize)])
+            .unwrap();
+        let [acked0, newest0] = seq_words_gpa(0);
+        let [acked1, newest1] = seq_words_gpa(1);
+        for (gpa, v) in [(acked0, 7u64), (newest0, 9), (acked1, 4), (newest1, 5)] {
+            ram.write_obj(v, GuestAddress(gpa)).unwrap();
+        }
+        w.drain(&ram, 0);
+        w.drain(&ram, 1);
+        w.epoch(&ram, 3);
+        assert_eq!(std::fs::read_to_string(&d).unwrap(), "7\n4 1\n");
+        assert_eq!(std::fs::read_to_string(&e).unwrap(), "3 9 5\n");
     }
 
     #[test]

@@ -10,7 +10,8 @@ fn page() -> *mut GuestReport {
 
 /// Marks the report as running.
 pub fn start() {
-    // SAFETY: the report page is identity-mapped guest RAM owned by this single-threaded guest.
+    // SAFETY: the report page is identity-mapped guest RAM written by vCPU 0 (counters
+    // other vCPUs add to go through atomics or `smp`).
     unsafe {
         (*page()).state = REPORT_RUNNING;
         (*page()).errors = 0;
@@ -20,20 +21,22 @@ pub fn start() {
 
 /// Adds to the error count; the first message is kept.
 pub fn error(msg: &str) {
-    // SAFETY: see `start`.
+    // SAFETY: see `start`; vCPUs may report at once, so the count is updated atomically (`errors`
+    // is an aligned u64 every writer accesses through this atomic); the first message may mix.
     unsafe {
         let r = &mut *page();
-        if r.errors == 0 {
+        let errors = &*(core::ptr::addr_of_mut!(r.errors) as *const core::sync::atomic::AtomicU64);
+        if errors.fetch_add(1, core::sync::atomic::Ordering::Relaxed) == 0 {
             set_message(r, msg.as_bytes());
         }
-        r.errors += 1;
     }
 }
 
-/// Sets the operations count.
+/// Sets this vCPU's operations count (the report holds the sum over all vCPUs).
 pub fn set_ops(n: u64) {
+    let total = crate::smp::record_ops(n);
     // SAFETY: see `start`.
-    unsafe { core::ptr::write_volatile(&mut (*page()).ops, n) }
+    unsafe { core::ptr::write_volatile(&mut (*page()).ops, total) }
 }
 
 /// Sets workload value `i`.

@@ -1,13 +1,14 @@
 //! The workloads the VMM can ask for (see `vpm_abi::harness::Workload`).
 
 use vpm_abi::harness::{
-    seq_record_word, BootParams, Workload, FLAG_PV, FLAG_TRANSIENT_HINTS, SHARED_PAGE_GPA,
+    seq_record_word, seq_words_gpa, shared_page_gpa, BootParams, Workload, FLAG_PV, FLAG_TRANSIENT_HINTS,
 };
 use vpm_abi::{HintResult, Op};
 
 use crate::hints::Hints;
 use crate::io::{progress, rdtsc};
 use crate::report::{self, set_ops, set_value};
+use crate::smp::Cpu;
 use crate::vpm::{Rng, Vpm};
 use crate::{guest_error, hostile};
 
@@ -17,11 +18,14 @@ const REC: u64 = 64;
 const SCRATCH_GPA: u64 = 0x00a0_0000;
 const SCRATCH_LEN: u64 = 4 << 20;
 
-/// Runs workload `w`.
-pub fn run(w: Workload, p: &BootParams) {
+/// Runs workload `w` on vCPU `cpu` (its share of it: `smp::share`).
+pub fn run(w: Workload, p: &BootParams, cpu: Cpu) {
     let vpm = Vpm { base: p.vpm_base, size: p.vpm_size };
+    // SMP: this vCPU's slice of vPM and of the work, and its own ring.
+    let Some((vpm, p)) = crate::smp::share(w, vpm, p, cpu) else { return };
+    let p = &p;
     let mut hints = if p.flags & FLAG_PV != 0 {
-        match Hints::register(SHARED_PAGE_GPA) {
+        match Hints::register(shared_page_gpa(cpu.index)) {
             Ok(h) => Some(h),
             Err(_) => report::fail("no VPM host answered the hint registration"),
         }
@@ -130,17 +134,19 @@ fn seq_writer(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let slots = vpm.size / REC;
     let limit = p.arg[0];
     let batch = p.arg[1].max(1);
+    // Report values 1 and 2 on vCPU 0; SMP: each vCPU's own words.
+    let [acked_at, newest_at] = seq_words_gpa(crate::smp::current());
     let mut seq = 0u64;
     loop {
         seq += 1;
         let off = write_record(vpm, slots, seq);
         // The newest complete record: the host's epoch witness reads it while the vCPU is paused.
-        set_value(2, seq);
+        crate::smp::store_word(newest_at, seq);
         if let Some(h) = hints.as_deref_mut() {
             h.flush(vpm.gpa(off), REC);
             if seq % batch == 0 {
                 // The host records this value as acknowledged once the drain completes.
-                set_value(1, seq);
+                crate::smp::store_word(acked_at, seq);
                 check_ok("drain", h.drain());
             }
         }
@@ -164,11 +170,18 @@ fn seq_check(vpm: Vpm, p: &BootParams) {
             .then_some(seq)
     };
     let k = (0..slots).filter_map(|s| valid(s * REC)).max().unwrap_or(0);
-    set_value(0, k);
+    // SMP: vCPU 0's slice is the one the witnesses describe.
+    if crate::smp::current() == 0 {
+        set_value(0, k);
+    }
     if p.arg[0] == 1 {
         check_persisted(vpm, slots, k, p.arg[1]);
     } else {
         check_point_in_time(vpm, slots, k);
+        // The last epoch the host witnessed committing held record arg[1] (0: not given).
+        if k < p.arg[1] {
+            guest_error!("recovered to record {k}, older than record {} of the last committed epoch", p.arg[1]);
+        }
     }
     set_ops(slots);
 }

@@ -37,6 +37,13 @@ pub trait HintTarget {
     fn request_epoch(&self) -> Result<HintResult, VmmError>;
     /// Records an acknowledged drain (crash-test witness).
     fn witness_drain(&self);
+    /// Records an acknowledged drain of ring `ring` (one ring per vCPU); ring 0's is
+    /// [`HintTarget::witness_drain`], other rings' are not recorded unless the target knows how.
+    fn witness_drain_ring(&self, ring: usize) {
+        if ring == 0 {
+            self.witness_drain();
+        }
+    }
 }
 
 /// A registered shared page.
@@ -45,36 +52,71 @@ struct Channel {
     consumer: Consumer,
 }
 
-/// The per-VM hint service, owned by the vCPU thread.
-pub struct HintService {
+/// One vCPU's hint channel: its doorbell decoder (multi-byte commands of two vCPUs must not
+/// mix), its registered ring and its flushed ranges waiting for a drain.
+struct Ring {
     decoder: DoorbellDecoder,
     channel: Option<Channel>,
-    region: VpmRegion,
-    /// Flushed ranges waiting for a drain.
+    /// Flushed ranges waiting for a drain (a drain covers its own ring's flushes).
     queued: Vec<VpmRange>,
 }
 
-impl HintService {
-    /// A service for a vPM of `size` bytes at guest-physical `base`.
-    pub fn new(base: u64, size: u64) -> HintService {
-        HintService {
+impl Ring {
+    fn new() -> Ring {
+        Ring {
             decoder: DoorbellDecoder::new(),
             channel: None,
-            region: VpmRegion::new(base, size).expect("vPM region is whole pages"),
             queued: Vec::new(),
         }
     }
+}
 
-    /// Handles one doorbell byte.
+/// The per-VM hint service: one ring per vCPU (ring `i` is registered and rung by vCPU `i`),
+/// all served under one lock, so hints stay serialized with each other and with epochs.
+pub struct HintService {
+    rings: Vec<Ring>,
+    region: VpmRegion,
+}
+
+impl HintService {
+    /// A service for a vPM of `size` bytes at guest-physical `base`, with one ring.
+    pub fn new(base: u64, size: u64) -> HintService {
+        HintService::with_rings(base, size, 1)
+    }
+
+    /// A service with `rings` rings (one per vCPU; at least one).
+    pub fn with_rings(base: u64, size: u64, rings: usize) -> HintService {
+        HintService {
+            rings: (0..rings.max(1)).map(|_| Ring::new()).collect(),
+            region: VpmRegion::new(base, size).expect("vPM region is whole pages"),
+        }
+    }
+
+    /// Handles one doorbell byte of vCPU 0.
     pub fn on_byte(&mut self, byte: u8, vm: &dyn HintTarget) -> Result<(), VmmError> {
-        match self.decoder.feed(byte) {
+        self.on_vcpu_byte(0, byte, vm)
+    }
+
+    /// Handles one doorbell byte of vCPU `ring` (the vCPU that exited; bytes of a vCPU beyond
+    /// the rings count as unknown).
+    pub fn on_vcpu_byte(
+        &mut self,
+        ring: usize,
+        byte: u8,
+        vm: &dyn HintTarget,
+    ) -> Result<(), VmmError> {
+        let Some(r) = self.rings.get_mut(ring) else {
+            vm.stats().lock().expect("stats").doorbell_unknown += 1;
+            return Ok(());
+        };
+        match r.decoder.feed(byte) {
             None => Ok(()),
             Some(DoorbellCmd::Register(gpa)) => {
-                self.register(gpa, vm);
+                self.register(ring, gpa, vm);
                 Ok(())
             }
             Some(DoorbellCmd::Unregister) => {
-                if let Some(ch) = self.channel.take() {
+                if let Some(ch) = r.channel.take() {
                     ch.page
                         .header
                         .status
@@ -84,7 +126,7 @@ impl HintService {
             }
             Some(DoorbellCmd::Ring) => {
                 vm.stats().lock().expect("stats").doorbells += 1;
-                self.serve_ring(vm).map(|_| ())
+                self.serve_ring(ring, vm).map(|_| ())
             }
             Some(DoorbellCmd::Unknown(_)) => {
                 vm.stats().lock().expect("stats").doorbell_unknown += 1;
@@ -93,21 +135,43 @@ impl HintService {
         }
     }
 
-    fn register(&mut self, gpa: u64, vm: &dyn HintTarget) {
-        self.channel = None;
-        self.queued.clear();
+    /// A RING doorbell whose vCPU is not known (an ioeventfd): serves every registered ring.
+    pub fn on_ring_doorbell(&mut self, vm: &dyn HintTarget) -> Result<(), VmmError> {
+        vm.stats().lock().expect("stats").doorbells += 1;
+        if self.rings.iter().all(|r| r.channel.is_none()) {
+            vm.stats().lock().expect("stats").hints_rejected += 1;
+            return Ok(());
+        }
+        self.serve_polled(vm).map(|_| ())
+    }
+
+    fn register(&mut self, ring: usize, gpa: u64, vm: &dyn HintTarget) {
+        let region = self.region;
+        let r = &mut self.rings[ring];
+        r.channel = None;
+        r.queued.clear();
         let Some(page) = vm.shared_page(gpa) else {
             vm.stats().lock().expect("stats").registrations_refused += 1;
             tracing::debug!(gpa, "refused shared page registration");
             return;
         };
+        // One page is one ring: a page another vCPU registered is refused.
+        if self.rings.iter().any(|o| {
+            o.channel
+                .as_ref()
+                .is_some_and(|c| std::ptr::eq(c.page, page))
+        }) {
+            vm.stats().lock().expect("stats").registrations_refused += 1;
+            tracing::debug!(gpa, ring, "refused a shared page another vCPU registered");
+            return;
+        }
         let h = &page.header;
-        h.vpm_base.store(self.region.base(), Ordering::Relaxed);
-        h.vpm_size.store(self.region.size(), Ordering::Relaxed);
+        h.vpm_base.store(region.base(), Ordering::Relaxed);
+        h.vpm_size.store(region.size(), Ordering::Relaxed);
         h.epoch
             .store(vm.stats().lock().expect("stats").epoch, Ordering::Relaxed);
         match Consumer::attach(page, vm.features()) {
-            Ok(consumer) => self.channel = Some(Channel { page, consumer }),
+            Ok(consumer) => self.rings[ring].channel = Some(Channel { page, consumer }),
             Err(status) => {
                 vm.stats().lock().expect("stats").registrations_refused += 1;
                 tracing::debug!(?status, "refused shared page header");
@@ -115,39 +179,55 @@ impl HintService {
         }
     }
 
-    /// Whether the registered ring has published entries not taken yet (polled rings).
+    /// Whether a registered ring has published entries not taken yet (polled rings).
     pub fn has_published(&self) -> bool {
-        self.channel
-            .as_ref()
-            .is_some_and(|ch| ch.consumer.has_published(ch.page))
+        self.channels().any(|ch| ch.consumer.has_published(ch.page))
     }
 
-    /// Serves the ring without a doorbell (polled rings); returns the entries completed.
+    /// Serves every registered ring without a doorbell (polled rings); returns the entries
+    /// completed.
     pub fn serve_polled(&mut self, vm: &dyn HintTarget) -> Result<u64, VmmError> {
-        if self.channel.is_none() {
-            return Ok(0);
+        let mut done = 0;
+        for ring in 0..self.rings.len() {
+            if self.rings[ring].channel.is_some() {
+                done += self.serve_ring(ring, vm)?;
+            }
         }
-        self.serve_ring(vm)
+        Ok(done)
     }
 
-    /// Announces that the poller goes to sleep and re-checks the ring (`Consumer::prepare_sleep`).
+    /// Announces on every ring that the poller goes to sleep and re-checks them
+    /// (`Consumer::prepare_sleep`). If one has entries, every ring is told the poller polls
+    /// again (no ring is left announcing a sleep that does not happen).
     pub fn prepare_sleep(&self) -> SleepCheck {
-        match &self.channel {
-            Some(ch) => ch.consumer.prepare_sleep(ch.page),
-            None => SleepCheck::Sleep,
+        let mut pending = false;
+        for ch in self.channels() {
+            pending |= ch.consumer.prepare_sleep(ch.page) == SleepCheck::Pending;
+        }
+        if pending {
+            self.wake();
+            SleepCheck::Pending
+        } else {
+            SleepCheck::Sleep
         }
     }
 
-    /// Announces that the poller is polling (`Consumer::wake`).
+    /// Announces on every ring that the poller is polling (`Consumer::wake`).
     pub fn wake(&self) {
-        if let Some(ch) = &self.channel {
+        for ch in self.channels() {
             ch.consumer.wake(ch.page);
         }
     }
 
-    /// Serves published entries; returns how many were completed.
-    fn serve_ring(&mut self, vm: &dyn HintTarget) -> Result<u64, VmmError> {
-        let Some(ch) = self.channel.as_mut() else {
+    fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.rings.iter().filter_map(|r| r.channel.as_ref())
+    }
+
+    /// Serves ring `ring`'s published entries; returns how many were completed.
+    fn serve_ring(&mut self, ring: usize, vm: &dyn HintTarget) -> Result<u64, VmmError> {
+        let region = self.region;
+        let r = &mut self.rings[ring];
+        let Some(ch) = r.channel.as_mut() else {
             vm.stats().lock().expect("stats").hints_rejected += 1;
             return Ok(0);
         };
@@ -164,8 +244,8 @@ impl HintService {
                     break Ok(());
                 }
             };
-            let result = match decode_entry(&taken.entry, &self.region) {
-                Ok(hint) => match act(hint, self.region, &mut self.queued, vm, page) {
+            let result = match decode_entry(&taken.entry, &region) {
+                Ok(hint) => match act(hint, region, &mut r.queued, vm, page, ring) {
                     Ok(r) => r,
                     Err(e) => break Err(e),
                 },
@@ -182,6 +262,10 @@ impl HintService {
         s.hints_served += served;
         s.hints_rejected += rejected;
         s.rings_stopped += stopped as u64;
+        if s.ring_hints.len() <= ring {
+            s.ring_hints.resize(ring + 1, 0);
+        }
+        s.ring_hints[ring] += served + rejected;
         outcome.map(|()| served + rejected)
     }
 }
@@ -193,6 +277,7 @@ fn act(
     queued: &mut Vec<VpmRange>,
     vm: &dyn HintTarget,
     page: &SharedPage,
+    ring: usize,
 ) -> Result<HintResult, VmmError> {
     // decode_entry checked the range against the region: this cannot fail, but if it did the
     // guest gets the answer a range outside its vPM gets.
@@ -229,7 +314,7 @@ fn act(
             } else {
                 vm.persist(&ranges)?
             };
-            vm.witness_drain();
+            vm.witness_drain_ring(ring);
             res
         }
         // msync mode: a flush only notes that a drain has work; a persist or such a drain msyncs

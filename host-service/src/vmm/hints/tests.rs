@@ -32,12 +32,16 @@ struct Calls {
     msyncs: u32,
     epochs: u32,
     drains: u32,
+    /// Rings whose drains were witnessed (`witness_drain_ring`).
+    drain_rings: Vec<usize>,
 }
 
 /// A VM with no memory behind it: records calls, answers persists with `persist_result`.
 struct FakeTarget {
     mode: Mode,
     page: &'static SharedPage,
+    /// A second vCPU's page, at `SHARED_GPA + PAGE_SIZE`.
+    second: &'static SharedPage,
     stats: Mutex<VmStats>,
     calls: Mutex<Calls>,
     persist_result: HintResult,
@@ -49,6 +53,7 @@ impl FakeTarget {
         FakeTarget {
             mode,
             page: Box::leak(Box::new(SharedPage::zeroed())),
+            second: Box::leak(Box::new(SharedPage::zeroed())),
             stats: Mutex::new(VmStats::default()),
             calls: Mutex::new(Calls::default()),
             persist_result: HintResult::Ok,
@@ -75,7 +80,11 @@ impl HintTarget for FakeTarget {
     }
 
     fn shared_page(&self, gpa: u64) -> Option<&'static SharedPage> {
-        (gpa == SHARED_GPA).then_some(self.page)
+        match gpa {
+            SHARED_GPA => Some(self.page),
+            g if g == SHARED_GPA + PAGE_SIZE => Some(self.second),
+            _ => None,
+        }
     }
 
     fn persist(&self, ranges: &[VpmRange]) -> Result<HintResult, VmmError> {
@@ -108,6 +117,11 @@ impl HintTarget for FakeTarget {
 
     fn witness_drain(&self) {
         self.calls.lock().unwrap().drains += 1;
+    }
+
+    fn witness_drain_ring(&self, ring: usize) {
+        self.calls.lock().unwrap().drain_rings.push(ring);
+        self.witness_drain();
     }
 }
 
@@ -412,4 +426,86 @@ fn info_refreshes_the_header() {
         Mode::Full.features()
     );
     assert_eq!(features::EPOCHS & Mode::Full.features(), features::EPOCHS);
+}
+
+/// Sends `cmd` as vCPU `vcpu`'s doorbell bytes.
+fn vcpu_doorbell(s: &mut HintService, vm: &FakeTarget, vcpu: usize, cmd: DoorbellCmd) {
+    let mut bytes = [0u8; 9];
+    let n = encode(cmd, &mut bytes);
+    for &b in &bytes[..n] {
+        s.on_vcpu_byte(vcpu, b, vm).unwrap();
+    }
+}
+
+/// Two vCPUs, one ring each: a vCPU's RING serves its own ring only, a drain covers its own
+/// ring's flushes only, an ioeventfd RING (vCPU unknown) serves both, a page registered by one
+/// vCPU is refused to the other, and the per-ring counts say which ring served what.
+#[test]
+fn each_vcpu_has_its_own_ring() {
+    let vm = FakeTarget::new(Mode::Pv);
+    let mut s = HintService::with_rings(BASE, SIZE, 2);
+    let mut p0 = Producer::prepare(vm.page, ENTRIES, u32::MAX).unwrap();
+    let mut p1 = Producer::prepare(vm.second, ENTRIES, u32::MAX).unwrap();
+    vcpu_doorbell(&mut s, &vm, 0, DoorbellCmd::Register(SHARED_GPA));
+    // vCPU 1 may not take vCPU 0's page, then registers its own.
+    vcpu_doorbell(&mut s, &vm, 1, DoorbellCmd::Register(SHARED_GPA));
+    assert_eq!(vm.stats().registrations_refused, 1);
+    vcpu_doorbell(
+        &mut s,
+        &vm,
+        1,
+        DoorbellCmd::Register(SHARED_GPA + PAGE_SIZE),
+    );
+    assert_eq!(vm.page.status(), Some(HeaderStatus::Ok));
+    assert_eq!(vm.second.status(), Some(HeaderStatus::Ok));
+
+    p0.push(Op::Flush.code(), BASE, 8).unwrap();
+    let d0 = p0.push(Op::Drain.code(), 0, 0).unwrap();
+    p1.push(Op::Flush.code(), BASE + PAGE_SIZE, 16).unwrap();
+    let d1 = p1.push(Op::Drain.code(), 0, 0).unwrap();
+    let _ = p0.publish();
+    let _ = p1.publish();
+    // vCPU 1's doorbell: only its ring, only its flush.
+    vcpu_doorbell(&mut s, &vm, 1, DoorbellCmd::Ring);
+    assert_eq!(p1.result(d1), Some(HintResult::Ok.code()));
+    assert_eq!(
+        p0.result(d0),
+        None,
+        "vCPU 0's ring was served by vCPU 1's doorbell"
+    );
+    assert_eq!(
+        vm.calls.lock().unwrap().persists,
+        vec![vec![(PAGE_SIZE, 16)]]
+    );
+    assert_eq!(vm.calls.lock().unwrap().drain_rings, vec![1]);
+    // A doorbell of unknown origin serves every ring.
+    s.on_ring_doorbell(&vm).unwrap();
+    assert_eq!(p0.result(d0), Some(HintResult::Ok.code()));
+    assert_eq!(vm.calls.lock().unwrap().persists[1], vec![(0, 8)]);
+    assert_eq!(vm.calls.lock().unwrap().drain_rings, vec![1, 0]);
+    assert_eq!(vm.stats().ring_hints, vec![2, 2]);
+    // A vCPU beyond the rings is not served.
+    vcpu_doorbell(&mut s, &vm, 2, DoorbellCmd::Ring);
+    assert_eq!(vm.stats().doorbell_unknown, 1);
+}
+
+/// Two vCPUs registering at once: their multi-byte REGISTER commands interleave byte by byte, and
+/// each vCPU's decoder still reads its own page.
+#[test]
+fn interleaved_registrations_of_two_vcpus_both_succeed() {
+    let vm = FakeTarget::new(Mode::Pv);
+    let mut s = HintService::with_rings(BASE, SIZE, 2);
+    let _p0 = Producer::prepare(vm.page, ENTRIES, u32::MAX).unwrap();
+    let _p1 = Producer::prepare(vm.second, ENTRIES, u32::MAX).unwrap();
+    let (mut b0, mut b1) = ([0u8; 9], [0u8; 9]);
+    let n0 = encode(DoorbellCmd::Register(SHARED_GPA), &mut b0);
+    let n1 = encode(DoorbellCmd::Register(SHARED_GPA + PAGE_SIZE), &mut b1);
+    assert_eq!(n0, n1);
+    for i in 0..n0 {
+        s.on_vcpu_byte(0, b0[i], &vm).unwrap();
+        s.on_vcpu_byte(1, b1[i], &vm).unwrap();
+    }
+    assert_eq!(vm.page.status(), Some(HeaderStatus::Ok));
+    assert_eq!(vm.second.status(), Some(HeaderStatus::Ok));
+    assert_eq!(vm.stats().registrations_refused, 0);
 }
