@@ -81,8 +81,8 @@ fn two_vcpus_put_through_their_own_rings_polled_and_with_doorbells() {
     let d = Dir::new("kv2");
     for extra in [
         &["--poll-us", "50"][..],
-        &["--doorbell", "ioeventfd"][..],
-        &["--doorbell", "exit"][..],
+        &["--doorbell", "ioeventfd", "--poll-us", "0"][..],
+        &["--doorbell", "exit", "--poll-us", "0"][..],
     ] {
         let puts = PUTS.to_string();
         let mut args = vec![
