@@ -239,6 +239,9 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
     }
     r.insert("throughput".into(), Value::Array(tput));
 
+    step(t0, "PV KV puts and log appends at 1, 2 and 4 vCPUs");
+    r.insert("smp".into(), Value::Array(smp::measure(t0, quick)?));
+
     step(
         t0,
         "consolidation: 4 VMs on one pool sized 100/50/25 % of their vPM",

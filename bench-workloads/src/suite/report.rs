@@ -312,6 +312,7 @@ only when nothing else runs.\n", doc["poller_idle"]["poll_us"]);
     let t_on = tp("transient scratch", "pv+transient").map_or(f64::NAN, |r| f(&r["ops_per_s"]));
     let _ = writeln!(m, "\nTransient-scratch job (rounds/s): pv {t_off:.1}, pv with transient hints {t_on:.1} (×{:.2}).\n", t_on / t_off);
     m += &poller_md(doc, tput);
+    m += &smp_md(rows(doc, "smp"));
 
     let _ = writeln!(m, "## Consolidation: 4 VMs, one pool\n\n![consolidation](consolidation.svg)\n\nEach VM runs random 4 KiB writes with a persist each (ops = writes) or, with transient hints, \
 the transient-scratch job (ops = rounds, each rewriting a 4 MiB scratch region marked transient): \
@@ -396,6 +397,50 @@ core (it spins for `--poll-us` after the last hint, then sleeps on the doorbell)
     )
 }
 
+/// PV throughput at 1, 2 and 4 vCPUs (one writer and one ring per vCPU), polled and with a
+/// doorbell per batch.
+fn smp_md(smp: &[Value]) -> String {
+    if smp.is_empty() {
+        return String::new();
+    }
+    let mut m = String::from(
+        "## PV with 1, 2 and 4 vCPUs\n\nOne writer and one hint ring per vCPU, each on its own \
+slice of vPM; ops/s summed over the vCPUs, the median of 3 runs (wall time of the run, boot \
+included; polled runs do ten times the operations). This machine has 2 host cores: with polling, \
+the vCPU threads and the poller share them.\n\n| workload | mode | 1 vCPU | 2 vCPUs | 4 vCPUs | \
+ring hints at 4 vCPUs |\n|---|---|---|---|---|---|\n",
+    );
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in smp {
+        let k = (
+            r["workload"].as_str().unwrap_or("?").to_string(),
+            r["mode"].as_str().unwrap_or("?").to_string(),
+        );
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    for (w, mo) in keys {
+        let at = |v: u64| {
+            find(smp, |r| {
+                r["workload"] == w.as_str() && r["mode"] == mo.as_str() && r["vcpus"] == v
+            })
+        };
+        let cell =
+            |v: u64| at(v).map_or("–".to_string(), |r| format!("{:.0}", f(&r["ops_per_s"])));
+        let hints = at(4).map_or("–".to_string(), |r| r["ring_hints"].to_string());
+        let _ = writeln!(
+            m,
+            "| {w} | {mo} | {} | {} | {} | {hints} |",
+            cell(1),
+            cell(2),
+            cell(4)
+        );
+    }
+    m.push('\n');
+    m
+}
+
 /// The computed targets and the VMX projection with its inputs.
 fn targets_md(doc: &Value, targets: &[Target], vmx_exit_us: f64) -> String {
     let mut m = String::new();
@@ -435,6 +480,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_smp_table_has_a_row_per_workload_and_mode_and_a_column_per_vcpu_count() {
+        let row = |w: &str, mo: &str, v: u64, ops: f64| json!({"workload": w, "mode": mo, "vcpus": v, "ops_per_s": ops, "ring_hints": [1, 2]});
+        let smp = [
+            row("kv puts", "pv-poll", 1, 100.0),
+            row("kv puts", "pv-poll", 2, 180.0),
+            row("kv puts", "pv-doorbell", 4, 40.0),
+        ];
+        let md = smp_md(&smp);
+        assert!(
+            md.contains("| kv puts | pv-poll | 100 | 180 | – | – |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| kv puts | pv-doorbell | – | – | 40 | [1,2] |"),
+            "{md}"
+        );
+        assert_eq!(smp_md(&[]), "");
+    }
 
     #[test]
     fn the_ring_floor_the_idle_poller_and_cpu_per_hint_are_reported() {

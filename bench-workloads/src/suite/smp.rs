@@ -22,6 +22,24 @@ pub const REPEATS: usize = 3;
 /// Runs the SMP throughput table and writes smp.json; returns its rows.
 pub fn run_smp(out: &Path, quick: bool) -> Result<Vec<Value>, SuiteError> {
     let t0 = Instant::now();
+    let rows = measure(t0, quick)?;
+    vpm_host::private_file::create_dir_all(out)
+        .map_err(SuiteError::io("create the directory", out))?;
+    let doc = json!({
+        "platform": crate::stats::platform_note(),
+        "date": httpdate::fmt_http_date(std::time::SystemTime::now()),
+        "smp": rows,
+    });
+    let path = out.join("smp.json");
+    let text = serde_json::to_string_pretty(&doc).map_err(SuiteError::Json)?;
+    vpm_host::private_file::write(&path, text).map_err(SuiteError::io("write", &path))?;
+    step(t0, &format!("done: {}", path.display()));
+    Ok(rows)
+}
+
+/// The SMP throughput rows (also the suite's `smp` section): one per workload, mode and vCPU
+/// count.
+pub fn measure(t0: Instant, quick: bool) -> Result<Vec<Value>, SuiteError> {
     let n = if quick { 2000 } else { 8000 };
     let workloads = [
         ("kv puts", Workload::KvStore, vec![n]),
@@ -69,16 +87,5 @@ pub fn run_smp(out: &Path, quick: bool) -> Result<Vec<Value>, SuiteError> {
             }
         }
     }
-    vpm_host::private_file::create_dir_all(out)
-        .map_err(SuiteError::io("create the directory", out))?;
-    let doc = json!({
-        "platform": crate::stats::platform_note(),
-        "date": httpdate::fmt_http_date(std::time::SystemTime::now()),
-        "smp": rows,
-    });
-    let path = out.join("smp.json");
-    let text = serde_json::to_string_pretty(&doc).map_err(SuiteError::Json)?;
-    vpm_host::private_file::write(&path, text).map_err(SuiteError::io("write", &path))?;
-    step(t0, &format!("done: {}", path.display()));
     Ok(rows)
 }
