@@ -90,7 +90,7 @@ fn serve_api_covers_every_path_refuses_bad_input_and_metrics_pass_promtool() {
             &good.replace("\"dram_mib\":2", "\"dram_mib\":9"),
             "out of range",
         ),
-        (&good.replace("\"mode\"", "\"vcpus\":2,\"mode\""), "vcpus"),
+        (&good.replace("\"mode\"", "\"vcpus\":9,\"mode\""), "vcpus"),
         (
             &good.replace("\"mode\"", "\"front\":\"qemu\",\"mode\""),
             "qemu",
@@ -309,7 +309,10 @@ fn serve_runs_many_vms_and_recovers_all_after_kill_9() {
         "/api/v1/vms/full",
         Some(writer("full", json!([]), None, &full_e)),
     );
-    s.ok("PUT", "/api/v1/vms/direct", Some(kv("direct", 16)));
+    // Two vCPUs: its pause below must hold both.
+    let mut direct = kv("direct", 16);
+    direct["vcpus"] = json!(2);
+    s.ok("PUT", "/api/v1/vms/direct", Some(direct));
     // A VM whose VMM fails at boot (its witness cannot be opened): the others keep running.
     let mut broken = kv("pv", 2);
     broken["witness"] = json!(dir.join("no-such-dir/w"));

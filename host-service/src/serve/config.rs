@@ -36,8 +36,8 @@ pub enum ConfigError {
         max: u64,
     },
     /// A vCPU count the front cannot run.
-    #[error("vcpus = {0}: front kvm runs single-vCPU VMs only; front qemu takes 1 to {max}",
-            max = crate::qemu::MAX_VCPUS)]
+    #[error("vcpus = {0}: front kvm takes 1 to {kvm}, front qemu 1 to {qemu}",
+            kvm = vpm_abi::harness::MAX_VCPUS, qemu = crate::qemu::MAX_VCPUS)]
     Vcpus(u32),
     /// A field the front needs is missing, or one it does not take is given.
     #[error("front {front}: {what}")]
@@ -249,7 +249,8 @@ pub struct VmConfig {
     /// Redo-log size, MiB (default: an eighth of vPM, at least 2).
     #[serde(default)]
     pub log_mib: Option<u64>,
-    /// vCPUs (1; front `qemu` takes up to [`crate::qemu::MAX_VCPUS`], QEMU `-smp`).
+    /// vCPUs: front `kvm` up to `vpm_abi::harness::MAX_VCPUS` (one thread and one hint ring each),
+    /// front `qemu` up to [`crate::qemu::MAX_VCPUS`] (QEMU `-smp`).
     #[serde(default = "default_vcpus")]
     pub vcpus: u32,
     /// Epoch interval, ms (0: only on request and at shutdown).
@@ -327,7 +328,7 @@ impl VmConfig {
             _ => {}
         }
         let max_vcpus = match self.front {
-            Front::Kvm => 1,
+            Front::Kvm => vpm_abi::harness::MAX_VCPUS,
             Front::Qemu => crate::qemu::MAX_VCPUS,
         };
         if !(1..=max_vcpus).contains(&self.vcpus) {
@@ -498,7 +499,8 @@ mod tests {
         let bad = [
             r#"{"mode":"pv","vpm_mib":4096,"workload":{"kind":"kv"}}"#,
             r#"{"mode":"pv","vpm_mib":16,"dram_mib":17,"workload":{"kind":"kv"}}"#,
-            r#"{"mode":"pv","vpm_mib":16,"vcpus":2,"workload":{"kind":"kv"}}"#,
+            r#"{"mode":"pv","vpm_mib":16,"vcpus":9,"workload":{"kind":"kv"}}"#,
+            r#"{"mode":"pv","vpm_mib":16,"vcpus":0,"workload":{"kind":"kv"}}"#,
             r#"{"mode":"pv","vpm_mib":16,"front":"qemu","workload":{"kind":"kv"}}"#,
             r#"{"mode":"direct","vpm_mib":16,"front":"qemu","qemu":{"kernel":"k","initrd":"i"}}"#,
             r#"{"mode":"pv","vpm_mib":256,"front":"qemu","qemu":{"kernel":"k","initrd":"i"}}"#,
