@@ -12,6 +12,8 @@
  *   pmemtest twriter    4 threads persist checksummed records into their own areas of the first
  *                       half of vPM (see trec_fill) until their areas are full, "TW-ACK t n cpu"
  *                       after each pmem_drain: thread t's records 1..n are acknowledged
+ *   pmemtest lat N      latency of N pmem_persist calls of 64 B and of 4 KiB (one thread):
+ *                       "PMEMLAT size p50_us p99_us max_us ops_per_s" per size
  *   pmemtest tcheck N1 N2 N3 N4
  *                       thread t's records 1..Nt all survived the host crash, every word and
  *                       the checksum (crash tests: Nt from the console of the killed run)
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libpmem.h>
@@ -248,6 +251,46 @@ static void tcheck(char *p, size_t len, int argc, char **argv)
 	}
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* pmem_persist latency: n calls per size into the second half of vPM, each timed. */
+static void lat(char *p, size_t len, uint64_t n)
+{
+	static const size_t sizes[] = { 64, 4096 };
+	uint64_t *t = calloc(n, sizeof(*t));
+	CHECK(t != NULL && n > 0, "lat: allocation");
+	if (!t || !n)
+		return;
+	for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+		size_t sz = sizes[s], span = len / 2 / sz;
+		uint64_t start = now_ns();
+		for (uint64_t i = 0; i < n; i++) {
+			char *dst = p + len / 2 + (i % span) * sz;
+			memset(dst, (int)(i & 0xff), sz);
+			uint64_t t0 = now_ns();
+			pmem_persist(dst, sz);
+			t[i] = now_ns() - t0;
+		}
+		uint64_t total = now_ns() - start;
+		qsort(t, n, sizeof(*t), cmp_u64);
+		printf("PMEMLAT %zu %.1f %.1f %.1f %.0f\n", sz, t[n / 2] / 1e3, t[n * 99 / 100] / 1e3,
+		       t[n - 1] / 1e3, n * 1e9 / (double)total);
+	}
+	free(t);
+	CHECK(pmem_vpm_failures() == 0, "a PV persist was lost");
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "basic";
@@ -296,6 +339,8 @@ int main(int argc, char **argv)
 		twriter(p, len);
 	} else if (!strcmp(mode, "tcheck")) {
 		tcheck(p, len, argc, argv);
+	} else if (!strcmp(mode, "lat")) {
+		lat(p, len, argc > 2 ? strtoull(argv[2], NULL, 10) : 1000);
 	} else if (!strcmp(mode, "check")) {
 		uint64_t acked = argc > 2 ? strtoull(argv[2], NULL, 10) : 0, lost = 0;
 		for (uint64_t r = acked > slots ? acked - slots + 1 : 1; r <= acked && r > 0; r++) {

@@ -136,6 +136,9 @@ pub struct GuestArgs {
     /// Polled rings: a host thread keeps polling the hint ring for US microseconds after the
     /// last hint before it sleeps on the doorbell, so a PV guest persists without a VM exit
     /// (0 = no poller; a poller implies the ioeventfd doorbell and wants a spare host core).
+    /// `vpm qemu`: the doorbell-socket thread polls (vpm.ko then rings only while it sleeps);
+    /// 0 is the default there too, since under TCG the poller competes with QEMU's vCPU
+    /// threads for the host's cores (2 on the test machine).
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub poll_us: u64,

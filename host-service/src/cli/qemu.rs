@@ -66,6 +66,7 @@ pub fn run(a: &QemuArgs) -> Result<(), CliError> {
         vcpus: a.smp,
         timeout: Duration::from_secs_f64(a.timeout),
         persist_witness: o.witness.clone(),
+        poll_us: o.poll_us,
         epochs: full.then(|| EpochSpec {
             epoch_ms: o.epoch_ms,
             witness: o.epoch_witness.clone(),

@@ -414,6 +414,7 @@ impl VmConfig {
             vpm_offset_mib: QEMU_VPM_OFFSET_MIB,
             timeout: Duration::from_secs(q.timeout_s),
             persist_witness: self.witness.clone(),
+            poll_us: 0,
             epochs: (self.mode == ModeName::Full).then(|| EpochSpec {
                 epoch_ms: self.epoch_ms,
                 witness: self.epoch_witness.clone(),
