@@ -206,8 +206,21 @@ fn crash_trial(name: &str, prog: &str, wait_ms: u64) -> (u64, String) {
 /// of retrying for ever with the channel lock held.
 #[test]
 fn a_host_that_stops_answering_gets_etimedout_not_a_hang() {
-    let s = State::new("stall");
-    let host = HostRun::start(qemu_cmd(&s, "flood", &["--fresh"]));
+    stall_trial("stall", &[]);
+}
+
+/// Issue 13: the same with polled rings: a host stopped while it polls leaves `host_state`
+/// POLLING, so the guest does not even ring; its bounded wait still ends in ETIMEDOUT.
+#[test]
+fn a_polling_host_that_stops_answering_gets_etimedout_not_a_hang() {
+    stall_trial("stallpoll", &["--poll-us", "200"]);
+}
+
+/// Runs vpmtest's flood, SIGSTOPs the host service once 2048 entries are acknowledged and
+/// expects the driver's ETIMEDOUT.
+fn stall_trial(name: &str, extra: &[&str]) {
+    let s = State::new(name);
+    let host = HostRun::start(qemu_cmd(&s, "flood", &[&["--fresh"], extra].concat()));
     let console = s.0.join("linux.console");
     let read = || std::fs::read_to_string(&console).unwrap_or_default();
     let start = Instant::now();
@@ -332,6 +345,11 @@ fn pmemtest_on_two_vcpus_with_polling_persists_without_doorbells() {
     let console = run(&s, "threads", &args);
     assert!(
         console.contains("PMEMTEST threads OK") && !console.contains("PMEMTEST FAIL"),
+        "{console}"
+    );
+    // The driver freed its shared page only after the polling host took the UNREGISTER.
+    assert!(
+        console.contains("VPM-RMMOD ok") && !console.contains("shared page is leaked"),
         "{console}"
     );
     let guest = guest_stats(&console);
