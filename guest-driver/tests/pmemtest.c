@@ -12,6 +12,8 @@
  *   pmemtest twriter    4 threads persist checksummed records into their own areas of the first
  *                       half of vPM (see trec_fill) until their areas are full, "TW-ACK t n cpu"
  *                       after each pmem_drain: thread t's records 1..n are acknowledged
+ *   pmemtest lat N      latency of N pmem_persist calls of 64 B and of 4 KiB (one thread):
+ *                       "PMEMLAT size p50_us p99_us max_us ops_per_s" per size
  *   pmemtest tcheck N1 N2 N3 N4
  *                       thread t's records 1..Nt all survived the host crash, every word and
  *                       the checksum (crash tests: Nt from the console of the killed run)
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libpmem.h>
@@ -84,11 +87,19 @@ static void *worker_run(void *arg)
 	return NULL;
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
 static void threads(char *p, size_t len)
 {
 	pthread_t t[THREADS];
 	struct worker w[THREADS];
 	size_t quarter = len / THREADS / REC * REC;
+	uint64_t start = now_ns();
 	for (int i = 0; i < THREADS; i++) {
 		w[i] = (struct worker){ .base = p + i * quarter, .slots = quarter / REC, .id = i + 1 };
 		CHECK(pthread_create(&t[i], NULL, worker_run, &w[i]) == 0, "pthread_create");
@@ -97,8 +108,10 @@ static void threads(char *p, size_t len)
 		pthread_join(t[i], NULL);
 		CHECK(w[i].bad == 0, "a thread's records read back wrong");
 	}
+	double secs = (double)(now_ns() - start) / 1e9;
 	CHECK(pmem_vpm_failures() == 0, "a PV persist was lost");
 	printf("%d threads persisted %llu records each\n", THREADS, THREAD_RECORDS);
+	printf("THREADS-RATE %.2f s %.0f records/s\n", secs, THREADS * THREAD_RECORDS / secs);
 }
 
 /* twriter/tcheck: record n of thread t is word 0 = t << 56 | n, words 1-6 derived from word 0,
@@ -248,6 +261,50 @@ static void tcheck(char *p, size_t len, int argc, char **argv)
 	}
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* TSC ticks per ns. Under TCG the guest's clock is jiffies (4 ms steps), too coarse for one
+ * persist; the TSC (the host's, under TCG) is calibrated against it over 1 s. */
+static double tsc_per_ns(void)
+{
+	uint64_t t0 = now_ns(), c0 = __builtin_ia32_rdtsc(), t1;
+	while ((t1 = now_ns()) - t0 < 1000000000ULL)
+		;
+	return (double)(__builtin_ia32_rdtsc() - c0) / (double)(t1 - t0);
+}
+
+/* pmem_persist latency: n calls per size into the second half of vPM, each timed. */
+static void lat(char *p, size_t len, uint64_t n)
+{
+	static const size_t sizes[] = { 64, 4096 };
+	uint64_t *t = calloc(n, sizeof(*t));
+	CHECK(t != NULL && n > 0, "lat: allocation");
+	if (!t || !n)
+		return;
+	double per_ns = tsc_per_ns();
+	for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+		size_t sz = sizes[s], span = len / 2 / sz;
+		uint64_t start = __builtin_ia32_rdtsc();
+		for (uint64_t i = 0; i < n; i++) {
+			char *dst = p + len / 2 + (i % span) * sz;
+			memset(dst, (int)(i & 0xff), sz);
+			uint64_t t0 = __builtin_ia32_rdtsc();
+			pmem_persist(dst, sz);
+			t[i] = __builtin_ia32_rdtsc() - t0;
+		}
+		double total_ns = (double)(__builtin_ia32_rdtsc() - start) / per_ns;
+		qsort(t, n, sizeof(*t), cmp_u64);
+		printf("PMEMLAT %zu %.1f %.1f %.1f %.0f\n", sz, t[n / 2] / per_ns / 1e3,
+		       t[n * 99 / 100] / per_ns / 1e3, t[n - 1] / per_ns / 1e3, n * 1e9 / total_ns);
+	}
+	free(t);
+	CHECK(pmem_vpm_failures() == 0, "a PV persist was lost");
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "basic";
@@ -296,6 +353,8 @@ int main(int argc, char **argv)
 		twriter(p, len);
 	} else if (!strcmp(mode, "tcheck")) {
 		tcheck(p, len, argc, argv);
+	} else if (!strcmp(mode, "lat")) {
+		lat(p, len, argc > 2 ? strtoull(argv[2], NULL, 10) : 1000);
 	} else if (!strcmp(mode, "check")) {
 		uint64_t acked = argc > 2 ? strtoull(argv[2], NULL, 10) : 0, lost = 0;
 		for (uint64_t r = acked > slots ? acked - slots + 1 : 1; r <= acked && r > 0; r++) {

@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The hint channel: the doorbell port, the shared page registered with the host, and the ring
 //! producer that publishes hints and waits (bounded) for the host to complete them.
+//!
+//! Polled rings (ABI 1.1): when the host granted `POLLED`, entries are staged and published
+//! together with `Producer::publish`, which rings the doorbell only when the host announced that
+//! its poller sleeps (`NeedsDoorbell::Yes`); the wait for completion is the same bounded wait.
+//! Without the grant (a 1.0 host, or polling off) every batch rings, as before.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,12 +18,19 @@ use kernel::{
 
 use crate::abi::doorbell::{encode, DoorbellCmd, CMD_RING, PROBE_REPLY};
 use crate::abi::op::{features, HeaderStatus, HintResult, Op};
+use crate::abi::poll::NeedsDoorbell;
 use crate::abi::ring::{Producer, SharedPage, Ticket};
 use crate::MAX_SEGMENTS;
 
 const RING_ENTRIES: u32 = 64;
 /// Longest wait for the host to answer (registration, a drain): 10 s.
 const WAIT_STEPS: u32 = 10_000;
+/// Spins before the 1 ms sleeps of a wait, doorbell only: the host serves the doorbell
+/// asynchronously (QEMU cannot hold the vCPU), usually later than this.
+const SPINS: u32 = 100;
+/// Spins before the sleeps with polled rings: a polling host answers within microseconds, and
+/// a 1 ms sleep would hide that.
+const SPINS_POLLED: u32 = 20_000;
 
 /// Counters, printed at unload and returned (partly) by `VPM_IOC_INFO`.
 pub(crate) struct Counters {
@@ -26,6 +38,8 @@ pub(crate) struct Counters {
     pub(crate) flushes: AtomicU64,
     pub(crate) drains: AtomicU64,
     pub(crate) doorbells: AtomicU64,
+    /// Batches published while the host polled (polled rings): doorbells not rung.
+    pub(crate) doorbells_suppressed: AtomicU64,
     pub(crate) errors: AtomicU64,
 }
 
@@ -34,6 +48,7 @@ pub(crate) static COUNTERS: Counters = Counters {
     flushes: AtomicU64::new(0),
     drains: AtomicU64::new(0),
     doorbells: AtomicU64::new(0),
+    doorbells_suppressed: AtomicU64::new(0),
     errors: AtomicU64::new(0),
 };
 
@@ -79,17 +94,19 @@ fn doorbell(port: u16, cmd: DoorbellCmd) {
     }
 }
 
-/// Waits (sleeping 1 ms a step) until `done()`; false on timeout.
-fn wait_for(mut done: impl FnMut() -> bool) -> bool {
-    for i in 0..WAIT_STEPS {
+/// Waits until `done()`: `spins` spins, then sleeping 1 ms a step; false on timeout.
+fn wait_for(spins: u32, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..spins {
         if done() {
             return true;
         }
-        if i < 100 {
-            core::hint::spin_loop();
-        } else {
-            fsleep(Delta::from_millis(1));
+        core::hint::spin_loop();
+    }
+    for _ in 0..WAIT_STEPS {
+        if done() {
+            return true;
         }
+        fsleep(Delta::from_millis(1));
     }
     done()
 }
@@ -130,7 +147,7 @@ impl Channel {
             flush_error: None,
         };
         doorbell(port, DoorbellCmd::Register(gpa));
-        if !wait_for(|| page.status() != Some(HeaderStatus::Pending)) {
+        if !wait_for(SPINS, || page.status() != Some(HeaderStatus::Pending)) {
             pr_err!("the VPM host did not answer the registration\n");
             return Err(ENODEV);
         }
@@ -146,13 +163,35 @@ impl Channel {
         self.producer.page()
     }
 
-    /// Rings the doorbell and waits (bounded) until the host completed everything published;
-    /// `ETIMEDOUT` if it did not, so a stopped host never holds the channel lock for ever.
+    /// Whether the host granted polled rings (`host_features`, written at registration).
+    pub(crate) fn polled(&self) -> bool {
+        self.producer.polled()
+    }
+
+    /// Publishes everything staged and rings the doorbell unless the host is polling (without
+    /// polled rings: always), then waits (bounded) until the host completed everything
+    /// published; `ETIMEDOUT` if it did not, so a stopped host never holds the channel lock for
+    /// ever.
     fn ring(&mut self) -> Result {
-        outb(self.port, CMD_RING);
-        COUNTERS.doorbells.fetch_add(1, Ordering::Relaxed);
+        let spins = match self.producer.publish() {
+            NeedsDoorbell::Yes => {
+                outb(self.port, CMD_RING);
+                COUNTERS.doorbells.fetch_add(1, Ordering::Relaxed);
+                if self.polled() {
+                    SPINS_POLLED
+                } else {
+                    SPINS
+                }
+            }
+            NeedsDoorbell::No => {
+                COUNTERS
+                    .doorbells_suppressed
+                    .fetch_add(1, Ordering::Relaxed);
+                SPINS_POLLED
+            }
+        };
         let p = &self.producer;
-        if !wait_for(|| p.in_flight() == 0) {
+        if !wait_for(spins, || p.in_flight() == 0) {
             pr_err!("the VPM host stopped completing hints\n");
             COUNTERS.errors.fetch_add(1, Ordering::Relaxed);
             return Err(ETIMEDOUT);
@@ -207,13 +246,23 @@ impl Channel {
         }
     }
 
-    /// Publishes one entry, first making room by ringing once if the ring is full.
+    /// Writes one entry, first making room by ringing once if the ring is full. Without polled
+    /// rings it is published at once (the host sees it at the next doorbell); with them it is
+    /// staged and published by the next [`Channel::ring`] (one handshake per batch).
     pub(crate) fn push(&mut self, op: Op, gpa: u64, len: u64) -> Result<Ticket> {
-        if let Ok(t) = self.producer.push(op.code(), gpa, len) {
+        if let Ok(t) = self.write(op, gpa, len) {
             return Ok(t);
         }
         self.ring()?;
-        self.producer.push(op.code(), gpa, len).map_err(|_| ETIMEDOUT)
+        self.write(op, gpa, len).map_err(|_| ETIMEDOUT)
+    }
+
+    fn write(&mut self, op: Op, gpa: u64, len: u64) -> Result<Ticket, crate::abi::ring::RingFull> {
+        if self.polled() {
+            self.producer.stage(op.code(), gpa, len)
+        } else {
+            self.producer.push(op.code(), gpa, len)
+        }
     }
 
     /// Publishes `op` and waits for its result.
@@ -247,8 +296,16 @@ impl Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         doorbell(self.port, DoorbellCmd::Unregister);
+        // A polling host reads the page without a doorbell: it may only be freed once the host
+        // has taken the UNREGISTER (it then marks the page UNREGISTERED and never reads it
+        // again). A host that does not answer gets the page leaked, never freed under it.
+        let page = self.page();
+        if self.polled() && !wait_for(SPINS, || page.status() == Some(HeaderStatus::Unregistered)) {
+            pr_warn!("the VPM host did not take the UNREGISTER; the shared page is leaked\n");
+            return;
+        }
         // SAFETY: the page came from `get_zeroed_page` in `open`; the host no longer reads it
-        // after UNREGISTER.
+        // after UNREGISTER (with polled rings: after it answered it, checked above).
         unsafe { bindings::free_pages(self.page_addr as _, 0) };
     }
 }

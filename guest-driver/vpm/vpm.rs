@@ -156,6 +156,8 @@ impl core::fmt::Debug for CountersView {
         writeln!(f, "flushes {}", c.flushes.load(Ordering::Relaxed))?;
         writeln!(f, "drains {}", c.drains.load(Ordering::Relaxed))?;
         writeln!(f, "doorbells {}", c.doorbells.load(Ordering::Relaxed))?;
+        writeln!(f, "doorbells_suppressed {}", c.doorbells_suppressed.load(Ordering::Relaxed))?;
+        writeln!(f, "polled {}", CHANNEL.lock().as_ref().is_some_and(|ch| ch.polled()) as u8)?;
         writeln!(f, "errors {}", c.errors.load(Ordering::Relaxed))?;
         writeln!(f, "host_served {served}")?;
         writeln!(f, "host_rejected {rejected}")?;
@@ -289,11 +291,12 @@ impl PinnedDrop for VpmModule {
         };
         let c = &COUNTERS;
         pr_info!(
-            "unloaded: {} persists, {} flushes, {} drains, {} doorbells, {} errors\n",
+            "unloaded: {} persists, {} flushes, {} drains, {} doorbells ({} suppressed), {} errors\n",
             c.persists.load(Ordering::Relaxed),
             c.flushes.load(Ordering::Relaxed),
             c.drains.load(Ordering::Relaxed),
             c.doorbells.load(Ordering::Relaxed),
+            c.doorbells_suppressed.load(Ordering::Relaxed),
             c.errors.load(Ordering::Relaxed)
         );
     }

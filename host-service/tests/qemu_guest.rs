@@ -206,8 +206,21 @@ fn crash_trial(name: &str, prog: &str, wait_ms: u64) -> (u64, String) {
 /// of retrying for ever with the channel lock held.
 #[test]
 fn a_host_that_stops_answering_gets_etimedout_not_a_hang() {
-    let s = State::new("stall");
-    let host = HostRun::start(qemu_cmd(&s, "flood", &["--fresh"]));
+    stall_trial("stall", &[]);
+}
+
+/// Issue 13: the same with polled rings: a host stopped while it polls leaves `host_state`
+/// POLLING, so the guest does not even ring; its bounded wait still ends in ETIMEDOUT.
+#[test]
+fn a_polling_host_that_stops_answering_gets_etimedout_not_a_hang() {
+    stall_trial("stallpoll", &["--poll-us", "200"]);
+}
+
+/// Runs vpmtest's flood, SIGSTOPs the host service once 2048 entries are acknowledged and
+/// expects the driver's ETIMEDOUT.
+fn stall_trial(name: &str, extra: &[&str]) {
+    let s = State::new(name);
+    let host = HostRun::start(qemu_cmd(&s, "flood", &[&["--fresh"], extra].concat()));
     let console = s.0.join("linux.console");
     let read = || std::fs::read_to_string(&console).unwrap_or_default();
     let start = Instant::now();
@@ -305,14 +318,90 @@ fn thread_acks(console: &str) -> ([u64; 4], std::collections::BTreeSet<u64>) {
 /// by word and by its checksum.
 #[test]
 fn pv_libpmem_threads_on_two_vcpus_keep_every_acknowledged_record_through_a_host_kill() {
-    const SMP: &[&str] = &["--smp", "2", "--append", "vpmprog=pmemtest"];
-    let trials = std::env::var("VPM_SMP_TRIALS")
+    smp_kill_trials("smp", trials("VPM_SMP_TRIALS", 3), 0);
+}
+
+/// Issue 13: the same kill trials with polled rings (`vpm qemu --poll-us 200`): the guest rings
+/// only while the host's poller sleeps, and still every acknowledged record survives.
+#[test]
+fn pv_libpmem_threads_with_polling_keep_every_acknowledged_record_through_a_host_kill() {
+    smp_kill_trials("smppoll", trials("VPM_SMP_POLL_TRIALS", 2), 200);
+}
+
+/// Issue 13: pmemtest's four threads on two vCPUs with polled rings: the data checks pass, and
+/// the host served hints by polling and the guest skipped doorbells (both sides count it).
+#[test]
+fn pmemtest_on_two_vcpus_with_polling_persists_without_doorbells() {
+    let s = State::new("poll");
+    let args = [
+        "--fresh",
+        "--smp",
+        "2",
+        "--poll-us",
+        "200",
+        "--append",
+        "vpmprog=pmemtest",
+    ];
+    let console = run(&s, "threads", &args);
+    assert!(
+        console.contains("PMEMTEST threads OK") && !console.contains("PMEMTEST FAIL"),
+        "{console}"
+    );
+    // The driver freed its shared page only after the polling host took the UNREGISTER.
+    assert!(
+        console.contains("VPM-RMMOD ok") && !console.contains("shared page is leaked"),
+        "{console}"
+    );
+    let guest = guest_stats(&console);
+    assert_eq!(
+        guest["polled"], 1,
+        "vpm.ko was not granted polled rings: {guest:?}"
+    );
+    assert_eq!(guest["errors"], 0, "{guest:?}");
+    let host: serde_json::Value = serde_json::from_str(console.lines().last().unwrap()).unwrap();
+    let n = |k: &str| host["stats"][k].as_u64().unwrap();
+    // 4 threads x 20000 records: 10000 persists, 70000 flushes, 40000 drains.
+    assert_eq!(n("hints_served"), 120_000, "{host}");
+    assert_eq!(n("hints_rejected"), 0, "{host}");
+    assert!(
+        n("poller_hints") > 0 && n("doorbells_suppressed") > 0,
+        "no polling: {host}"
+    );
+    assert!(
+        guest["doorbells_suppressed"] > 0,
+        "the guest never skipped the doorbell: {guest:?}"
+    );
+    println!(
+        "polled: guest rang {} doorbells and skipped {}; host polled {} of 120000 hints, {} \
+         wake-ups, poller CPU {} ms",
+        guest["doorbells"],
+        guest["doorbells_suppressed"],
+        n("poller_hints"),
+        n("poller_wakeups"),
+        n("poller_cpu_us") / 1000
+    );
+}
+
+/// A trial count from the environment variable `var`, else `default`.
+fn trials(var: &str, default: u64) -> u64 {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3u64);
+        .unwrap_or(default)
+}
+
+/// The SMP kill trials of pmemtest twriter/tcheck (see the test above), `poll_us` > 0 with
+/// polled rings.
+fn smp_kill_trials(name: &str, trials: u64, poll_us: u64) {
+    let poll = poll_us.to_string();
+    let mut smp = vec!["--smp", "2", "--append", "vpmprog=pmemtest"];
+    if poll_us > 0 {
+        smp.extend(["--poll-us", &poll]);
+    }
+    let smp = &smp[..];
     for trial in 0..trials {
-        let s = State::new(&format!("smp{trial}"));
-        let host = HostRun::start(qemu_cmd(&s, "twriter", &[&["--fresh"], SMP].concat()));
+        let s = State::new(&format!("{name}{trial}"));
+        let host = HostRun::start(qemu_cmd(&s, "twriter", &[&["--fresh"], smp].concat()));
         let console = s.0.join("linux.console");
         let read = || std::fs::read_to_string(&console).unwrap_or_default();
         let start = Instant::now();
@@ -348,7 +437,7 @@ fn pv_libpmem_threads_on_two_vcpus_keep_every_acknowledged_record_through_a_host
         let (acked, cpus) = thread_acks(&text);
         assert_eq!(cpus.len(), 2, "acknowledging threads ran on CPUs {cpus:?}");
         let check = format!("tcheck,{},{},{},{}", acked[0], acked[1], acked[2], acked[3]);
-        let out = run(&s, &check, SMP);
+        let out = run(&s, &check, smp);
         assert!(
             out.contains("PMEMTEST tcheck OK") && !out.contains("PMEMTEST FAIL"),
             "trial {trial} (acked {acked:?}):\n{out}"

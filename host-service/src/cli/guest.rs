@@ -135,14 +135,17 @@ pub struct GuestArgs {
     pub doorbell: DoorbellArg,
     /// Polled rings: a host thread keeps polling the hint ring for US microseconds after the
     /// last hint before it sleeps on the doorbell, so a PV guest persists without a VM exit.
-    /// The default, 200, is a few VM exits on this PVM host: the poller spins only while hints
-    /// arrive and for the window after the last one, then sleeps, so an idle guest costs almost
-    /// no host CPU (docs/costs.md; `vpm-bench suite` measures it). 0 = no poller, a doorbell per
-    /// batch (as ABI 1.0 guests always ring). A poller implies the ioeventfd doorbell and wants a
-    /// spare host core while hints arrive.
-    #[arg(long, value_name = "US", default_value_t = vpm_host::vmm::poller::DEFAULT_POLL_US,
+    /// 0 = no poller, a doorbell per batch (as ABI 1.0 guests always ring).
+    /// `vpm guest`/`run`: 200 by default, a few VM exits on this PVM host: the poller spins only
+    /// while hints arrive and for the window after the last one, then sleeps, so an idle guest
+    /// costs almost no host CPU (docs/costs.md; `vpm-bench suite` measures it); it implies the
+    /// ioeventfd doorbell and wants a spare host core while hints arrive.
+    /// `vpm qemu`: 0 by default; with US > 0 the doorbell-socket thread polls (vpm.ko then rings
+    /// only while it sleeps), but under TCG it competes with QEMU's vCPU threads for the host's
+    /// cores (2 on the test machine, docs/costs.md).
+    #[arg(long, value_name = "US",
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
-    pub poll_us: u64,
+    pub poll_us: Option<u64>,
     /// Pre-copy epochs (full mode): copy dirty pages while the guest runs, pause it only for
     /// the pages dirtied again, commit after it resumed; off = everything in the pause. Off by
     /// default: shorter pauses, but on this PVM host the guest runs slower while the commit
@@ -353,7 +356,7 @@ pub fn spec_for(o: &GuestArgs) -> VmSpec {
         work_dir: o.state.clone(),
         time_limit: o.seconds.map(Duration::from_secs_f64),
         doorbell: o.doorbell.into(),
-        poll_us: o.poll_us,
+        poll_us: o.poll_us.unwrap_or(vpm_host::vmm::poller::DEFAULT_POLL_US),
         precopy_rounds: bool::from(o.precopy).then_some(o.precopy_rounds),
         vcpus: o.vcpus,
     }
@@ -444,7 +447,11 @@ mod tests {
         assert_eq!(g.vpm_mib_or(32), 32);
         assert_eq!(g.mode(), Mode::Full);
         assert_eq!(g.workload, WorkloadArg::Kv);
-        assert_eq!(g.poll_us, 200, "the ring poller is on by default");
+        assert_eq!(
+            spec_for(&g).poll_us,
+            200,
+            "the ring poller is on by default"
+        );
         assert_eq!(
             spec_for(&g).params.flags & FLAG_PV,
             0,

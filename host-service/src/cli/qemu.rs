@@ -66,6 +66,8 @@ pub fn run(a: &QemuArgs) -> Result<(), CliError> {
         vcpus: a.smp,
         timeout: Duration::from_secs_f64(a.timeout),
         persist_witness: o.witness.clone(),
+        // Off unless asked for: under TCG a poller competes with QEMU's vCPU threads.
+        poll_us: o.poll_us.unwrap_or(0),
         epochs: full.then(|| EpochSpec {
             epoch_ms: o.epoch_ms,
             witness: o.epoch_witness.clone(),

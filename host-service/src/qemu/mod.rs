@@ -5,13 +5,15 @@
 //! starts, the vPM range of the RAM file is rebuilt from the pool (recovery after a crash).
 //!
 //! QEMU cannot hold the vCPU in the doorbell write, so the guest polls the ring's `consumed`
-//! (no SYNC_DOORBELL feature). In PV mode epochs are taken on request only and commit every vPM
+//! (no SYNC_DOORBELL feature). With [`QemuSpec::poll_us`] the doorbell thread is also the VM's
+//! ring poller (polled rings, see [`doorbell`]). In PV mode epochs are taken on request only and commit every vPM
 //! page (diffed against its home). In full mode ([`QemuSpec::epochs`]) periodic epochs
 //! stop the guest over QMP (see [`epochs`]); the guest's own epoch requests are refused there,
 //! since they would commit memory the epoch driver has not staged. One controller thread owns
 //! the QMP session: epochs, and an operator's pause, resume and epoch requests (`vpm serve`).
 
 mod controller;
+mod doorbell;
 mod epochs;
 mod launch;
 mod qmp;
@@ -19,8 +21,6 @@ mod qmp;
 pub use epochs::{EpochDriver, EpochError, EpochSpec, EpochSummary};
 pub use qmp::{Qmp, QmpError};
 
-use std::io::Read;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,7 +46,7 @@ impl From<PoolError> for QemuError {
         QemuError::Vmm(e.into())
     }
 }
-use crate::vmm::hints::{HintService, HintTarget};
+use crate::vmm::hints::HintTarget;
 use crate::vmm::mapping::FileMapping;
 use crate::vmm::{Mode, VmControl, VmStats, VmmError, VpmRange};
 
@@ -80,6 +80,10 @@ pub struct QemuSpec {
     /// Crash-test witness: each acknowledged persist range is appended as `OFFSET LEN` (vPM
     /// bytes) before its ring entry completes.
     pub persist_witness: Option<PathBuf>,
+    /// Polled rings (ABI 1.1): microseconds the doorbell thread keeps polling the hint ring
+    /// after the last hint before it blocks on the doorbell socket again; 0 = doorbell only
+    /// (every batch rings). Under TCG a poller competes with QEMU's vCPU threads for the cores.
+    pub poll_us: u64,
 }
 
 /// What happened.
@@ -108,6 +112,8 @@ struct QemuTarget {
     full: bool,
     /// `QemuSpec::persist_witness`, open for appending.
     witness: Option<Mutex<std::fs::File>>,
+    /// A ring poller runs: the guest is granted polled rings.
+    polled: bool,
 }
 
 impl QemuTarget {
@@ -159,11 +165,9 @@ impl HintTarget for QemuTarget {
     }
 
     fn features(&self) -> u32 {
-        if self.full {
-            features::PERSIST | features::TRANSIENT
-        } else {
-            features::PERSIST | features::TRANSIENT | features::EPOCHS
-        }
+        let polled = if self.polled { features::POLLED } else { 0 };
+        let epochs = if self.full { 0 } else { features::EPOCHS };
+        features::PERSIST | features::TRANSIENT | epochs | polled
     }
 
     fn stats(&self) -> &Mutex<VmStats> {
@@ -284,6 +288,7 @@ pub fn run_qemu_controlled(
         stats: Mutex::new(VmStats::default()),
         full: spec.epochs.is_some(),
         witness,
+        polled: spec.poll_us > 0,
     });
     rebuild_vpm(&target)?;
     let mut driver = spec
@@ -305,11 +310,23 @@ pub fn run_qemu_controlled(
         qmp: &qmp_path,
     };
     let mut child = launch::start_qemu(spec, &paths, vpm_size)?;
-    let server = {
-        let (target, sock) = (target.clone(), sock.clone());
-        std::thread::spawn(move || serve_doorbell(listener, &sock, &target))
-    };
     let done = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (target, sock, done) = (target.clone(), sock.clone(), done.clone());
+        let poll = (spec.poll_us > 0).then(|| Duration::from_micros(spec.poll_us));
+        std::thread::Builder::new()
+            .name("vpm-doorbell".into())
+            .spawn(move || doorbell::serve(listener, &sock, &target, poll, &done))
+    };
+    let server = match server {
+        Ok(t) => t,
+        Err(source) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let thread = "doorbell";
+            return Err(VmmError::SpawnThread { thread, source }.into());
+        }
+    };
     // The controller: periodic full-virt epochs, the operator's pause/resume and epoch requests.
     let controller = {
         let (target, done, qmp_path) = (target.clone(), done.clone(), qmp_path.clone());
@@ -414,29 +431,4 @@ fn rebuild_vpm(t: &QemuTarget) -> Result<(), VmmError> {
         pool.read_home(t.tenant, vpn, page)?;
     }
     Ok(())
-}
-
-/// Reads doorbell bytes from QEMU's debugcon socket and serves them until QEMU disconnects.
-fn serve_doorbell(
-    listener: UnixListener,
-    sock: &std::path::Path,
-    target: &QemuTarget,
-) -> Result<(), VmmError> {
-    let (mut stream, _) = listener
-        .accept()
-        .map_err(|source| VmmError::DoorbellSocket {
-            path: sock.to_path_buf(),
-            source,
-        })?;
-    let mut hints = HintService::new(target.vpm_off, target.vpm_size);
-    let mut buf = [0u8; 256];
-    loop {
-        let n = match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return Ok(()),
-            Ok(n) => n,
-        };
-        for &b in &buf[..n] {
-            hints.on_byte(b, target)?;
-        }
-    }
 }

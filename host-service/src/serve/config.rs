@@ -17,6 +17,8 @@ use crate::vmm::{DoorbellKind, Mode, VmSpec};
 pub const MAX_VPM_MIB: u64 = 1024;
 /// Longest epoch interval, ms (one day).
 pub const MAX_EPOCH_MS: u64 = 86_400_000;
+/// Longest ring-poller idle window a VM may ask for, µs (as `vpm guest --poll-us`).
+pub const MAX_POLL_US: u64 = 1_000_000;
 /// Numbers a workload takes.
 pub const MAX_WORKLOAD_ARGS: usize = 6;
 
@@ -256,6 +258,10 @@ pub struct VmConfig {
     /// Epoch interval, ms (0: only on request and at shutdown).
     #[serde(default = "default_epoch_ms")]
     pub epoch_ms: u64,
+    /// Polled rings: the ring poller's idle window, µs (0, the default: doorbell only); as
+    /// `vpm guest --poll-us` (front `kvm`) and `vpm qemu --poll-us` (front `qemu`).
+    #[serde(default)]
+    pub poll_us: u64,
     /// The test guest's workload (front `kvm`; required there).
     #[serde(default)]
     pub workload: Option<WorkloadConfig>,
@@ -343,6 +349,7 @@ impl VmConfig {
             check("dram_min_mib", m, 0, self.dram_mib)?;
         }
         check("epoch_ms", self.epoch_ms, 0, MAX_EPOCH_MS)?;
+        check("poll_us", self.poll_us, 0, MAX_POLL_US)?;
         if let Some(w) = self
             .workload
             .as_ref()
@@ -415,6 +422,7 @@ impl VmConfig {
             vpm_offset_mib: QEMU_VPM_OFFSET_MIB,
             timeout: Duration::from_secs(q.timeout_s),
             persist_witness: self.witness.clone(),
+            poll_us: self.poll_us,
             epochs: (self.mode == ModeName::Full).then(|| EpochSpec {
                 epoch_ms: self.epoch_ms,
                 witness: self.epoch_witness.clone(),
@@ -462,7 +470,7 @@ impl VmConfig {
             work_dir,
             time_limit: self.seconds.map(Duration::from_secs_f64),
             doorbell: DoorbellKind::Exit,
-            poll_us: 0,
+            poll_us: self.poll_us,
             precopy_rounds: None,
             vcpus: self.vcpus,
         }
@@ -527,6 +535,16 @@ mod tests {
             .unwrap();
         c.validate().unwrap();
         assert_eq!(c.qemu_spec("l", PathBuf::from("/tmp")).unwrap().vcpus, 2);
+        assert_eq!(c.qemu_spec("l", PathBuf::from("/tmp")).unwrap().poll_us, 0);
+        let mut c = parse(r#"{"front":"qemu","mode":"pv","vpm_mib":64,"vcpus":2,"poll_us":200,"qemu":{"kernel":"k","initrd":"i"}}"#)
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.qemu_spec("l", PathBuf::from("/tmp")).unwrap().poll_us,
+            200
+        );
+        c.poll_us = MAX_POLL_US + 1;
+        assert!(c.validate().is_err(), "poll_us past its maximum");
         assert!(parse(
             r#"{"front":"qemu","mode":"pv","vpm_mib":64,"qemu":{"kernel":"k","initrd":"i","x":1}}"#
         )

@@ -1,20 +1,24 @@
 //! The ring poller (polled rings, ABI 1.1 feature `POLLED`): a host thread per VM that keeps
 //! polling the hint rings (one per vCPU) while hints arrive, so the guest publishes without a doorbell exit.
 //!
-//! Cycle: block on the RING ioeventfd → announce POLLING, serve the ring → poll `produced`,
-//! serving every batch, until nothing arrived for `poll` → announce SLEEPING and re-check
-//! (`vpm_abi::proto::poll`) → block again. With the handshake a guest rings only while the poller
-//! sleeps, and the re-check makes sure no entry is left behind when it goes to sleep.
+//! Cycle: block on the doorbell → announce POLLING, serve what the doorbell brought → poll
+//! `produced`, serving every batch, until nothing arrived for `poll` → announce SLEEPING and
+//! re-check (`vpm_abi::proto::poll`) → block again. With the handshake a guest rings only while
+//! the poller sleeps, and the re-check makes sure no entry is left behind when it goes to sleep.
 //!
-//! Hints are served under the same `hints` lock the doorbell path takes, so epochs and hints stay
+//! The loop is written once over a [`RingSource`], the front's doorbell: the RING ioeventfd on
+//! the KVM front ([`run`]), QEMU's debugcon socket on the QEMU front (`crate::qemu`). Hints are
+//! served under the same `hints` lock the front's doorbell path takes, so epochs and hints stay
 //! serialized as without polling. The thread's CPU time and counts go to [`super::VmStats`].
 
 use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 use vpm_abi::SleepCheck;
 
+use super::hints::{HintService, HintTarget};
 use super::{VmContext, VmmError};
 
 /// `vpm guest --poll-us` by default on the KVM front. The poller spins only while hints arrive
@@ -25,6 +29,57 @@ use super::{VmContext, VmmError};
 /// asleep, rings again, and a busy ring can stay in doorbell-per-entry mode (measured with 50 µs
 /// on this shared 2-core host: 994 of 1000 NOP entries woke the poller). 0 turns the poller off.
 pub const DEFAULT_POLL_US: u64 = 200;
+
+/// A front's doorbell and hint service, as the poller sees them.
+pub trait RingSource {
+    /// Blocks until the guest rings and appends the doorbell bytes that arrived to `bytes`;
+    /// `false` when the VM stops (or its doorbell went away).
+    fn wait(&mut self, bytes: &mut Vec<u8>) -> bool;
+    /// Whether the VM is stopping (checked while polling).
+    fn stopped(&self) -> bool;
+    /// The VM's hint service, locked (the lock its doorbell path takes).
+    fn hints(&self) -> MutexGuard<'_, HintService>;
+    /// What the hints act on.
+    fn target(&self) -> &dyn HintTarget;
+    /// Serves the doorbell bytes [`RingSource::wait`] brought, with the hints lock held: by
+    /// default each byte as vCPU 0's doorbell (one ring, as vpm.ko has).
+    fn serve_doorbell(&self, hints: &mut HintService, bytes: &[u8]) -> Result<(), VmmError> {
+        for &b in bytes {
+            hints.on_byte(b, self.target())?;
+        }
+        Ok(())
+    }
+}
+
+/// The KVM front: the RING ioeventfd; the VMM writes it to stop the poller.
+struct KvmRing<'a> {
+    vm: &'a VmContext,
+    evt: &'a EventFd,
+}
+
+impl RingSource for KvmRing<'_> {
+    fn wait(&mut self, _bytes: &mut Vec<u8>) -> bool {
+        let _ = self.evt.read();
+        !self.stopped()
+    }
+
+    fn stopped(&self) -> bool {
+        self.vm.stop.load(Ordering::Acquire)
+    }
+
+    fn hints(&self) -> MutexGuard<'_, HintService> {
+        self.vm.hints.lock().expect("hints")
+    }
+
+    fn target(&self) -> &dyn HintTarget {
+        self.vm
+    }
+
+    /// The ioeventfd does not say which vCPU rang: serve every vCPU's ring.
+    fn serve_doorbell(&self, hints: &mut HintService, _bytes: &[u8]) -> Result<(), VmmError> {
+        hints.on_ring_doorbell(self.vm)
+    }
+}
 
 /// What one poller run counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,15 +92,22 @@ struct Counts {
     polled_hints: u64,
 }
 
-/// Runs the poller until the VM stops; `evt` is the RING ioeventfd, `poll` the idle time after
-/// which the poller sleeps. Adds its CPU time and counts to the VM's stats when it returns.
+/// Runs the KVM front's poller until the VM stops; `evt` is the RING ioeventfd, `poll` the idle
+/// time after which the poller sleeps.
 pub fn run(vm: &VmContext, evt: &EventFd, poll: Duration) -> Result<(), VmmError> {
+    run_source(&mut KvmRing { vm, evt }, poll)
+}
+
+/// Runs the poller over `src` until the VM stops or its doorbell goes away; `poll` is the idle
+/// time after which the poller sleeps. Adds its CPU time and counts to the VM's stats when it
+/// returns.
+pub fn run_source<S: RingSource>(src: &mut S, poll: Duration) -> Result<(), VmmError> {
     let cpu_start = thread_cpu_time();
-    vm.stats.lock().expect("stats").poller_clock = own_cpu_clock();
+    src.target().stats().lock().expect("stats").poller_clock = own_cpu_clock();
     let mut counts = Counts::default();
-    let result = poll_loop(vm, evt, poll, &mut counts);
+    let result = poll_loop(src, poll, &mut counts);
     let cpu = thread_cpu_time().saturating_sub(cpu_start);
-    let mut s = vm.stats.lock().expect("stats");
+    let mut s = src.target().stats().lock().expect("stats");
     // Under the stats lock: a reader of the clock ([`cpu_time`]) holds it, so it never reads
     // the clock of a thread that has ended.
     s.poller_clock = None;
@@ -56,32 +118,32 @@ pub fn run(vm: &VmContext, evt: &EventFd, poll: Duration) -> Result<(), VmmError
     result
 }
 
-fn poll_loop(
-    vm: &VmContext,
-    evt: &EventFd,
+fn poll_loop<S: RingSource>(
+    src: &mut S,
     poll: Duration,
     counts: &mut Counts,
 ) -> Result<(), VmmError> {
+    let mut bytes = Vec::new();
     loop {
-        // Blocks until the guest rings (or the VMM writes the eventfd to stop us).
-        let _ = evt.read();
-        if vm.stop.load(Ordering::Acquire) {
+        bytes.clear();
+        // Blocks until the guest rings (or the VM stops).
+        if !src.wait(&mut bytes) {
             return Ok(());
         }
         counts.wakeups += 1;
         {
-            let mut hints = vm.hints.lock().expect("hints");
+            let mut hints = src.hints();
             hints.wake();
-            hints.on_ring_doorbell(vm)?;
+            src.serve_doorbell(&mut hints, &bytes)?;
         }
         let mut idle_since = Instant::now();
         loop {
-            if vm.stop.load(Ordering::Acquire) {
+            if src.stopped() {
                 return Ok(());
             }
-            let mut hints = vm.hints.lock().expect("hints");
+            let mut hints = src.hints();
             if hints.has_published() {
-                let served = hints.serve_polled(vm)?;
+                let served = hints.serve_polled(src.target())?;
                 drop(hints);
                 counts.polled_batches += 1;
                 counts.polled_hints += served;
