@@ -326,7 +326,7 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, CrashTestE
 fn acked_per_vcpu(witness: &Path, vcpus: u32) -> Vec<u64> {
     let mut acked = vec![0u64; vcpus.clamp(1, 5) as usize];
     let text = std::fs::read_to_string(witness).unwrap_or_default();
-    for line in text.lines() {
+    for line in complete_lines(&text) {
         let mut words = line.split_whitespace();
         let Some(Ok(seq)) = words.next().map(str::parse::<u64>) else {
             continue;
@@ -374,15 +374,23 @@ fn wait_for_first_epoch(
 /// vCPU), else none.
 fn last_committed_records(epochs: &Path) -> Vec<u64> {
     let text = std::fs::read_to_string(epochs).unwrap_or_default();
-    text.lines()
+    let last = complete_lines(&text)
         .filter_map(|l| {
             let mut words = l.split_whitespace();
             let _epoch: u64 = words.next()?.parse().ok()?;
             let records: Vec<u64> = words.map(str::parse).collect::<Result<_, _>>().ok()?;
             (!records.is_empty()).then_some(records)
         })
-        .next_back()
-        .unwrap_or_default()
+        .next_back();
+    last.unwrap_or_default()
+}
+
+/// The newline-terminated lines of a witness file: a kill can cut the last line anywhere, and a
+/// cut line can read as a different, valid line (`88000 1` → `88000`, vCPU 1's record as vCPU
+/// 0's), so a last line without its newline is not read.
+fn complete_lines(text: &str) -> impl DoubleEndedIterator<Item = &str> {
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines()
 }
 
 fn child_stderr(child: &mut std::process::Child) -> String {
@@ -400,4 +408,36 @@ pub fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(name: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("vpm-crashtest-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("witness");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A kill can cut the witness's last line anywhere: `88000 1` torn to `88000` must not
+    /// become vCPU 0's acknowledgement (a false "lost record" for vCPU 0).
+    #[test]
+    fn a_torn_last_drain_line_is_not_read() {
+        let w = file_with("drain", "100\n90 1\n120\n88000");
+        assert_eq!(acked_per_vcpu(&w, 2), vec![120, 90]);
+        let w = file_with("drain2", "100\n90 1\n120\n88000 1\n");
+        assert_eq!(acked_per_vcpu(&w, 2), vec![120, 88000]);
+    }
+
+    /// The same for the epoch witness: `12 500 480` torn to `12 500 48` is not a commit.
+    #[test]
+    fn a_torn_last_epoch_line_is_not_read() {
+        let e = file_with("epoch", "11 400 390\n12 500 48");
+        assert_eq!(last_committed_records(&e), vec![400, 390]);
+        let e = file_with("epoch2", "11 400 390\n12 500 480\n");
+        assert_eq!(last_committed_records(&e), vec![500, 480]);
+    }
 }

@@ -27,6 +27,14 @@ fn seq_word(ram: &GuestMemoryMmap, vcpu: u32, which: usize) -> Option<u64> {
         .ok()
 }
 
+/// Appends one whole line with one `write` (formatting straight into the file would write it
+/// piece by piece, and a kill between the pieces leaves a cut line that can read as another
+/// valid one; readers also skip a last line without its newline). A crash test's witness: a
+/// lost line only weakens the check, never fakes a pass.
+fn append_line(f: &mut File, line: &str) {
+    let _ = f.write_all(line.as_bytes());
+}
+
 /// Opens a witness file for appending.
 fn open(path: Option<&Path>) -> Result<Option<File>, VmmError> {
     path.map(|p| {
@@ -67,12 +75,12 @@ impl Witnesses {
         let mut w = self.drain.lock().expect("witness");
         if let Some(f) = w.as_mut() {
             if let Some(seq) = seq_word(ram, vcpu, 0) {
-                // A crash test's witness: a lost line only weakens the check, never fakes a pass.
-                let _ = if vcpu == 0 {
-                    writeln!(f, "{seq}")
+                let line = if vcpu == 0 {
+                    format!("{seq}\n")
                 } else {
-                    writeln!(f, "{seq} {vcpu}")
+                    format!("{seq} {vcpu}\n")
                 };
+                append_line(f, &line);
             }
         }
     }
@@ -88,8 +96,7 @@ impl Witnesses {
             .map(|v| seq_word(ram, v, 1).map(|r| r.to_string()))
             .collect();
         if let Some(records) = records {
-            // A crash test's witness: a lost line only weakens the check, never fakes a pass.
-            let _ = writeln!(f, "{epoch} {}", records.join(" "));
+            append_line(f, &format!("{epoch} {}\n", records.join(" ")));
         }
     }
 
@@ -106,8 +113,7 @@ impl Witnesses {
     pub fn write_epoch(&self, epoch: u64, record: Option<u64>) {
         let mut w = self.epoch.lock().expect("epoch witness");
         if let (Some(f), Some(record)) = (w.as_mut(), record) {
-            // A crash test's witness: a lost line only weakens the check, never fakes a pass.
-            let _ = writeln!(f, "{epoch} {record}");
+            append_line(f, &format!("{epoch} {record}\n"));
         }
     }
 }
