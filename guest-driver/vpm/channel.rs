@@ -200,7 +200,7 @@ impl Channel {
             },
         );
         if !wait_for(SPINS, || page.status() != Some(HeaderStatus::Pending)) {
-            pr_err!("the VPM host did not answer the registration of ring {}\n", index);
+            pr_err!("the VPM host did not answer registering ring {}\n", index);
             return Err(ENODEV);
         }
         if page.status() != Some(HeaderStatus::Ok) {
