@@ -16,6 +16,8 @@ bitflags::bitflags! {
         const SYNC_DOORBELL = features::SYNC_DOORBELL;
         /// [`features::POLLED`] (ABI 1.1).
         const POLLED = features::POLLED;
+        /// [`features::RINGS`] (one ring per guest CPU, QEMU front).
+        const RINGS = features::RINGS;
     }
 }
 

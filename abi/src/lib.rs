@@ -18,7 +18,9 @@ pub mod flags;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 
-pub use proto::doorbell::{DoorbellCmd, DoorbellDecoder, DOORBELL_PORT, PROBE_REPLY};
+pub use proto::doorbell::{
+    DoorbellCmd, DoorbellDecoder, DOORBELL_PORT, MAX_CMD_BYTES, MAX_RINGS, PROBE_REPLY,
+};
 pub use proto::op::{features, HeaderStatus, HintResult, Op, RESULT_PENDING};
 pub use proto::poll::{NeedsDoorbell, SleepCheck, StillPending, HOST_POLLING, HOST_SLEEPING};
 pub use proto::ring::{Consumer, Producer, RingFull, SharedPage, Taken, Ticket};

@@ -12,10 +12,15 @@
  *   vpmtest refused      a FLUSH the host refuses (injected through the driver's debugfs) makes
  *                        the next DRAIN fail with the FLUSH's error, also when a persist rang the
  *                        doorbell in between; the drain after that succeeds again
+ *   vpmtest migrate      (2 CPUs) FLUSH pinned to one CPU, DRAIN pinned to the other: with one
+ *                        ring per CPU the DRAIN must still cover the FLUSH (a refused one fails
+ *                        it), in both directions
  * Prints "VPMTEST <mode> OK" or "VPMTEST FAIL <why>".
  */
+#define _GNU_SOURCE
 #include "records.h"
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -264,6 +269,33 @@ static void refused(void)
 	expect("clean drain", drain(), 0);
 }
 
+static int pin(int cpu)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		return errno;
+	return sched_getcpu() == cpu ? 0 : EAGAIN;
+}
+
+static void migrate(void)
+{
+	memset(vpm, 0x55, 2 * PAGE);
+	for (int round = 0; round < 4; round++) {
+		int from = round & 1, to = !from;
+		expect("pin (flush)", pin(from), 0);
+		expect("inject", inject_refused_flushes(1), 0);
+		expect("refused flush (queued)", call(VPM_IOC_FLUSH, vpm, 64), 0);
+		expect("pin (drain)", pin(to), 0);
+		expect("drain on the other CPU after a refused flush", drain(), EFAULT);
+		expect("pin (flush)", pin(from), 0);
+		expect("good flush", call(VPM_IOC_FLUSH, vpm + PAGE, 64), 0);
+		expect("pin (drain)", pin(to), 0);
+		expect("drain on the other CPU", drain(), 0);
+	}
+}
+
 static void pattern(uint64_t bytes, int byte)
 {
 	if (bytes > info.vpm_size) {
@@ -308,6 +340,8 @@ int main(int argc, char **argv)
 		check(argc > 2 ? strtoull(argv[2], NULL, 10) : 0);
 	else if (!strcmp(mode, "refused"))
 		refused();
+	else if (!strcmp(mode, "migrate"))
+		migrate();
 	else if (!strcmp(mode, "flood"))
 		flood();
 	else if (!strcmp(mode, "pattern") && argc > 3)

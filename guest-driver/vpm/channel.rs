@@ -6,8 +6,17 @@
 //! together with `Producer::publish`, which rings the doorbell only when the host announced that
 //! its poller sleeps (`NeedsDoorbell::Yes`); the wait for completion is the same bounded wait.
 //! Without the grant (a 1.0 host, or polling off) every batch rings, as before.
+//!
+//! One ring per CPU (feature `RINGS`): ring 0 is registered with REGISTER asking for `RINGS`;
+//! if the host grants it, rings `1..min(nr_cpu_ids, MAX_RINGS)` are registered with
+//! REGISTER_RING, each with its own page and its own lock. A hint goes to the ring of the CPU
+//! the caller runs on (a migration only changes which ring is used). Multi-byte doorbell
+//! commands are written only at load and unload, serially (module init/exit); at run time the
+//! only doorbell is the one-byte RING, so commands of two CPUs never interleave on QEMU's one
+//! debugcon stream. A DRAIN ([`drain_all`]) drains every ring with flushes since its last DRAIN,
+//! so it covers the caller's FLUSHes even if it moved CPU in between.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use kernel::{
     bindings,
@@ -16,7 +25,7 @@ use kernel::{
     time::{delay::fsleep, Delta},
 };
 
-use crate::abi::doorbell::{encode, DoorbellCmd, CMD_RING, PROBE_REPLY};
+use crate::abi::doorbell::{encode, DoorbellCmd, CMD_RING, MAX_CMD_BYTES, MAX_RINGS, PROBE_REPLY};
 use crate::abi::op::{features, HeaderStatus, HintResult, Op};
 use crate::abi::poll::NeedsDoorbell;
 use crate::abi::ring::{Producer, SharedPage, Ticket};
@@ -52,10 +61,19 @@ pub(crate) static COUNTERS: Counters = Counters {
     errors: AtomicU64::new(0),
 };
 
-/// The registered hint channel.
+/// Entries written per ring (debugfs `ring<i>_hints`).
+pub(crate) static RING_HINTS: [AtomicU64; MAX_RINGS] = [const { AtomicU64::new(0) }; MAX_RINGS];
+/// Rings registered (0 while there is no host link).
+pub(crate) static RINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// One registered ring (one per CPU with feature `RINGS`).
 pub(crate) struct Channel {
     producer: Producer<'static>,
     port: u16,
+    /// Ring index (0: REGISTER, others: REGISTER_RING).
+    index: u8,
+    /// FLUSHes were written since the last DRAIN on this ring.
+    undrained: bool,
     page_addr: usize,
     /// FLUSH entries published since the last doorbell, whose results are read after it.
     flushes: [Ticket; RING_ENTRIES as usize],
@@ -64,10 +82,36 @@ pub(crate) struct Channel {
     flush_error: Option<Error>,
 }
 
-global_lock! {
-    // SAFETY: initialised in `VpmModule::init` before the device is registered.
-    pub(crate) unsafe(uninit) static CHANNEL: Mutex<Option<Channel>> = None;
+macro_rules! ring_locks {
+    ($($n:literal => $name:ident),*) => {
+        $(global_lock! {
+            // SAFETY: initialised in `VpmModule::init` (`init_locks`) before anything uses it.
+            unsafe(uninit) static $name: Mutex<Option<Channel>> = None;
+        })*
+
+        /// Initialises the ring locks.
+        ///
+        /// # Safety
+        ///
+        /// Called once, before anything uses a ring.
+        pub(crate) unsafe fn init_locks() {
+            // SAFETY: the caller's contract: once, before any use.
+            $(unsafe { $name.init() };)*
+        }
+
+        /// Runs `f` on ring `i`'s slot under its lock (an index without a lock: an empty slot).
+        pub(crate) fn with_ring<T>(i: usize, f: impl FnOnce(&mut Option<Channel>) -> T) -> T {
+            match i {
+                $($n => f(&mut $name.lock()),)*
+                _ => f(&mut None),
+            }
+        }
+    };
 }
+
+ring_locks!(0 => RING0, 1 => RING1, 2 => RING2, 3 => RING3, 4 => RING4, 5 => RING5, 6 => RING6,
+    7 => RING7);
+const _: () = assert!(MAX_RINGS == 8, "one lock per ring index");
 
 fn outb(port: u16, value: u8) {
     // SAFETY: a write to the VPM doorbell port; it has no effect on kernel memory. There is no
@@ -87,7 +131,7 @@ fn inb(port: u16) -> u8 {
 }
 
 fn doorbell(port: u16, cmd: DoorbellCmd) {
-    let mut bytes = [0u8; 9];
+    let mut bytes = [0u8; MAX_CMD_BYTES];
     let n = encode(cmd, &mut bytes);
     for &b in &bytes[..n] {
         outb(port, b);
@@ -122,9 +166,9 @@ fn errno(r: i32) -> Error {
 }
 
 impl Channel {
-    /// Handshake, shared page, registration.
-    pub(crate) fn open(port: u16) -> Result<Channel> {
-        if inb(port) != PROBE_REPLY {
+    /// Handshake (ring 0), shared page, registration as ring `index`.
+    pub(crate) fn open(port: u16, index: u8) -> Result<Channel> {
+        if index == 0 && inb(port) != PROBE_REPLY {
             pr_err!("no VPM host answers on port {:#x}\n", port);
             return Err(ENODEV);
         }
@@ -141,14 +185,22 @@ impl Channel {
         let mut channel = Channel {
             producer: Producer::prepare(page, RING_ENTRIES, features::ALL).map_err(|_| EINVAL)?,
             port,
+            index,
+            undrained: false,
             page_addr,
             flushes: [Ticket { index: 0, seq: 0 }; RING_ENTRIES as usize],
             flush_count: 0,
             flush_error: None,
         };
-        doorbell(port, DoorbellCmd::Register(gpa));
+        doorbell(
+            port,
+            match index {
+                0 => DoorbellCmd::Register(gpa),
+                i => DoorbellCmd::RegisterRing(i, gpa),
+            },
+        );
         if !wait_for(SPINS, || page.status() != Some(HeaderStatus::Pending)) {
-            pr_err!("the VPM host did not answer the registration\n");
+            pr_err!("the VPM host did not answer registering ring {}\n", index);
             return Err(ENODEV);
         }
         if page.status() != Some(HeaderStatus::Ok) {
@@ -157,6 +209,11 @@ impl Channel {
         }
         channel.ring()?;
         Ok(channel)
+    }
+
+    /// Whether the host granted one ring per CPU (feature `RINGS`).
+    pub(crate) fn multi_ring(&self) -> bool {
+        self.page().header.host_features.load(Ordering::Relaxed) & features::RINGS != 0
     }
 
     pub(crate) fn page(&self) -> &'static SharedPage {
@@ -227,6 +284,7 @@ impl Channel {
             false => gpa,
         };
         let t = self.push(Op::Flush, gpa, len)?;
+        self.undrained = true;
         // At most RING_ENTRIES entries are published between two doorbells (push rings when the
         // ring is full, which collects), so there is always room.
         if let Some(slot) = self.flushes.get_mut(self.flush_count) {
@@ -240,6 +298,7 @@ impl Channel {
     /// DRAIN or any FLUSH since the previous DRAIN (the first error wins).
     pub(crate) fn drain(&mut self) -> Result {
         let r = self.call(Op::Drain, 0, 0);
+        self.undrained = false;
         match self.flush_error.take() {
             Some(e) => Err(e),
             None => r,
@@ -258,11 +317,15 @@ impl Channel {
     }
 
     fn write(&mut self, op: Op, gpa: u64, len: u64) -> Result<Ticket, crate::abi::ring::RingFull> {
-        if self.polled() {
+        let t = if self.polled() {
             self.producer.stage(op.code(), gpa, len)
         } else {
             self.producer.push(op.code(), gpa, len)
+        }?;
+        if let Some(c) = RING_HINTS.get(usize::from(self.index)) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(t)
     }
 
     /// Publishes `op` and waits for its result.
@@ -295,7 +358,13 @@ impl Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        doorbell(self.port, DoorbellCmd::Unregister);
+        doorbell(
+            self.port,
+            match self.index {
+                0 => DoorbellCmd::Unregister,
+                i => DoorbellCmd::UnregisterRing(i),
+            },
+        );
         // A polling host reads the page without a doorbell: it may only be freed once the host
         // has taken the UNREGISTER (it then marks the page UNREGISTERED and never reads it
         // again). A host that does not answer gets the page leaked, never freed under it.
@@ -310,10 +379,67 @@ impl Drop for Channel {
     }
 }
 
+/// Registers ring 0 and, if the host grants `RINGS`, one ring per further CPU (up to
+/// [`MAX_RINGS`]; a ring the host does not answer ends the list). Serial: called at load only.
+pub(crate) fn open_rings(port: u16) -> Result {
+    let ring0 = Channel::open(port, 0)?;
+    let want = match ring0.multi_ring() {
+        true => (kernel::cpu::nr_cpu_ids() as usize).clamp(1, MAX_RINGS),
+        false => 1,
+    };
+    with_ring(0, |slot| *slot = Some(ring0));
+    let mut count = 1;
+    while count < want {
+        match Channel::open(port, count as u8) {
+            Ok(c) => with_ring(count, |slot| *slot = Some(c)),
+            Err(e) => {
+                pr_warn!("ring {} not registered ({:?}): {} rings\n", count, e, count);
+                break;
+            }
+        }
+        count += 1;
+    }
+    RINGS.store(count, Ordering::Release);
+    Ok(())
+}
+
+/// Unregisters every ring, ring 0 last. Serial: called at unload only.
+pub(crate) fn close_rings() {
+    let count = RINGS.swap(0, Ordering::AcqRel).max(1);
+    for i in (0..count).rev() {
+        with_ring(i, |slot| drop(slot.take()));
+    }
+}
+
+/// The ring of the CPU the caller runs on.
+fn current_ring() -> Result<usize> {
+    match RINGS.load(Ordering::Acquire) {
+        0 => Err(ENODEV),
+        n => Ok(kernel::cpu::CpuId::current().as_u32() as usize % n),
+    }
+}
+
+/// Runs `f` on the current CPU's ring, under its lock.
 pub(crate) fn with_channel<T>(f: impl FnOnce(&mut Channel) -> Result<T>) -> Result<T> {
-    let mut guard = CHANNEL.lock();
-    match guard.as_mut() {
+    with_ring(current_ring()?, |slot| match slot.as_mut() {
         Some(c) => f(c),
         None => Err(ENODEV),
+    })
+}
+
+/// DRAIN for `/dev/vpm`: drains the current CPU's ring and every other ring with FLUSHes since
+/// its last DRAIN (the caller may have flushed on another CPU), one ring at a time under its own
+/// lock. Fails with the first error: a refused DRAIN, or a refused FLUSH of a drained ring.
+pub(crate) fn drain_all() -> Result {
+    let here = current_ring()?;
+    let mut result = Ok(());
+    for i in 0..RINGS.load(Ordering::Acquire) {
+        let r = with_ring(i, |slot| match slot.as_mut() {
+            Some(c) if i == here || c.undrained => c.drain(),
+            Some(_) => Ok(()),
+            None => Err(ENODEV),
+        });
+        result = result.and(r);
     }
+    result
 }

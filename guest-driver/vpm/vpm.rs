@@ -31,7 +31,7 @@ mod blk_vpm;
 mod channel;
 
 use abi::op::Op;
-use channel::{with_channel, Channel, CHANNEL, COUNTERS};
+use channel::{with_channel, with_ring, COUNTERS, RINGS, RING_HINTS};
 use abi::uapi::{
     VpmInfo, VpmRange, VpmStatus, VPM_IOC_DRAIN, VPM_IOC_FLUSH, VPM_IOC_INFO, VPM_IOC_PERSIST,
     VPM_IOC_REQUEST_EPOCH, VPM_IOC_SET_PERSISTENT, VPM_IOC_SET_TRANSIENT, VPM_STATUS_MAGIC,
@@ -148,21 +148,39 @@ struct CountersView;
 impl core::fmt::Debug for CountersView {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let c = &COUNTERS;
-        let (served, rejected) = CHANNEL.lock().as_ref().map_or((0, 0), |ch| {
-            let h = &ch.page().header;
-            (h.served.load(Ordering::Relaxed), h.rejected.load(Ordering::Relaxed))
-        });
+        let rings = RINGS.load(Ordering::Acquire);
+        let (served, rejected) = host_counts();
+        let polled = with_ring(0, |ch| ch.as_ref().is_some_and(|ch| ch.polled()));
         writeln!(f, "persists {}", c.persists.load(Ordering::Relaxed))?;
         writeln!(f, "flushes {}", c.flushes.load(Ordering::Relaxed))?;
         writeln!(f, "drains {}", c.drains.load(Ordering::Relaxed))?;
         writeln!(f, "doorbells {}", c.doorbells.load(Ordering::Relaxed))?;
         writeln!(f, "doorbells_suppressed {}", c.doorbells_suppressed.load(Ordering::Relaxed))?;
-        writeln!(f, "polled {}", CHANNEL.lock().as_ref().is_some_and(|ch| ch.polled()) as u8)?;
+        writeln!(f, "polled {}", polled as u8)?;
+        writeln!(f, "rings {rings}")?;
+        for (i, n) in RING_HINTS.iter().enumerate().take(rings) {
+            writeln!(f, "ring{i}_hints {}", n.load(Ordering::Relaxed))?;
+        }
         writeln!(f, "errors {}", c.errors.load(Ordering::Relaxed))?;
         writeln!(f, "host_served {served}")?;
         writeln!(f, "host_rejected {rejected}")?;
         blk_vpm::write_stats(f)
     }
+}
+
+/// The host's `served` and `rejected` counts, summed over the rings.
+fn host_counts() -> (u64, u64) {
+    let mut sum = (0, 0);
+    for i in 0..RINGS.load(Ordering::Acquire) {
+        with_ring(i, |ch| {
+            if let Some(ch) = ch.as_ref() {
+                let h = &ch.page().header;
+                sum.0 += h.served.load(Ordering::Relaxed);
+                sum.1 += h.rejected.load(Ordering::Relaxed);
+            }
+        });
+    }
+    sum
 }
 
 /// FLUSH entries (from `/dev/vpm` and `/dev/vpmblk0`) still to be sent one vPM size past their
@@ -200,24 +218,31 @@ struct HostLink;
 impl HostLink {
     fn open(port: u16) -> Result<HostLink> {
         status_alloc()?;
-        let channel = match Channel::open(port) {
-            Ok(c) => c,
-            Err(e) => {
-                status_free();
-                return Err(e);
-            }
-        };
-        let h = &channel.page().header;
+        if let Err(e) = channel::open_rings(port) {
+            channel::close_rings();
+            status_free();
+            return Err(e);
+        }
+        let (base, size, feats) = with_ring(0, |ch| {
+            ch.as_ref().map_or((0, 0, 0), |ch| {
+                let h = &ch.page().header;
+                (
+                    h.vpm_base.load(Ordering::Relaxed),
+                    h.vpm_size.load(Ordering::Relaxed),
+                    h.host_features.load(Ordering::Relaxed),
+                )
+            })
+        });
         pr_info!(
-            "VPM host found on port {:#x}: vPM {:#x}+{:#x}, features {:#x}\n",
+            "VPM host found on port {:#x}: vPM {:#x}+{:#x}, features {:#x}, {} rings\n",
             port,
-            h.vpm_base.load(Ordering::Relaxed),
-            h.vpm_size.load(Ordering::Relaxed),
-            h.host_features.load(Ordering::Relaxed)
+            base,
+            size,
+            feats,
+            RINGS.load(Ordering::Relaxed)
         );
-        VPM_BASE.store(h.vpm_base.load(Ordering::Relaxed), Ordering::Relaxed);
-        VPM_SIZE.store(h.vpm_size.load(Ordering::Relaxed), Ordering::Release);
-        *CHANNEL.lock() = Some(channel);
+        VPM_BASE.store(base, Ordering::Relaxed);
+        VPM_SIZE.store(size, Ordering::Release);
         Ok(HostLink)
     }
 }
@@ -226,7 +251,7 @@ impl Drop for HostLink {
     fn drop(&mut self) {
         // Unregister from the host and free the shared page, then the status page.
         VPM_SIZE.store(0, Ordering::Release);
-        drop(CHANNEL.lock().take());
+        channel::close_rings();
         status_free();
     }
 }
@@ -248,8 +273,8 @@ struct VpmModule {
 
 impl kernel::InPlaceModule for VpmModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
-        // SAFETY: called once, before anything uses the lock.
-        unsafe { CHANNEL.init() };
+        // SAFETY: called once, before anything uses a ring.
+        unsafe { channel::init_locks() };
         let port = module_parameters::doorbell_port.value();
         let debugfs = Dir::new(c"vpm");
         try_pin_init!(Self {
@@ -480,6 +505,7 @@ fn range_op(op: Op, arg: usize) -> Result<isize> {
 }
 
 fn info(arg: usize) -> Result<isize> {
+    let (served, rejected) = host_counts();
     let info = with_channel(|c| {
         let h = &c.page().header;
         Ok(VpmInfo {
@@ -488,8 +514,8 @@ fn info(arg: usize) -> Result<isize> {
             features: h.host_features.load(Ordering::Relaxed),
             abi_version: h.version.load(Ordering::Relaxed),
             epoch: h.epoch.load(Ordering::Relaxed),
-            served: h.served.load(Ordering::Relaxed),
-            rejected: h.rejected.load(Ordering::Relaxed),
+            served,
+            rejected,
         })
     })?;
     let mut w = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<VpmInfo>()).writer();
@@ -528,10 +554,10 @@ impl MiscDevice for VpmFile {
             VPM_IOC_FLUSH => range_op(Op::Flush, arg),
             VPM_IOC_SET_TRANSIENT => range_op(Op::SetTransient, arg),
             VPM_IOC_SET_PERSISTENT => range_op(Op::SetPersistent, arg),
-            VPM_IOC_DRAIN => with_channel(|c| {
+            VPM_IOC_DRAIN => {
                 COUNTERS.drains.fetch_add(1, Ordering::Relaxed);
-                c.drain().map(|_| 0)
-            }),
+                channel::drain_all().map(|_| 0)
+            }
             VPM_IOC_REQUEST_EPOCH => with_channel(|c| c.call(Op::RequestEpoch, 0, 0).map(|_| 0)),
             _ => Err(ENOTTY),
         }

@@ -328,60 +328,6 @@ fn pv_libpmem_threads_with_polling_keep_every_acknowledged_record_through_a_host
     smp_kill_trials("smppoll", trials("VPM_SMP_POLL_TRIALS", 2), 200);
 }
 
-/// Issue 13: pmemtest's four threads on two vCPUs with polled rings: the data checks pass, and
-/// the host served hints by polling and the guest skipped doorbells (both sides count it).
-#[test]
-fn pmemtest_on_two_vcpus_with_polling_persists_without_doorbells() {
-    let s = State::new("poll");
-    let args = [
-        "--fresh",
-        "--smp",
-        "2",
-        "--poll-us",
-        "200",
-        "--append",
-        "vpmprog=pmemtest",
-    ];
-    let console = run(&s, "threads", &args);
-    assert!(
-        console.contains("PMEMTEST threads OK") && !console.contains("PMEMTEST FAIL"),
-        "{console}"
-    );
-    // The driver freed its shared page only after the polling host took the UNREGISTER.
-    assert!(
-        console.contains("VPM-RMMOD ok") && !console.contains("shared page is leaked"),
-        "{console}"
-    );
-    let guest = guest_stats(&console);
-    assert_eq!(
-        guest["polled"], 1,
-        "vpm.ko was not granted polled rings: {guest:?}"
-    );
-    assert_eq!(guest["errors"], 0, "{guest:?}");
-    let host: serde_json::Value = serde_json::from_str(console.lines().last().unwrap()).unwrap();
-    let n = |k: &str| host["stats"][k].as_u64().unwrap();
-    // 4 threads x 20000 records: 10000 persists, 70000 flushes, 40000 drains.
-    assert_eq!(n("hints_served"), 120_000, "{host}");
-    assert_eq!(n("hints_rejected"), 0, "{host}");
-    assert!(
-        n("poller_hints") > 0 && n("doorbells_suppressed") > 0,
-        "no polling: {host}"
-    );
-    assert!(
-        guest["doorbells_suppressed"] > 0,
-        "the guest never skipped the doorbell: {guest:?}"
-    );
-    println!(
-        "polled: guest rang {} doorbells and skipped {}; host polled {} of 120000 hints, {} \
-         wake-ups, poller CPU {} ms",
-        guest["doorbells"],
-        guest["doorbells_suppressed"],
-        n("poller_hints"),
-        n("poller_wakeups"),
-        n("poller_cpu_us") / 1000
-    );
-}
-
 /// A trial count from the environment variable `var`, else `default`.
 fn trials(var: &str, default: u64) -> u64 {
     std::env::var(var)

@@ -192,10 +192,16 @@ pub mod features {
     /// skip the doorbell while the host polls (`proto::poll`). Granted only to 1.1 guests, and
     /// only while a host thread polls the ring.
     pub const POLLED: u32 = 1 << 4;
+    /// One ring per guest CPU on a front whose doorbell does not say which CPU rang (QEMU): the
+    /// guest registers ring 0 with REGISTER asking for this bit and, if granted, rings
+    /// `1..MAX_RINGS` with REGISTER_RING (`proto::doorbell`); a RING then serves every ring.
+    /// An addition to 1.1 that a host grants only when it offers it: a host without it never
+    /// grants it, and the guest keeps one ring.
+    pub const RINGS: u32 = 1 << 5;
     /// All bits ABI 1.0 defines.
     pub const ALL_1_0: u32 = PERSIST | TRANSIENT | EPOCHS | SYNC_DOORBELL;
     /// All bits this ABI version (1.1) defines.
-    pub const ALL: u32 = ALL_1_0 | POLLED;
+    pub const ALL: u32 = ALL_1_0 | POLLED | RINGS;
 }
 
 #[cfg(test)]

@@ -4,6 +4,10 @@
 //! ([`crate::vmm::poller`]): it wakes on the socket, serves, polls the ring until it is idle for
 //! the window, re-checks and blocks on the socket again. QEMU cannot hold the vCPU in the
 //! doorbell write, so in both cases the guest waits by polling the ring's `consumed`.
+//!
+//! The byte stream is one for all vCPUs: the host cannot tell which CPU rang. A guest granted
+//! feature `RINGS` registers one ring per CPU with REGISTER_RING (ring 0 with REGISTER) and a
+//! RING byte serves every registered ring ([`HintService::on_stream_byte`]).
 
 use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -49,6 +53,14 @@ impl RingSource for QemuRing<'_> {
     fn target(&self) -> &dyn HintTarget {
         self.target
     }
+
+    /// One stream for every vCPU: ring-indexed registrations, and a RING serves every ring.
+    fn serve_doorbell(&self, hints: &mut HintService, bytes: &[u8]) -> Result<(), VmmError> {
+        for &b in bytes {
+            hints.on_stream_byte(b, self.target)?;
+        }
+        Ok(())
+    }
 }
 
 /// Accepts QEMU's debugcon connection on `listener` and serves the doorbell until QEMU
@@ -69,7 +81,12 @@ pub(super) fn serve(
         })?;
     let mut ring = QemuRing {
         stream,
-        hints: Mutex::new(HintService::new(target.vpm_off, target.vpm_size)),
+        // One ring per guest CPU (feature RINGS): the guest registers at most MAX_RINGS.
+        hints: Mutex::new(HintService::with_rings(
+            target.vpm_off,
+            target.vpm_size,
+            vpm_abi::MAX_RINGS.min(super::MAX_VCPUS as usize),
+        )),
         target,
         done,
         buf: [0; 256],
@@ -84,8 +101,6 @@ pub(super) fn serve(
             return Ok(());
         }
         let mut hints = ring.hints();
-        for &b in &bytes {
-            hints.on_byte(b, target)?;
-        }
+        ring.serve_doorbell(&mut hints, &bytes)?;
     }
 }

@@ -167,7 +167,8 @@ impl HintTarget for QemuTarget {
     fn features(&self) -> u32 {
         let polled = if self.polled { features::POLLED } else { 0 };
         let epochs = if self.full { 0 } else { features::EPOCHS };
-        features::PERSIST | features::TRANSIENT | epochs | polled
+        // One ring per guest CPU over the one debugcon stream (doorbell.rs).
+        features::PERSIST | features::TRANSIENT | features::RINGS | epochs | polled
     }
 
     fn stats(&self) -> &Mutex<VmStats> {

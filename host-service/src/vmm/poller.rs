@@ -42,7 +42,7 @@ pub trait RingSource {
     /// What the hints act on.
     fn target(&self) -> &dyn HintTarget;
     /// Serves the doorbell bytes [`RingSource::wait`] brought, with the hints lock held: by
-    /// default each byte as vCPU 0's doorbell (one ring, as vpm.ko has).
+    /// default each byte as vCPU 0's doorbell (the QEMU front overrides it: one stream, many rings).
     fn serve_doorbell(&self, hints: &mut HintService, bytes: &[u8]) -> Result<(), VmmError> {
         for &b in bytes {
             hints.on_byte(b, self.target())?;

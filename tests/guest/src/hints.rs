@@ -31,7 +31,7 @@ pub fn shared_page(gpa: u64) -> &'static SharedPage {
 
 /// Sends a doorbell command, byte by byte.
 pub fn doorbell(cmd: DoorbellCmd) {
-    let mut bytes = [0u8; 9];
+    let mut bytes = [0u8; vpm_abi::MAX_CMD_BYTES];
     let n = encode(cmd, &mut bytes);
     for &b in &bytes[..n] {
         outb(DOORBELL_PORT, b);

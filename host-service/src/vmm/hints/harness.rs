@@ -513,7 +513,7 @@ fn apply(step: &Step, out: &mut Vec<u8>, written: &RefCell<Vec<bool>>) {
 }
 
 fn doorbell(cmd: DoorbellCmd) -> Vec<u8> {
-    let mut b = [0u8; 9];
+    let mut b = [0u8; vpm_abi::MAX_CMD_BYTES];
     let n = encode(cmd, &mut b);
     b[..n].to_vec()
 }

@@ -98,7 +98,8 @@ impl HintService {
     }
 
     /// Handles one doorbell byte of vCPU `ring` (the vCPU that exited; bytes of a vCPU beyond
-    /// the rings count as unknown).
+    /// the rings count as unknown). Ring-indexed commands count as unknown: on this front a
+    /// vCPU's ring is the one it registers.
     pub fn on_vcpu_byte(
         &mut self,
         ring: usize,
@@ -116,22 +117,69 @@ impl HintService {
                 Ok(())
             }
             Some(DoorbellCmd::Unregister) => {
-                if let Some(ch) = r.channel.take() {
-                    ch.page
-                        .header
-                        .status
-                        .store(HeaderStatus::Unregistered as u32, Ordering::Release);
-                }
+                self.unregister(ring);
                 Ok(())
             }
             Some(DoorbellCmd::Ring) => {
                 vm.stats().lock().expect("stats").doorbells += 1;
                 self.serve_ring(ring, vm).map(|_| ())
             }
+            // A vCPU's ring is its own on this front: ring-indexed commands are not offered.
+            Some(DoorbellCmd::Unknown(_))
+            | Some(DoorbellCmd::RegisterRing(..))
+            | Some(DoorbellCmd::UnregisterRing(_)) => {
+                vm.stats().lock().expect("stats").doorbell_unknown += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Handles one byte of a doorbell stream shared by every vCPU (QEMU's isa-debugcon: the
+    /// host cannot tell which CPU wrote it). One decoder; REGISTER/UNREGISTER are ring 0's,
+    /// REGISTER_RING/UNREGISTER_RING name their ring (feature `RINGS`; an index beyond the
+    /// rings is counted as refused and changes nothing), and a RING serves every ring.
+    pub fn on_stream_byte(&mut self, byte: u8, vm: &dyn HintTarget) -> Result<(), VmmError> {
+        match self.rings[0].decoder.feed(byte) {
+            None => Ok(()),
+            Some(DoorbellCmd::Register(gpa)) => {
+                self.register(0, gpa, vm);
+                Ok(())
+            }
+            Some(DoorbellCmd::RegisterRing(ring, gpa)) => {
+                if usize::from(ring) < self.rings.len() {
+                    self.register(usize::from(ring), gpa, vm);
+                } else {
+                    vm.stats().lock().expect("stats").registrations_refused += 1;
+                    tracing::debug!(ring, gpa, "refused a ring index beyond the rings");
+                }
+                Ok(())
+            }
+            Some(DoorbellCmd::Unregister) => {
+                self.unregister(0);
+                Ok(())
+            }
+            Some(DoorbellCmd::UnregisterRing(ring)) => {
+                if usize::from(ring) < self.rings.len() {
+                    self.unregister(usize::from(ring));
+                } else {
+                    vm.stats().lock().expect("stats").doorbell_unknown += 1;
+                }
+                Ok(())
+            }
+            Some(DoorbellCmd::Ring) => self.on_ring_doorbell(vm),
             Some(DoorbellCmd::Unknown(_)) => {
                 vm.stats().lock().expect("stats").doorbell_unknown += 1;
                 Ok(())
             }
+        }
+    }
+
+    fn unregister(&mut self, ring: usize) {
+        if let Some(ch) = self.rings[ring].channel.take() {
+            ch.page
+                .header
+                .status
+                .store(HeaderStatus::Unregistered as u32, Ordering::Release);
         }
     }
 
@@ -177,6 +225,11 @@ impl HintService {
                 tracing::debug!(?status, "refused shared page header");
             }
         }
+    }
+
+    /// Number of rings (registered or not).
+    pub fn ring_count(&self) -> usize {
+        self.rings.len()
     }
 
     /// Whether a registered ring has published entries not taken yet (polled rings).

@@ -146,7 +146,7 @@ impl Guest {
     }
 
     fn doorbell(&mut self, cmd: DoorbellCmd) -> Result<(), VmmError> {
-        let mut bytes = [0u8; 9];
+        let mut bytes = [0u8; vpm_abi::MAX_CMD_BYTES];
         let n = encode(cmd, &mut bytes);
         for &b in &bytes[..n] {
             self.service.on_byte(b, &self.vm)?;
@@ -429,83 +429,4 @@ fn info_refreshes_the_header() {
 }
 
 /// Sends `cmd` as vCPU `vcpu`'s doorbell bytes.
-fn vcpu_doorbell(s: &mut HintService, vm: &FakeTarget, vcpu: usize, cmd: DoorbellCmd) {
-    let mut bytes = [0u8; 9];
-    let n = encode(cmd, &mut bytes);
-    for &b in &bytes[..n] {
-        s.on_vcpu_byte(vcpu, b, vm).unwrap();
-    }
-}
-
-/// Two vCPUs, one ring each: a vCPU's RING serves its own ring only, a drain covers its own
-/// ring's flushes only, an ioeventfd RING (vCPU unknown) serves both, a page registered by one
-/// vCPU is refused to the other, and the per-ring counts say which ring served what.
-#[test]
-fn each_vcpu_has_its_own_ring() {
-    let vm = FakeTarget::new(Mode::Pv);
-    let mut s = HintService::with_rings(BASE, SIZE, 2);
-    let mut p0 = Producer::prepare(vm.page, ENTRIES, u32::MAX).unwrap();
-    let mut p1 = Producer::prepare(vm.second, ENTRIES, u32::MAX).unwrap();
-    vcpu_doorbell(&mut s, &vm, 0, DoorbellCmd::Register(SHARED_GPA));
-    // vCPU 1 may not take vCPU 0's page, then registers its own.
-    vcpu_doorbell(&mut s, &vm, 1, DoorbellCmd::Register(SHARED_GPA));
-    assert_eq!(vm.stats().registrations_refused, 1);
-    vcpu_doorbell(
-        &mut s,
-        &vm,
-        1,
-        DoorbellCmd::Register(SHARED_GPA + PAGE_SIZE),
-    );
-    assert_eq!(vm.page.status(), Some(HeaderStatus::Ok));
-    assert_eq!(vm.second.status(), Some(HeaderStatus::Ok));
-
-    p0.push(Op::Flush.code(), BASE, 8).unwrap();
-    let d0 = p0.push(Op::Drain.code(), 0, 0).unwrap();
-    p1.push(Op::Flush.code(), BASE + PAGE_SIZE, 16).unwrap();
-    let d1 = p1.push(Op::Drain.code(), 0, 0).unwrap();
-    let _ = p0.publish();
-    let _ = p1.publish();
-    // vCPU 1's doorbell: only its ring, only its flush.
-    vcpu_doorbell(&mut s, &vm, 1, DoorbellCmd::Ring);
-    assert_eq!(p1.result(d1), Some(HintResult::Ok.code()));
-    assert_eq!(
-        p0.result(d0),
-        None,
-        "vCPU 0's ring was served by vCPU 1's doorbell"
-    );
-    assert_eq!(
-        vm.calls.lock().unwrap().persists,
-        vec![vec![(PAGE_SIZE, 16)]]
-    );
-    assert_eq!(vm.calls.lock().unwrap().drain_rings, vec![1]);
-    // A doorbell of unknown origin serves every ring.
-    s.on_ring_doorbell(&vm).unwrap();
-    assert_eq!(p0.result(d0), Some(HintResult::Ok.code()));
-    assert_eq!(vm.calls.lock().unwrap().persists[1], vec![(0, 8)]);
-    assert_eq!(vm.calls.lock().unwrap().drain_rings, vec![1, 0]);
-    assert_eq!(vm.stats().ring_hints, vec![2, 2]);
-    // A vCPU beyond the rings is not served.
-    vcpu_doorbell(&mut s, &vm, 2, DoorbellCmd::Ring);
-    assert_eq!(vm.stats().doorbell_unknown, 1);
-}
-
-/// Two vCPUs registering at once: their multi-byte REGISTER commands interleave byte by byte, and
-/// each vCPU's decoder still reads its own page.
-#[test]
-fn interleaved_registrations_of_two_vcpus_both_succeed() {
-    let vm = FakeTarget::new(Mode::Pv);
-    let mut s = HintService::with_rings(BASE, SIZE, 2);
-    let _p0 = Producer::prepare(vm.page, ENTRIES, u32::MAX).unwrap();
-    let _p1 = Producer::prepare(vm.second, ENTRIES, u32::MAX).unwrap();
-    let (mut b0, mut b1) = ([0u8; 9], [0u8; 9]);
-    let n0 = encode(DoorbellCmd::Register(SHARED_GPA), &mut b0);
-    let n1 = encode(DoorbellCmd::Register(SHARED_GPA + PAGE_SIZE), &mut b1);
-    assert_eq!(n0, n1);
-    for i in 0..n0 {
-        s.on_vcpu_byte(0, b0[i], &vm).unwrap();
-        s.on_vcpu_byte(1, b1[i], &vm).unwrap();
-    }
-    assert_eq!(vm.page.status(), Some(HeaderStatus::Ok));
-    assert_eq!(vm.second.status(), Some(HeaderStatus::Ok));
-    assert_eq!(vm.stats().registrations_refused, 0);
-}
+mod rings;

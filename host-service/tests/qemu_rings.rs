@@ -1,0 +1,217 @@
+//! One hint ring per CPU in vpm.ko (issue 13, feature RINGS) in a real Linux 7.3 guest on two
+//! vCPUs under QEMU (TCG), served by `vpm qemu`: pmemtest's threads with and without polled
+//! rings spread their hints over both rings (the guest's and the host's per-ring counts say so)
+//! and pass their data checks; a DRAIN on one CPU covers a FLUSH made on the other. Needs the
+//! cached guest kernel, QEMU and the toolchain that tests/setup/install-deps.sh installs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds vpm.ko, the test program and the initramfs once; returns their paths.
+fn guest() -> &'static HashMap<String, String> {
+    static G: OnceLock<HashMap<String, String>> = OnceLock::new();
+    G.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo().join("guest-driver/build-guest.sh"))
+            .env("VPM_GUEST_OUT", repo().join("target/guest-test"))
+            .output()
+            .expect("run guest-driver/build-guest.sh");
+        assert!(
+            out.status.success(),
+            "building the guest failed (run tests/setup/install-deps.sh and \
+             guest-driver/kernel/build-kernel.sh first):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    })
+}
+
+struct State(PathBuf);
+
+impl State {
+    fn new(name: &str) -> State {
+        let d = PathBuf::from(format!("/dev/shm/vpm-qemu-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        State(d)
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn qemu_cmd(state: &State, vpmtest: &str, extra: &[&str]) -> Command {
+    qemu_cmd_with(state, "INITRAMFS", vpmtest, extra)
+}
+
+fn qemu_cmd_with(state: &State, initrd: &str, vpmtest: &str, extra: &[&str]) -> Command {
+    let g = guest();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vpm"));
+    c.args([
+        "qemu",
+        "--state",
+        state.0.to_str().unwrap(),
+        "--pool-mib",
+        "128",
+        "--vm",
+        "linux",
+    ])
+    .args([
+        "--kernel",
+        &g["KERNEL_BZIMAGE"],
+        "--initrd",
+        &g[initrd],
+        "--vpmtest",
+        vpmtest,
+    ])
+    .args(["--timeout", "90"])
+    .args(extra);
+    c
+}
+
+fn run(state: &State, vpmtest: &str, extra: &[&str]) -> String {
+    let out = qemu_cmd(state, vpmtest, extra)
+        .output()
+        .expect("run vpm qemu");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "vpm qemu failed: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Issue 13: pmemtest's four threads on two vCPUs with polled rings: the data checks pass, the
+/// host served hints by polling and the guest skipped doorbells (both sides count it), and the
+/// hints went over one ring per CPU.
+#[test]
+fn pmemtest_on_two_vcpus_with_polling_persists_without_doorbells() {
+    let (guest, host) = pmemtest_threads_on_two_vcpus("poll", &["--poll-us", "200"]);
+    assert_eq!(
+        guest["polled"], 1,
+        "vpm.ko was not granted polled rings: {guest:?}"
+    );
+    let n = |k: &str| host["stats"][k].as_u64().unwrap();
+    assert!(
+        n("poller_hints") > 0 && n("doorbells_suppressed") > 0,
+        "no polling: {host}"
+    );
+    assert!(
+        guest["doorbells_suppressed"] > 0,
+        "the guest never skipped the doorbell: {guest:?}"
+    );
+    println!(
+        "polled: guest rang {} doorbells and skipped {}; host polled {} of {} hints, {} \
+         wake-ups, poller CPU {} ms",
+        guest["doorbells"],
+        guest["doorbells_suppressed"],
+        n("poller_hints"),
+        n("hints_served"),
+        n("poller_wakeups"),
+        n("poller_cpu_us") / 1000
+    );
+}
+
+/// Issue 13: the same four threads on two vCPUs with the doorbell only: one ring per CPU too.
+#[test]
+fn pmemtest_on_two_vcpus_uses_one_ring_per_cpu() {
+    let (guest, _) = pmemtest_threads_on_two_vcpus("rings", &[]);
+    assert_eq!(guest["polled"], 0, "{guest:?}");
+}
+
+/// Runs pmemtest's threads on `-smp 2` (plus `extra`), checks the data, the unload, and that vpm.ko
+/// registered two rings and both the guest's and the host's per-ring counts show hints on both;
+/// returns the guest's counters and the host's report.
+fn pmemtest_threads_on_two_vcpus(
+    name: &str,
+    extra: &[&str],
+) -> (HashMap<String, u64>, serde_json::Value) {
+    let s = State::new(name);
+    let mut args = vec!["--fresh", "--smp", "2", "--append", "vpmprog=pmemtest"];
+    args.extend_from_slice(extra);
+    let console = run(&s, "threads", &args);
+    assert!(
+        console.contains("PMEMTEST threads OK") && !console.contains("PMEMTEST FAIL"),
+        "{console}"
+    );
+    // The driver freed its shared pages only after the host took the UNREGISTERs.
+    assert!(
+        console.contains("VPM-RMMOD ok") && !console.contains("shared page is leaked"),
+        "{console}"
+    );
+    let guest = guest_stats(&console);
+    assert_eq!(guest["errors"], 0, "{guest:?}");
+    assert_eq!(
+        guest["rings"], 2,
+        "vpm.ko did not register a ring per CPU: {guest:?}"
+    );
+    assert!(
+        guest["ring0_hints"] > 0 && guest["ring1_hints"] > 0,
+        "the guest used one ring only: {guest:?}"
+    );
+    let host: serde_json::Value = serde_json::from_str(console.lines().last().unwrap()).unwrap();
+    let n = |k: &str| host["stats"][k].as_u64().unwrap();
+    // 4 threads x 20000 records: 10000 persists, 70000 flushes, 40000 drains; a drain of a
+    // thread that moved CPU since its flushes adds a DRAIN on the ring it flushed on.
+    assert!(n("hints_served") >= 120_000, "{host}");
+    assert!(
+        guest["ring0_hints"] + guest["ring1_hints"] <= n("hints_served"),
+        "{host} {guest:?}"
+    );
+    assert_eq!(n("hints_rejected"), 0, "{host}");
+    let rings: Vec<u64> = host["stats"]["ring_hints"]
+        .as_array()
+        .expect("ring_hints")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        rings.iter().filter(|&&h| h > 0).count() >= 2,
+        "the host served one ring only: {rings:?}"
+    );
+    println!(
+        "{name}: hints per ring (host) {rings:?}, {} served",
+        n("hints_served")
+    );
+    (guest, host)
+}
+
+/// Issue 13: a FLUSH on one CPU and a DRAIN on the other (vpmtest pins itself): the DRAIN covers
+/// the other ring's FLUSH, so a refused FLUSH fails it, in both directions.
+#[test]
+fn a_drain_covers_flushes_made_on_another_cpu() {
+    let s = State::new("migrate");
+    let console = run(&s, "migrate", &["--fresh", "--smp", "2"]);
+    assert!(console.contains("VPMTEST migrate OK"), "{console}");
+    assert!(!console.contains("VPMTEST FAIL"), "{console}");
+    let stats = guest_stats(&console);
+    assert_eq!(stats["rings"], 2, "{stats:?}");
+    assert!(stats["host_rejected"] >= 4, "{stats:?}");
+}
+
+/// The last `VPM-STATS` line of a console as a map (the driver's counters and the host's).
+fn guest_stats(console: &str) -> HashMap<String, u64> {
+    let line = console
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("VPM-STATS "))
+        .unwrap_or_else(|| panic!("no VPM-STATS line:\n{console}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .chunks(2)
+        .filter_map(|kv| Some((kv[0].to_string(), kv.get(1)?.parse().ok()?)))
+        .collect()
+}
