@@ -50,6 +50,7 @@ impl VmContext {
         let commit_us = micros(t);
         // Re-protect before the vCPU runs again (it is paused): writes from now on are seen.
         let st = &mut *state;
+        st.writable.note_commit(dirty.len() as u64, commit_us);
         let t = Instant::now();
         let plan = st
             .writable
@@ -65,6 +66,7 @@ impl VmContext {
         let mut s = self.stats.lock().expect("stats");
         s.dirty_pages += dirty.len() as u64;
         s.writable_pages_last = plan.writable;
+        s.wp_faults += plan.faulted;
         s.pause_collect_us += collect_us;
         s.pause_commit_us += commit_us;
         s.pause_protect_us += protect_us;
@@ -137,6 +139,7 @@ impl VmContext {
         s.dirty_pages += dirty.len() as u64;
         s.stop_copy_pages += dirty.len() as u64;
         s.writable_pages_last = plan.writable;
+        s.wp_faults += plan.faulted;
         s.pause_collect_us += collect_us;
         s.pause_copy_us += copy_us;
         s.pause_protect_us += protect_us;
@@ -160,6 +163,9 @@ impl VmContext {
         let (commit, changed) = result?;
         {
             let mut state = self.state.lock().expect("state");
+            state
+                .writable
+                .note_commit(pages.len() as u64, micros(start));
             state.writable.note_changed(&changed);
             for &vpn in &changed {
                 state.placements.note_write(vpn);
@@ -175,7 +181,7 @@ impl VmContext {
     fn commit(
         &self,
         dirty: &[u64],
-        source: &(impl PageSource + ?Sized),
+        source: &(impl PageSource + Sync + ?Sized),
     ) -> Result<(CommitStats, Vec<u64>), VmmError> {
         let mut pool = self.pool.lock().expect("pool");
         match pool.commit_epoch_changed(self.tenant, dirty, source) {

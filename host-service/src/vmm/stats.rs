@@ -75,6 +75,9 @@ pub struct VmStats {
     pub committed_pages: u64,
     /// Dirty pages reported by KVM.
     pub dirty_pages: u64,
+    /// Write-protect faults the guest took: dirty pages an epoch found that the previous epoch
+    /// had protected (each faulted on its first write), summed over epochs.
+    pub wp_faults: u64,
     /// Dirty pages the last epoch left writable (hot or transient; see `vmm::writable`).
     pub writable_pages_last: u64,
     /// Pages in DRAM now.
