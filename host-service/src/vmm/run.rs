@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
-use vpm_abi::harness::{GuestExit, CONTROL_PORT, PROGRESS_PORT};
+use vpm_abi::harness::{GuestExit, CONTROL_PORT, PROGRESS_PORT, WINDOW_END, WINDOW_START};
 use vpm_abi::proto::doorbell::CMD_RING;
 use vpm_abi::{DOORBELL_PORT, PROBE_REPLY};
 
@@ -163,7 +163,23 @@ fn vcpu_loop(mut vcpu: VcpuFd, vm: &VmContext) -> Result<ExitKind, VmmError> {
                             ExitKind::Failed
                         });
                     }
-                    PROGRESS_PORT => vm.stats.lock().expect("stats").progress_exits += 1,
+                    PROGRESS_PORT => {
+                        let mark = data.first().copied();
+                        if mark == Some(WINDOW_START) || mark == Some(WINDOW_END) {
+                            let ops = guest_map::read_report(&vm.ram)
+                                .map_err(|source| VmmError::GuestMemory {
+                                    what: "read the guest's report",
+                                    source,
+                                })?
+                                .ops;
+                            vm.stats.lock().expect("stats").window_mark(
+                                mark == Some(WINDOW_START),
+                                ops,
+                                Instant::now(),
+                            );
+                        }
+                        vm.stats.lock().expect("stats").progress_exits += 1;
+                    }
                     _ => {}
                 }
             }
