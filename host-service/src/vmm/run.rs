@@ -34,7 +34,9 @@ pub fn run_vm_controlled(
     control: &VmControl,
 ) -> Result<VmOutcome, VmmError> {
     let (vm, vcpu) = build_vm(spec, pool, tenant)?;
-    if vm.precopy.is_some() {
+    if vm.mode.tiered() {
+        // Epochs free large buffers (the redo log, the diff's masks): returned to the kernel,
+        // the unmapping flushes the TLBs and the PVM guest refaults its working set.
         super::precopy::keep_freed_memory();
     }
     control.set_running(Some(vm.clone()));
