@@ -28,7 +28,10 @@ fn guest(args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(out.status.success(), "vpm {args:?} failed: {stderr}{stdout}");
+    assert!(
+        out.status.success(),
+        "vpm {args:?} failed: {stderr}{stdout}"
+    );
     serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON result line")
 }
 

@@ -204,7 +204,10 @@ mod tests {
         s.window_mark(true, 100, t0);
         (s.epochs, s.wp_faults) = (13, 27);
         s.window_mark(false, 2100, t0 + std::time::Duration::from_millis(500));
-        assert_eq!((s.window_ops, s.window_us, s.window_epochs), (2000, 500_000, 10));
+        assert_eq!(
+            (s.window_ops, s.window_us, s.window_epochs),
+            (2000, 500_000, 10)
+        );
         assert_eq!(s.window_wp_faults, 20);
         assert!((s.window_ops_per_s - 4000.0).abs() < 1e-6);
     }
