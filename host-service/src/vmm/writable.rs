@@ -16,7 +16,8 @@
 //! step at a constant. (A cap of half an interval of diffs, 50,000 pages at 100 ms, made every
 //! page beyond it fault in each epoch: a KV store on 512 MiB of vPM ran at 1 % of direct; a
 //! fixed cap of 32 MiB before it, at 3 % on 64 MiB.) The diff cost is measured from the epochs'
-//! commits as they run ([`WritableSet::note_commit`]); the fault cost is measured at start.
+//! commits as they run ([`WritableSet::note_commit`]); the fault cost is set at start
+//! (`vmm::kvm::protection_fault_us`, by the kind of host).
 //! Transient pages never reach PM, so protecting them would only add faults: they stay writable
 //! (and, still reported dirty, are committed by the first epoch after they turn persistent).
 
