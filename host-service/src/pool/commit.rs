@@ -65,7 +65,7 @@ pub(super) fn commit_epoch(
     homes: &mut HomeStore,
     t: &mut Tenant,
     dirty: &[u64],
-    source: &(impl PageSource + Sync + ?Sized),
+    source: &(impl PageSource + ?Sized),
 ) -> Result<(CommitStats, Vec<u64>), PoolError> {
     let start = Instant::now();
     let mut dirty = dirty.to_vec();
@@ -163,24 +163,19 @@ struct LogBuilder<'a> {
 }
 
 impl LogBuilder<'_> {
-    /// Diffs each dirty page against its home (in parallel for large epochs, [`diff_masks`]),
-    /// then, one page at a time, logs the changed ones. A page with many changed lines (or no
-    /// home yet) is written whole into a fresh home of the same tier, copy-on-write, and logged
-    /// without payload; a page with few changed lines logs just those lines. Either way each
-    /// changed byte reaches PM about once, and the old home stays intact until the commit point.
+    /// Diffs each dirty page against its home. A page with many changed lines (or no home yet)
+    /// is written whole into a fresh home of the same tier, copy-on-write, and logged without
+    /// payload; a page with few changed lines logs just those lines. Either way each changed
+    /// byte reaches PM about once, and the old home stays intact until the commit point.
     fn collect(
         &mut self,
         dirty: &[u64],
-        source: &(impl PageSource + Sync + ?Sized),
+        source: &(impl PageSource + ?Sized),
     ) -> Result<(), PoolError> {
-        let mut homes = Vec::with_capacity(dirty.len());
-        for &vpn in dirty {
+        for (i, &vpn) in dirty.iter().enumerate() {
             self.t.check_vpn(vpn)?;
-            homes.push(self.t.home(vpn));
-        }
-        let masks = diff_masks(self.homes, dirty, &homes, source)?;
-        for (i, ((&vpn, &home), &mask)) in dirty.iter().zip(&homes).zip(&masks).enumerate() {
-            if mask == 0 {
+            let home = self.t.home(vpn);
+            if home == Home::Transient {
                 continue;
             }
             // Room kept for the pages after this one, should they all need 64-byte records.
@@ -188,7 +183,7 @@ impl LogBuilder<'_> {
             let mut result = Ok(());
             source
                 .with_page(vpn, &mut |page| {
-                    result = self.page(vpn, home, page, mask, reserve)
+                    result = self.page(vpn, home, page, reserve)
                 })
                 .map_err(|source| PoolError::Source { vpn, source })?;
             result?;
@@ -196,15 +191,26 @@ impl LogBuilder<'_> {
         Ok(())
     }
 
-    /// One changed page of [`LogBuilder::collect`], whose changed lines are `mask`.
-    fn page(
-        &mut self,
-        vpn: u64,
-        home: Home,
-        page: &[u8],
-        mask: u64,
-        reserve: u64,
-    ) -> Result<(), PoolError> {
+    /// One page of [`LogBuilder::collect`].
+    fn page(&mut self, vpn: u64, home: Home, page: &[u8], reserve: u64) -> Result<(), PoolError> {
+        let page_len = PAGE_SIZE as usize;
+        let mask = match self.homes.location(home) {
+            Some((dev, off)) => {
+                let mut mask = 0;
+                dev.with_bytes(off, page_len, &mut |base| {
+                    mask = if mostly_changed(page, base) {
+                        u64::MAX
+                    } else {
+                        diff_mask(page, base)
+                    }
+                })?;
+                mask
+            }
+            None => diff_mask(page, &ZERO_PAGE),
+        };
+        if mask == 0 {
+            return Ok(());
+        }
         let log_cap = self.t.desc().log_bytes;
         let line_record = LOG_HEADER_SIZE as u64 + mask.count_ones() as u64 * LINE_SIZE;
         let log_tight = self.log.len() + line_record + reserve > log_cap;
@@ -253,93 +259,6 @@ impl LogBuilder<'_> {
     }
 }
 
-/// Dirty pages at or above which the diff runs on several threads.
-const PARALLEL_MIN_PAGES: usize = 4096;
-/// Most threads a diff uses.
-const MAX_DIFF_THREADS: usize = 4;
-
-/// The changed-line mask of every dirty page against its home (0 for transient pages and pages
-/// equal to their home; all lines when most sampled lines differ, see [`mostly_changed`]). It
-/// only reads, so a large epoch's pages are split over the host's cores (the vCPU is stopped
-/// meanwhile); the result is the same as diffing them one by one.
-fn diff_masks(
-    store: &HomeStore,
-    dirty: &[u64],
-    homes: &[Home],
-    source: &(impl PageSource + Sync + ?Sized),
-) -> Result<Vec<u64>, PoolError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_DIFF_THREADS);
-    diff_masks_on(store, dirty, homes, source, threads)
-}
-
-/// [`diff_masks`] on at most `threads` threads.
-fn diff_masks_on(
-    store: &HomeStore,
-    dirty: &[u64],
-    homes: &[Home],
-    source: &(impl PageSource + Sync + ?Sized),
-    threads: usize,
-) -> Result<Vec<u64>, PoolError> {
-    let mut masks = vec![0u64; dirty.len()];
-    if threads <= 1 || dirty.len() < PARALLEL_MIN_PAGES {
-        diff_range(store, dirty, homes, source, &mut masks)?;
-        return Ok(masks);
-    }
-    let chunk = dirty.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let workers: Vec<_> = dirty
-            .chunks(chunk)
-            .zip(homes.chunks(chunk))
-            .zip(masks.chunks_mut(chunk))
-            .map(|((d, h), m)| s.spawn(move || diff_range(store, d, h, source, m)))
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    })?;
-    Ok(masks)
-}
-
-/// Diffs `dirty` pages (with their `homes`) into `masks`, one by one.
-fn diff_range(
-    store: &HomeStore,
-    dirty: &[u64],
-    homes: &[Home],
-    source: &(impl PageSource + Sync + ?Sized),
-    masks: &mut [u64],
-) -> Result<(), PoolError> {
-    for ((&vpn, &home), mask) in dirty.iter().zip(homes).zip(masks) {
-        if home == Home::Transient {
-            continue;
-        }
-        let mut result = Ok(0);
-        source
-            .with_page(vpn, &mut |page| result = page_mask(store, home, page))
-            .map_err(|source| PoolError::Source { vpn, source })?;
-        *mask = result?;
-    }
-    Ok(())
-}
-
-/// The lines in which `page` differs from `home`'s content (a page without a home differs where
-/// it is not zero).
-fn page_mask(store: &HomeStore, home: Home, page: &[u8]) -> Result<u64, PoolError> {
-    let Some((dev, off)) = store.location(home) else {
-        return Ok(diff_mask(page, &ZERO_PAGE));
-    };
-    let mut mask = 0;
-    dev.with_bytes(off, PAGE_SIZE as usize, &mut |base| {
-        mask = if mostly_changed(page, base) {
-            u64::MAX
-        } else {
-            diff_mask(page, base)
-        }
-    })?;
-    Ok(mask)
-}
-
 /// Steps 2 and 3: the log, then the commit record.
 fn write_log_and_commit(homes: &HomeStore, t: &mut Tenant, log: &RedoLog) -> Result<(), PoolError> {
     let pm = &**homes.pm();
@@ -363,75 +282,4 @@ fn write_log_and_commit(homes: &HomeStore, t: &mut Tenant, log: &RedoLog) -> Res
     write_durable(pm, off, &record.encode())?;
     t.set_committed(record.seq, record.epoch, slot);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::pm::sim::SimPm;
-    use crate::pool::{Pool, PoolConfig, TenantConfig};
-
-    const PAGE: usize = PAGE_SIZE as usize;
-
-    /// The diff split over threads finds exactly what one thread finds, on an epoch large enough
-    /// to be split: unchanged pages, pages with a few changed lines, rewritten pages, pages
-    /// without a home (zero or not) and a transient page.
-    #[test]
-    fn the_parallel_diff_equals_the_serial_one() {
-        let pages = PARALLEL_MIN_PAGES as u64 + 1000;
-        let size = (4 * pages + 64) * PAGE_SIZE;
-        let cfg = PoolConfig {
-            size,
-            max_tenants: 1,
-            meta_bytes: pages * PAGE_SIZE / 2,
-            pool_id: 1,
-        };
-        let mut pool =
-            Pool::create(Arc::new(SimPm::new(size)), Arc::new(SimPm::new(0)), &cfg).unwrap();
-        let t = pool
-            .add_tenant(&TenantConfig {
-                name: "t".into(),
-                vpm_bytes: pages * PAGE_SIZE,
-                pm_quota_bytes: 2 * pages * PAGE_SIZE,
-                dram_budget_bytes: 0,
-                log_bytes: pages * PAGE_SIZE / 4,
-            })
-            .unwrap();
-        let mut img: Vec<u8> = (0..pages as usize * PAGE)
-            .map(|i| (i % 251) as u8)
-            .collect();
-        // Pages 0..pages-100 get homes; the last 100 stay without one.
-        let first: Vec<u64> = (0..pages - 100).collect();
-        pool.commit_epoch(t, &first, &img).unwrap();
-        pool.set_transient(t, 7, 1).unwrap();
-        for vpn in 0..pages as usize {
-            let p = &mut img[vpn * PAGE..(vpn + 1) * PAGE];
-            match vpn % 5 {
-                0 => {}
-                1 => p[(vpn % 64) * 64] ^= 0xff,
-                2 => p.iter_mut().for_each(|b| *b = !*b),
-                3 => p[4095] ^= 1,
-                _ => p[..64 * (vpn % 7)].fill(3),
-            }
-        }
-        let dirty: Vec<u64> = (0..pages).collect();
-        let tenant = pool.tenants.get(t).unwrap();
-        let homes: Vec<Home> = dirty.iter().map(|&v| tenant.home(v)).collect();
-        let serial = diff_masks_on(&pool.homes, &dirty, &homes, &img, 1).unwrap();
-        let parallel = diff_masks_on(&pool.homes, &dirty, &homes, &img, 3).unwrap();
-        assert_eq!(serial, parallel);
-        assert_eq!(serial[7], 0, "transient");
-        assert_eq!(serial[5], 0, "unchanged");
-        assert_eq!(serial[2], u64::MAX, "rewritten");
-        assert_eq!(serial[3], 1 << 63, "last line");
-        assert_eq!(serial[11], 1 << 11);
-        let changed = serial.iter().filter(|&&m| m != 0).count();
-        assert!(changed > pages as usize / 2, "{changed}");
-        // And the commit logs exactly the pages with a mask.
-        let (_, logged) = pool.commit_epoch_changed(t, &dirty, &img).unwrap();
-        let expect: Vec<u64> = (0..pages).filter(|&v| serial[v as usize] != 0).collect();
-        assert_eq!(logged, expect);
-    }
 }

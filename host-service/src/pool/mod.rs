@@ -236,7 +236,7 @@ impl Pool {
         &mut self,
         tenant: u32,
         dirty: &[u64],
-        source: &(impl PageSource + Sync + ?Sized),
+        source: &(impl PageSource + ?Sized),
     ) -> Result<CommitStats, PoolError> {
         self.commit_epoch_changed(tenant, dirty, source)
             .map(|(stats, _)| stats)
@@ -248,7 +248,7 @@ impl Pool {
         &mut self,
         tenant: u32,
         dirty: &[u64],
-        source: &(impl PageSource + Sync + ?Sized),
+        source: &(impl PageSource + ?Sized),
     ) -> Result<(CommitStats, Vec<u64>), PoolError> {
         let t = self.tenants.get_mut(tenant)?;
         commit::commit_epoch(&mut self.homes, t, dirty, source)

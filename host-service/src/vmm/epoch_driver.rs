@@ -184,7 +184,7 @@ impl VmContext {
     fn commit(
         &self,
         dirty: &[u64],
-        source: &(impl PageSource + Sync + ?Sized),
+        source: &(impl PageSource + ?Sized),
     ) -> Result<(CommitStats, Vec<u64>), VmmError> {
         let mut pool = self.pool.lock().expect("pool");
         match pool.commit_epoch_changed(self.tenant, dirty, source) {
