@@ -42,6 +42,15 @@ pub const CONTROL_PORT: u16 = 0x0f58;
 /// these exits to sample the guest's state.
 pub const PROGRESS_PORT: u16 = 0x0f59;
 
+/// Byte the guest writes to [`PROGRESS_PORT`] when its timed window starts: a throughput
+/// workload first touches every vPM page and runs a fifth of its operations (warm-up), sets the
+/// report's `ops` to the operations done so far, then writes this. The VMM timestamps the exit
+/// and reads `ops`.
+pub const WINDOW_START: u8 = 0x57;
+/// Byte the guest writes to [`PROGRESS_PORT`] when its timed window ends (after setting `ops` to
+/// its total): the VMM reports operations per second between the two marks.
+pub const WINDOW_END: u8 = 0x45;
+
 /// `"VPMBOOT1"` as a little-endian u64.
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VPMBOOT1");
 

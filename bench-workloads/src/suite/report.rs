@@ -292,7 +292,7 @@ only when nothing else runs.\n", doc["poller_idle"]["poll_us"]);
             }
         );
     }
-    for mib in [64, 128, 512] {
+    for mib in [32, 64, 128, 512] {
         let w = format!("kv puts {mib} MiB");
         if tp(&w, "direct").is_none() && tp(&w, "full-100ms").is_none() {
             continue;

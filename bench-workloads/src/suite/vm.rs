@@ -201,6 +201,16 @@ pub fn run_alone(job: &Job, parent: &str, pool_mib: u64) -> Result<VmOutcome, Su
     run(job, &p, &s.0)
 }
 
+/// A run's throughput: over the guest's timed window (steady state) when it marked one, else
+/// over the whole run.
+pub fn ops_per_s(o: &VmOutcome) -> f64 {
+    if o.stats.window_ops > 0 && o.stats.window_us > 0 {
+        o.stats.window_ops_per_s
+    } else {
+        o.report.ops as f64 / o.elapsed.as_secs_f64()
+    }
+}
+
 /// The epoch figures of a full-virtualization run, for the suite's JSON rows: pause percentiles,
 /// where the pause went, pre-copy work, and PM bytes per changed byte.
 /// A row carries them as `"epoch": vm::epoch_fields(&o)` (suite/mod.rs).

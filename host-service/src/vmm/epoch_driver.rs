@@ -26,6 +26,9 @@ pub struct StoppedEpoch {
     record: Option<u64>,
 }
 
+/// Heat moves stop while an epoch's dirty pages outnumber the DRAM budget this many times.
+const SPREAD_FACTOR: u64 = 4;
+
 fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
 }
@@ -50,6 +53,7 @@ impl VmContext {
         let commit_us = micros(t);
         // Re-protect before the vCPU runs again (it is paused): writes from now on are seen.
         let st = &mut *state;
+        st.writable.note_commit(dirty.len() as u64, commit_us);
         let t = Instant::now();
         let plan = st
             .writable
@@ -60,11 +64,12 @@ impl VmContext {
             st.placements.note_write(vpn);
         }
         let t = Instant::now();
-        self.rebalance(st)?;
+        self.rebalance(st, dirty.len() as u64)?;
         let rebalance_us = micros(t);
         let mut s = self.stats.lock().expect("stats");
         s.dirty_pages += dirty.len() as u64;
         s.writable_pages_last = plan.writable;
+        s.wp_faults += plan.faulted;
         s.pause_collect_us += collect_us;
         s.pause_commit_us += commit_us;
         s.pause_protect_us += protect_us;
@@ -131,12 +136,13 @@ impl VmContext {
         log.protect(&self.vm, &plan.protect)?;
         let protect_us = micros(t);
         let t = Instant::now();
-        self.rebalance(st)?;
+        self.rebalance(st, dirty.len() as u64)?;
         let rebalance_us = micros(t);
         let mut s = self.stats.lock().expect("stats");
         s.dirty_pages += dirty.len() as u64;
         s.stop_copy_pages += dirty.len() as u64;
         s.writable_pages_last = plan.writable;
+        s.wp_faults += plan.faulted;
         s.pause_collect_us += collect_us;
         s.pause_copy_us += copy_us;
         s.pause_protect_us += protect_us;
@@ -160,6 +166,9 @@ impl VmContext {
         let (commit, changed) = result?;
         {
             let mut state = self.state.lock().expect("state");
+            state
+                .writable
+                .note_commit(pages.len() as u64, micros(start));
             state.writable.note_changed(&changed);
             for &vpn in &changed {
                 state.placements.note_write(vpn);
@@ -185,10 +194,17 @@ impl VmContext {
         }
     }
 
-    /// Ends the heat epoch and carries out the policy's moves. The vCPU must not run meanwhile.
-    fn rebalance(&self, st: &mut VpmState) -> Result<(), VmmError> {
+    /// Ends the heat epoch, in which `dirty` pages were written, and carries out the policy's
+    /// moves. The vCPU must not run meanwhile.
+    fn rebalance(&self, st: &mut VpmState, dirty: u64) -> Result<(), VmmError> {
         st.placements.end_epoch();
-        let moves = policy::rebalance(&st.placements);
+        let mut moves = policy::rebalance(&st.placements);
+        if dirty > SPREAD_FACTOR * st.placements.budget() {
+            // Writes spread over far more pages than DRAM holds: no placement absorbs a useful
+            // share of them, and a remap costs the guest a refault of its working set on PVM
+            // (docs/costs.md §5). Transient pages still move: they live nowhere else.
+            moves.retain(|m| st.placements.page(m.vpn).transient);
+        }
         self.apply_moves(st, moves)
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
-use vpm_abi::harness::{GuestExit, CONTROL_PORT, PROGRESS_PORT};
+use vpm_abi::harness::{GuestExit, CONTROL_PORT, PROGRESS_PORT, WINDOW_END, WINDOW_START};
 use vpm_abi::proto::doorbell::CMD_RING;
 use vpm_abi::{DOORBELL_PORT, PROBE_REPLY};
 
@@ -35,7 +35,9 @@ pub fn run_vm_controlled(
     control: &VmControl,
 ) -> Result<VmOutcome, VmmError> {
     let (vm, vcpus) = build_vm(spec, pool, tenant)?;
-    if vm.precopy.is_some() {
+    if vm.mode.tiered() {
+        // Epochs free large buffers (the redo log, the diff's masks): returned to the kernel,
+        // the unmapping flushes the TLBs and the PVM guest refaults its working set.
         super::precopy::keep_freed_memory();
     }
     control.set_running(Some(vm.clone()));
@@ -215,7 +217,23 @@ fn run_vcpu(mut vcpu: VcpuFd, vm: &VmContext, index: usize) -> Result<ExitKind, 
                             ExitKind::Failed
                         });
                     }
-                    PROGRESS_PORT => vm.stats.lock().expect("stats").progress_exits += 1,
+                    PROGRESS_PORT => {
+                        let mark = data.first().copied();
+                        if mark == Some(WINDOW_START) || mark == Some(WINDOW_END) {
+                            let ops = guest_map::read_report(&vm.ram)
+                                .map_err(|source| VmmError::GuestMemory {
+                                    what: "read the guest's report",
+                                    source,
+                                })?
+                                .ops;
+                            vm.stats.lock().expect("stats").window_mark(
+                                mark == Some(WINDOW_START),
+                                ops,
+                                Instant::now(),
+                            );
+                        }
+                        vm.stats.lock().expect("stats").progress_exits += 1;
+                    }
                     _ => {}
                 }
             }

@@ -135,14 +135,7 @@ pub fn build_vm(
         state: Mutex::new(VpmState {
             memory,
             placements,
-            writable: {
-                let w = WritableSet::new(pages, kvm::protection_fault_us(), spec.epoch_interval);
-                if spec.precopy() {
-                    w.for_precopy(spec.epoch_interval)
-                } else {
-                    w
-                }
-            },
+            writable: WritableSet::new(pages, kvm::protection_fault_us()),
         }),
         ram,
     });

@@ -1,5 +1,7 @@
 //! Per-VM statistics, reported as JSON.
 
+use std::time::Instant;
+
 use serde::Serialize;
 
 /// The `q`-quantile (0..=1) of `samples` by the nearest-rank rule; 0 when there are none.
@@ -20,6 +22,28 @@ impl VmStats {
         self.pause_us_max = self.pause_us_max.max(us);
         self.pause_us_total += us;
         self.pauses_us.push(us.min(u32::MAX as u64) as u32);
+    }
+
+    /// Records a mark of the guest's timed window (`vpm_abi::harness::WINDOW_START` when `start`,
+    /// else `WINDOW_END`) that arrived at `at`, with the guest's operations done then.
+    pub fn window_mark(&mut self, start: bool, ops: u64, at: Instant) {
+        if start {
+            self.window_started = Some((at, ops, self.epochs, self.wp_faults));
+            return;
+        }
+        let Some((t0, ops0, epochs0, faults0)) = self.window_started else {
+            return;
+        };
+        let secs = at.duration_since(t0).as_secs_f64();
+        self.window_ops = ops.saturating_sub(ops0);
+        self.window_us = (secs * 1e6) as u64;
+        self.window_epochs = self.epochs - epochs0;
+        self.window_wp_faults = self.wp_faults - faults0;
+        self.window_ops_per_s = if secs > 0.0 {
+            self.window_ops as f64 / secs
+        } else {
+            0.0
+        };
     }
 
     /// Fills in the pause percentiles from the recorded pauses.
@@ -68,6 +92,20 @@ pub struct VmStats {
     pub changed_bytes: u64,
     /// Bytes epochs wrote to PM (redo log plus homes), summed over epochs.
     pub epoch_pm_bytes: u64,
+    /// Operations the guest did in its timed window (steady state: after the first touch of
+    /// every page and a warm-up; see `vpm_abi::harness::WINDOW_START`); 0 without a window.
+    pub window_ops: u64,
+    /// Length of the timed window (µs), timestamped by the VMM at the guest's two marks.
+    pub window_us: u64,
+    /// Epochs committed within the timed window.
+    pub window_epochs: u64,
+    /// Write-protect faults counted by the epochs within the timed window.
+    pub window_wp_faults: u64,
+    /// `window_ops` per second of the window: the workload's steady-state throughput.
+    pub window_ops_per_s: f64,
+    /// When the window started, the operations, epochs and faults then; not reported.
+    #[serde(skip)]
+    pub window_started: Option<(Instant, u64, u64, u64)>,
     /// Every epoch's pause (µs), for the percentiles; not reported.
     #[serde(skip)]
     pub pauses_us: Vec<u32>,
@@ -75,6 +113,9 @@ pub struct VmStats {
     pub committed_pages: u64,
     /// Dirty pages reported by KVM.
     pub dirty_pages: u64,
+    /// Write-protect faults the guest took: dirty pages an epoch found that the previous epoch
+    /// had protected (each faulted on its first write), summed over epochs.
+    pub wp_faults: u64,
     /// Dirty pages the last epoch left writable (hot or transient; see `vmm::writable`).
     pub writable_pages_last: u64,
     /// Pages in DRAM now.
@@ -156,5 +197,24 @@ mod tests {
             (20, 30, 30)
         );
         assert_eq!((s.pause_us_last, s.pause_us_total), (20, 60));
+    }
+
+    #[test]
+    fn the_window_counts_operations_and_epochs_between_its_marks() {
+        let mut s = VmStats::default();
+        let t0 = Instant::now();
+        // An end without a start is ignored.
+        s.window_mark(false, 5, t0);
+        assert_eq!(s.window_ops, 0);
+        (s.epochs, s.wp_faults) = (3, 7);
+        s.window_mark(true, 100, t0);
+        (s.epochs, s.wp_faults) = (13, 27);
+        s.window_mark(false, 2100, t0 + std::time::Duration::from_millis(500));
+        assert_eq!(
+            (s.window_ops, s.window_us, s.window_epochs),
+            (2000, 500_000, 10)
+        );
+        assert_eq!(s.window_wp_faults, 20);
+        assert!((s.window_ops_per_s - 4000.0).abs() < 1e-6);
     }
 }

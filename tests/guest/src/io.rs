@@ -29,6 +29,14 @@ pub fn progress() {
     outb(PROGRESS_PORT, 0);
 }
 
+/// Marks the start or end of the timed window (`vpm_abi::harness::WINDOW_START` or `WINDOW_END`).
+/// Unlike [`outb`], the compiler may not move memory accesses across it: the report's `ops`,
+/// written just before, is what the VMM reads at this exit.
+pub fn window_mark(code: u8) {
+    // SAFETY: port I/O; the VMM reads the report page on this exit and changes nothing.
+    unsafe { core::arch::asm!("out dx, al", in("dx") PROGRESS_PORT, in("al") code, options(nostack, preserves_flags)) }
+}
+
 /// Stops the guest: the VMM ends the VM on this write.
 pub fn exit(code: GuestExit) -> ! {
     loop {

@@ -1,12 +1,13 @@
 //! The workloads the VMM can ask for (see `vpm_abi::harness::Workload`).
 
 use vpm_abi::harness::{
-    seq_record_word, seq_words_gpa, shared_page_gpa, BootParams, Workload, FLAG_PV, FLAG_TRANSIENT_HINTS,
+    seq_record_word, seq_words_gpa, shared_page_gpa, BootParams, Workload, FLAG_PV,
+    FLAG_TRANSIENT_HINTS, WINDOW_END, WINDOW_START,
 };
 use vpm_abi::{HintResult, Op};
 
 use crate::hints::Hints;
-use crate::io::{progress, rdtsc};
+use crate::io::{progress, rdtsc, window_mark};
 use crate::report::{self, set_ops, set_value};
 use crate::smp::Cpu;
 use crate::vpm::{Rng, Vpm};
@@ -51,6 +52,42 @@ pub fn run(w: Workload, p: &BootParams, cpu: Cpu) {
             Some(h) => persist_latency(vpm, p, h),
             None => report::fail("the latency workload needs FLAG_PV"),
         },
+    }
+}
+
+/// The timed window of a throughput workload of `n` operations (see `WINDOW_START`): created
+/// after the first touch of every vPM page (a word read and written back unchanged, so no
+/// content changes), it marks the start before operation `n / 5` and the end after the last.
+struct Window {
+    warm: u64,
+}
+
+impl Window {
+    fn new(vpm: Vpm, n: u64) -> Window {
+        for page in 0..vpm.pages() {
+            let off = page * PAGE + 120;
+            vpm.write(off, vpm.read(off));
+        }
+        Window { warm: n / 5 }
+    }
+
+    /// Call before operation `i`. SMP: only vCPU 0 marks (the VMM keeps the last start it saw),
+    /// so the window is vCPU 0's and counts every vCPU's operations made within it.
+    fn before(&self, i: u64) {
+        if i == self.warm {
+            set_ops(i);
+            if crate::smp::current() == 0 {
+                window_mark(WINDOW_START);
+            }
+        }
+    }
+
+    /// Call after the last of `n` operations.
+    fn end(&self, n: u64) {
+        set_ops(n);
+        if n > self.warm && crate::smp::current() == 0 {
+            window_mark(WINDOW_END);
+        }
     }
 }
 
@@ -236,12 +273,14 @@ fn check_persisted(vpm: Vpm, slots: u64, k: u64, acked: u64) {
 fn random_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let mut rng = Rng::new(p.seed);
     let len = write_len(p.arg[1], PAGE);
+    let window = Window::new(vpm, p.arg[0]);
     for n in 0..p.arg[0] {
+        window.before(n);
         let page = rng.below(vpm.pages());
         let off = write_in_page(vpm, &mut rng, p.seed, page, len, n);
         persist(hints.as_deref_mut(), vpm, off, len);
     }
-    set_ops(p.arg[0]);
+    window.end(p.arg[0]);
 }
 
 /// Bytes per write: `arg` rounded down to 8-byte words, within [8, PAGE]; `default` when 0.
@@ -269,7 +308,9 @@ fn skewed_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let mut rng = Rng::new(p.seed);
     let len = write_len(p.arg[1], 64);
     let hot_pages = (vpm.pages() / 10).max(1);
+    let window = Window::new(vpm, p.arg[0]);
     for n in 0..p.arg[0] {
+        window.before(n);
         let page = if rng.below(10) < 9 {
             rng.below(hot_pages) * 10 % vpm.pages()
         } else {
@@ -278,13 +319,15 @@ fn skewed_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
         let off = write_in_page(vpm, &mut rng, p.seed, page, len, n);
         persist(hints.as_deref_mut(), vpm, off, len);
     }
-    set_ops(p.arg[0]);
+    window.end(p.arg[0]);
 }
 
 fn seq_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let len = (p.arg[1].max(64) / 8 * 8).min(vpm.size);
     let mut off = 0;
+    let window = Window::new(vpm, p.arg[0]);
     for n in 0..p.arg[0] {
+        window.before(n);
         if off + len > vpm.size {
             off = 0;
         }
@@ -292,7 +335,7 @@ fn seq_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
         persist(hints.as_deref_mut(), vpm, off, len);
         off += len;
     }
-    set_ops(p.arg[0]);
+    window.end(p.arg[0]);
 }
 
 /// Key-value store: 128-byte slots (key, 64-byte value, checksum) hashed by key; a put writes
@@ -300,7 +343,9 @@ fn seq_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
 fn kv_store(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let slots = vpm.size / 128;
     let mut rng = Rng::new(p.seed);
+    let window = Window::new(vpm, p.arg[0]);
     for n in 0..p.arg[0] {
+        window.before(n);
         let key = rng.below(slots * 4) + 1;
         let off = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) % slots) * 128;
         let mut sum = key;
@@ -313,14 +358,16 @@ fn kv_store(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
         vpm.write(off + 72, sum);
         persist(hints.as_deref_mut(), vpm, off, 80);
     }
-    set_ops(p.arg[0]);
+    window.end(p.arg[0]);
 }
 
 /// Append-only log: record, persist it, then the tail pointer (word 0), persist that.
 fn append_log(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let len = (p.arg[1].max(16) + 7) / 8 * 8;
     let mut tail = 64u64;
+    let window = Window::new(vpm, p.arg[0]);
     for n in 0..p.arg[0] {
+        window.before(n);
         if tail + len > vpm.size {
             tail = 64;
         }
@@ -330,7 +377,7 @@ fn append_log(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
         vpm.write(0, tail);
         persist(hints.as_deref_mut(), vpm, 0, 8);
     }
-    set_ops(p.arg[0]);
+    window.end(p.arg[0]);
 }
 
 /// Transient scratch: the last `arg[1]` pages. Phase 0 marks them (with transient hints) and
