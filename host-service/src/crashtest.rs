@@ -147,8 +147,22 @@ fn common(cfg: &TrialConfig, mode: &str) -> Vec<String> {
 /// the child's `exec`, so with this held no child can keep a lock it never owned.
 static CHILDREN: Mutex<()> = Mutex::new(());
 
-/// Starts `cmd` under [`CHILDREN`].
+/// Starts `cmd` under [`CHILDREN`]. The child is killed if the thread that started it dies
+/// (`PR_SET_PDEATHSIG`): a soak stopped with SIGTERM or SIGKILL must not leave a writer running
+/// forever on its state directory. Each trial's thread outlives its children (it kills and
+/// waits for its writer, and waits for its checker).
 fn spawn(cmd: &mut Command, vpm: &Path) -> Result<Child, CrashTestError> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
+    // is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let _g = CHILDREN.lock().unwrap_or_else(PoisonError::into_inner);
     cmd.spawn().map_err(|source| CrashTestError::Start {
         path: vpm.to_path_buf(),

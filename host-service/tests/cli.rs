@@ -206,3 +206,59 @@ fn help_lists_every_command() {
         assert!(text.contains(c), "no {c} in help: {text}");
     }
 }
+
+/// Processes whose command line mentions `needle` (other than this test).
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// A soak stopped from outside (SIGTERM) takes its running writer with it: an orphaned writer
+/// would run forever and hold the state directory's lock.
+#[test]
+fn a_stopped_soak_leaves_no_writer_behind() {
+    let dir = std::env::temp_dir().join(format!("vpm-cli-soak-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let mut soak = std::process::Command::new(env!("CARGO_BIN_EXE_vpm"))
+        .args(["soak", "--trials", "50", "--kind", "pv", "--dir", &dir_arg])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Wait until a writer (a `vpm guest` on the soak's directory) runs.
+    while !processes_mentioning(&dir_arg)
+        .iter()
+        .any(|&p| p != soak.id())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the soak started no writer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(soak.id() as i32, libc::SIGTERM) };
+    let _ = soak.wait();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let left = processes_mentioning(&dir_arg);
+    for &p in &left {
+        // SAFETY: cleaning up what the failed check found.
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        left.is_empty(),
+        "processes left running on {dir_arg}: {left:?}"
+    );
+}

@@ -253,7 +253,9 @@ during the run, and the figure is not exit-free).", doc["poller_idle"]["poll_us"
         .collect();
     let _ = writeln!(m, "\nHost CPU per completed hint, `pv-poll` (the poller thread's CPU time / the entries it completed, \
 spinning included): {}.", per_hint.join(", "));
-    let _ = writeln!(m, "\n`direct` acknowledges a hint without doing anything (ADR semantics: the guest's own clwb would be its persist); \
+    let _ = writeln!(m, "\nEach mode persists its ranges once untimed before the timed persists: the data has its PM homes, \
+as in a running PM program (a page's first persist also writes it whole into its new home). ");
+    let _ = writeln!(m, "`direct` acknowledges a hint without doing anything (ADR semantics: the guest's own clwb would be its persist); \
         it is the exit floor plus the hint ring. `full` has no persist call: its durability is the epoch. \
 `pv-poll` is `pv` with the ring poller (ABI 1.1 polled rings, `--poll-us {}`, `vpm guest`'s default): the guest publishes \
 and does not exit while a host thread polls; that thread needs a host core of its own, which this 2-core machine can give \

@@ -16,6 +16,9 @@ pub const COLD: u16 = 48;
 /// pause when writes spread over more pages than the budget holds, where no placement helps.
 pub const MAX_MOVES_EACH_WAY: usize = 32;
 
+/// Heat moves stop while an epoch's dirty pages outnumber the DRAM budget this many times.
+pub const SPREAD_FACTOR: u64 = 4;
+
 fn to(vpn: u64, to: Placement) -> Move {
     Move { vpn, to }
 }
@@ -56,6 +59,19 @@ pub fn rebalance(t: &PagePlacements) -> Vec<Move> {
         }
         moves.push(to(vpn, Placement::Dram));
         dram += 1;
+    }
+    moves
+}
+
+/// An epoch's moves when `dirty` pages were written in it: [`rebalance`]'s, except that while
+/// the writes spread over more than [`SPREAD_FACTOR`] times the DRAM budget only transient pages
+/// move (they live nowhere else). No placement absorbs a useful share of such writes, and each
+/// remap makes the PVM guest refault its working set (docs/costs.md §8: random KV puts on
+/// 512 MiB ran 4× slower with heat moves than without).
+pub fn epoch_moves(t: &PagePlacements, dirty: u64) -> Vec<Move> {
+    let mut moves = rebalance(t);
+    if dirty > SPREAD_FACTOR * t.budget() {
+        moves.retain(|m| t.page(m.vpn).transient);
     }
     moves
 }
@@ -204,6 +220,31 @@ mod tests {
         assert_eq!(dram_demand(&t), 20);
         t.set_transient(999, true);
         assert_eq!(dram_demand(&t), 21);
+    }
+
+    /// Writes spread over far more pages than DRAM holds: the hot pages found among them stay
+    /// where they are, transient pages still go to DRAM; below the spread limit the same heat
+    /// moves pages.
+    #[test]
+    fn writes_spread_far_beyond_the_budget_move_only_transient_pages() {
+        let mut t = PagePlacements::new(1000, 10);
+        t.set_transient(999, true);
+        for _ in 0..3 {
+            for vpn in 0..30 {
+                t.note_write(vpn);
+            }
+            t.end_epoch();
+        }
+        let spread = epoch_moves(&t, SPREAD_FACTOR * 10 + 1);
+        assert_eq!(spread.len(), 1, "{spread:?}");
+        assert_eq!((spread[0].vpn, spread[0].to), (999, Placement::Dram));
+        let local = epoch_moves(&t, 30);
+        assert_eq!(
+            local.len(),
+            10,
+            "the transient page and 9 hot ones fill the budget"
+        );
+        assert!(local.iter().any(|m| m.vpn == 999), "{local:?}");
     }
 
     #[test]

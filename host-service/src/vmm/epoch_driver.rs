@@ -26,9 +26,6 @@ pub struct StoppedEpoch {
     record: Option<u64>,
 }
 
-/// Heat moves stop while an epoch's dirty pages outnumber the DRAM budget this many times.
-const SPREAD_FACTOR: u64 = 4;
-
 fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
 }
@@ -198,13 +195,7 @@ impl VmContext {
     /// moves. The vCPU must not run meanwhile.
     fn rebalance(&self, st: &mut VpmState, dirty: u64) -> Result<(), VmmError> {
         st.placements.end_epoch();
-        let mut moves = policy::rebalance(&st.placements);
-        if dirty > SPREAD_FACTOR * st.placements.budget() {
-            // Writes spread over far more pages than DRAM holds: no placement absorbs a useful
-            // share of them, and a remap costs the guest a refault of its working set on PVM
-            // (docs/costs.md §5). Transient pages still move: they live nowhere else.
-            moves.retain(|m| st.placements.page(m.vpn).transient);
-        }
+        let moves = policy::epoch_moves(&st.placements, dirty);
         self.apply_moves(st, moves)
     }
 
