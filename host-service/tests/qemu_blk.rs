@@ -7,59 +7,26 @@
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod qemu_support;
+
+use qemu_support::{build_guest, repo, State};
 
 /// Builds vpm.ko, the test programs and both initramfs images once; returns their paths.
+/// `VPM_GUEST_OUT`: a directory of its own, for a long run beside other runs.
 fn guest() -> &'static HashMap<String, String> {
     static G: OnceLock<HashMap<String, String>> = OnceLock::new();
     G.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("guest-driver/build-guest.sh"))
-            // VPM_GUEST_OUT: a directory of its own, for a long run beside other runs.
-            .env(
-                "VPM_GUEST_OUT",
-                std::env::var_os("VPM_GUEST_OUT")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| repo().join("target/guest-test")),
-            )
-            .output()
-            .expect("run guest-driver/build-guest.sh");
-        assert!(
-            out.status.success(),
-            "building the guest failed (run tests/setup/install-deps.sh and \
-             guest-driver/kernel/build-kernel.sh first):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        build_guest(
+            std::env::var_os("VPM_GUEST_OUT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo().join("target/guest-test")),
+        )
     })
-}
-
-/// A state directory in /dev/shm, removed on drop.
-struct State(PathBuf);
-
-impl State {
-    fn new(name: &str) -> State {
-        let d = PathBuf::from(format!("/dev/shm/vpm-blk-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        State(d)
-    }
-}
-
-impl Drop for State {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// What one boot printed: the console, the driver's last counters and the host's.
@@ -94,7 +61,7 @@ fn vpm_qemu(s: &State, initrd: &str, mode: &str, fresh: bool) -> Command {
 
 /// Boots the guest with `blktest MODE` on a fresh pool; `initrd` names the image.
 fn blktest(name: &str, initrd: &str, mode: &str) -> Boot {
-    let s = State::new(name);
+    let s = State::with_prefix("blk", name);
     boot(vpm_qemu(&s, initrd, mode, true), mode)
 }
 
@@ -253,7 +220,7 @@ fn field(console: &str, prefix: &str, key: &str) -> String {
 /// outside it hold what was written.
 #[test]
 fn a_discard_makes_pages_transient_until_they_are_written_again() {
-    let s = State::new("discard");
+    let s = State::with_prefix("blk", "discard");
     let b = boot(vpm_qemu(&s, "INITRAMFS", "discard", true), "discard");
     assert_eq!(b.guest["blk_discard_bytes"], 1 << 20, "{:?}", b.guest);
     // SET_PERSISTENT before the first flush of each page after load (a: 256 pages, b: 256, in
@@ -457,7 +424,7 @@ fn ext4_on_the_disk_keeps_every_acknowledged_fsync_across_chained_host_crashes()
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let s = State::new("chained");
+    let s = State::with_prefix("blk", "chained");
     let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
     let mut witness = HashMap::new();
     let mut t = Tally::default();
@@ -500,17 +467,7 @@ fn ext4_on_the_disk_keeps_every_acknowledged_fsync_across_chained_host_crashes()
         started.elapsed().as_secs_f64(),
         t.failure.is_none()
     );
-    println!(
-        "chained blk crash trials: {} trials, {} acknowledged fsyncs, {} file checks, lost {}, \
-         mismatches {}, fsck failures {} ({:.0} s)",
-        t.trials,
-        t.acked,
-        t.checked,
-        t.lost,
-        t.mismatches,
-        t.fsck_failures,
-        started.elapsed().as_secs_f64()
-    );
+    println!("chained blk crash trials: {line}");
     if let Ok(path) = std::env::var("VPM_BLK_SUMMARY") {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()

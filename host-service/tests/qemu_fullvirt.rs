@@ -20,34 +20,18 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod qemu_support;
+
+use qemu_support::{build_guest, repo};
 
 /// Builds the guest (initramfs with e2fsprogs and fsyncer) once; returns its paths.
 fn guest() -> &'static HashMap<String, String> {
     static G: OnceLock<HashMap<String, String>> = OnceLock::new();
     G.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("guest-driver/build-guest.sh"))
-            .env(
-                "VPM_GUEST_OUT",
-                std::env::var_os("VPM_QFV_GUEST_OUT")
-                    .map_or_else(|| repo().join("target/guest-test-fullvirt"), PathBuf::from),
-            )
-            .output()
-            .expect("run guest-driver/build-guest.sh");
-        assert!(
-            out.status.success(),
-            "building the guest failed (run tests/setup/install-deps.sh and \
-             guest-driver/kernel/build-kernel.sh first):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        build_guest(
+            std::env::var_os("VPM_QFV_GUEST_OUT")
+                .map_or_else(|| repo().join("target/guest-test-fullvirt"), PathBuf::from),
+        )
     })
 }
 

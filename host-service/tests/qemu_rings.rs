@@ -5,94 +5,10 @@
 //! cached guest kernel, QEMU and the toolchain that tests/setup/install-deps.sh installs.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod qemu_support;
 
-/// Builds vpm.ko, the test program and the initramfs once; returns their paths.
-fn guest() -> &'static HashMap<String, String> {
-    static G: OnceLock<HashMap<String, String>> = OnceLock::new();
-    G.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("guest-driver/build-guest.sh"))
-            .env("VPM_GUEST_OUT", repo().join("target/guest-test"))
-            .output()
-            .expect("run guest-driver/build-guest.sh");
-        assert!(
-            out.status.success(),
-            "building the guest failed (run tests/setup/install-deps.sh and \
-             guest-driver/kernel/build-kernel.sh first):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    })
-}
-
-struct State(PathBuf);
-
-impl State {
-    fn new(name: &str) -> State {
-        let d = PathBuf::from(format!("/dev/shm/vpm-qemu-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        State(d)
-    }
-}
-
-impl Drop for State {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn qemu_cmd(state: &State, vpmtest: &str, extra: &[&str]) -> Command {
-    qemu_cmd_with(state, "INITRAMFS", vpmtest, extra)
-}
-
-fn qemu_cmd_with(state: &State, initrd: &str, vpmtest: &str, extra: &[&str]) -> Command {
-    let g = guest();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vpm"));
-    c.args([
-        "qemu",
-        "--state",
-        state.0.to_str().unwrap(),
-        "--pool-mib",
-        "128",
-        "--vm",
-        "linux",
-    ])
-    .args([
-        "--kernel",
-        &g["KERNEL_BZIMAGE"],
-        "--initrd",
-        &g[initrd],
-        "--vpmtest",
-        vpmtest,
-    ])
-    .args(["--timeout", "90"])
-    .args(extra);
-    c
-}
-
-fn run(state: &State, vpmtest: &str, extra: &[&str]) -> String {
-    let out = qemu_cmd(state, vpmtest, extra)
-        .output()
-        .expect("run vpm qemu");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "vpm qemu failed: {}{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
+use qemu_support::{run, State};
 
 /// Issue 13: pmemtest's four threads on two vCPUs with polled rings: the data checks pass, the
 /// host served hints by polling and the guest skipped doorbells (both sides count it), and the

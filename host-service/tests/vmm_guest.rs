@@ -1,52 +1,18 @@
 //! The VMM on real KVM with the VPM test guest: transparency of page moves, hostile hints, the
 //! DRAM budget, and clear errors. Each test runs `vpm` as a separate process.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
-struct Dir(PathBuf);
+mod vmm_support;
 
-impl Dir {
-    fn new(name: &str) -> Dir {
-        assert!(
-            std::path::Path::new("/dev/kvm").exists(),
-            "these tests need /dev/kvm (KVM)"
-        );
-        let d = PathBuf::from(format!("/dev/shm/vpm-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        Dir(d)
-    }
-    fn s(&self) -> String {
-        self.0.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn vpm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vpm"))
-        .args(args)
-        .output()
-        .expect("run vpm");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use vmm_support::{json_run, vpm, Dir};
 
 fn guest(args: &[&str]) -> Value {
     let mut all = vec!["guest", "--pool-mib", "96"];
     all.extend_from_slice(args);
-    let (ok, out, err) = vpm(&all);
-    assert!(ok, "vpm {all:?} failed: {err}{out}");
-    serde_json::from_str(out.lines().last().unwrap_or("")).expect("JSON result line")
+    json_run(&all)
 }
 
 /// Like `guest`, for a run whose guest reports data errors: `vpm guest` then exits non-zero and

@@ -3,45 +3,18 @@
 //! stop (the guest-visible image an epoch commits is the memory at its stop point).
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 
-/// A state directory under /dev/shm, removed on drop.
-struct Dir(PathBuf);
+mod vmm_support;
 
-impl Dir {
-    fn new(name: &str) -> Dir {
-        assert!(
-            std::path::Path::new("/dev/kvm").exists(),
-            "this test needs /dev/kvm (KVM)"
-        );
-        let d = PathBuf::from(format!("/dev/shm/vpm-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        Dir(d)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use vmm_support::{json_run, Dir};
 
 /// Runs `vpm guest` with `args` and returns its JSON result line.
 fn guest(args: &[&str]) -> Value {
     let mut all = vec!["guest", "--pool-mib", "160"];
     all.extend_from_slice(args);
-    let out = Command::new(env!("CARGO_BIN_EXE_vpm"))
-        .args(&all)
-        .output()
-        .expect("run vpm");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "vpm {all:?} failed: {stderr}{stdout}");
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON result line")
+    json_run(&all)
 }
 
 /// 64-byte records the writer appends: 15/16 of a 64 MiB vPM.

@@ -4,53 +4,20 @@
 //! every vCPU surviving kill -9 (P1). Each VM runs as a separate `vpm` process.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 use vpm_host::crashtest::{run_trial, TrialConfig, TrialKind, TrialResult};
 
-struct Dir(PathBuf);
+mod vmm_support;
 
-impl Dir {
-    fn new(name: &str) -> Dir {
-        assert!(
-            std::path::Path::new("/dev/kvm").exists(),
-            "these tests need /dev/kvm (KVM)"
-        );
-        let d = PathBuf::from(format!(
-            "/dev/shm/vpm-test-smp-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        Dir(d)
-    }
-    fn s(&self) -> String {
-        self.0.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use vmm_support::{json_run, Dir};
 
 /// Runs `vpm guest` (fresh tenant) and returns its JSON result line; the run must succeed.
 fn guest(d: &Dir, args: &[&str]) -> Value {
     let state = d.s();
-    let mut all = vec!["guest", "--state", &state, "--pool-mib", "96"];
-    all.push("--fresh");
+    let mut all = vec!["guest", "--state", &state, "--pool-mib", "96", "--fresh"];
     all.extend_from_slice(args);
-    let out = Command::new(env!("CARGO_BIN_EXE_vpm"))
-        .args(&all)
-        .output()
-        .expect("run vpm");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "vpm {all:?} failed: {stderr}{stdout}");
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON result line")
+    json_run(&all)
 }
 
 /// Hints each ring completed.

@@ -4,36 +4,9 @@
 //! so in steady state (the guest's timed window, after the first touch and a warm-up) its puts
 //! take almost no write-protect faults.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod vmm_support;
 
-use serde_json::Value;
-
-/// A state directory under /dev/shm, removed on drop.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `vpm guest` with `args` and returns its JSON result line.
-fn guest(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_vpm"))
-        .args(args)
-        .output()
-        .expect("run vpm");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "vpm {args:?} failed: {stderr}{stdout}"
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON result line")
-}
+use vmm_support::{json_run as guest, Dir};
 
 /// Most write-protect faults per epoch allowed in the window. With the old cap every page
 /// beyond 50,000 faulted in each epoch (~15,000 per epoch here); a page the puts miss in one
@@ -42,15 +15,8 @@ const MAX_FAULTS_PER_EPOCH: u64 = 500;
 
 #[test]
 fn a_kv_store_beyond_the_old_cap_takes_no_faults_in_steady_state() {
-    assert!(
-        std::path::Path::new("/dev/kvm").exists(),
-        "this test needs /dev/kvm (KVM)"
-    );
-    let d = Dir(PathBuf::from(format!(
-        "/dev/shm/vpm-test-writable-{}",
-        std::process::id()
-    )));
-    let state = d.0.to_string_lossy().into_owned();
+    let d = Dir::new("writable");
+    let state = d.s();
     let r = guest(&[
         "guest",
         "--state",
