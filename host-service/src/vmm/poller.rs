@@ -41,14 +41,9 @@ pub trait RingSource {
     fn hints(&self) -> MutexGuard<'_, HintService>;
     /// What the hints act on.
     fn target(&self) -> &dyn HintTarget;
-    /// Serves the doorbell bytes [`RingSource::wait`] brought, with the hints lock held: by
-    /// default each byte as vCPU 0's doorbell (the QEMU front overrides it: one stream, many rings).
-    fn serve_doorbell(&self, hints: &mut HintService, bytes: &[u8]) -> Result<(), VmmError> {
-        for &b in bytes {
-            hints.on_byte(b, self.target())?;
-        }
-        Ok(())
-    }
+    /// Serves the doorbell bytes [`RingSource::wait`] brought, with the hints lock held (the
+    /// KVM front's ioeventfd serves every vCPU's ring; the QEMU front decodes its one stream).
+    fn serve_doorbell(&self, hints: &mut HintService, bytes: &[u8]) -> Result<(), VmmError>;
 }
 
 /// The KVM front: the RING ioeventfd; the VMM writes it to stop the poller.
