@@ -148,7 +148,8 @@ pub fn shuffle(t: &PagePlacements, rng: &mut Rng, pages: u64) -> Vec<Move> {
     moves
 }
 
-/// A small xorshift generator for forced migrations.
+/// A small xorshift64* generator for forced migrations (scrambled output, high bits for ranges:
+/// plain xorshift's low bits correlate between consecutive draws).
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 
@@ -165,7 +166,7 @@ impl Rng {
         x ^= x >> 7;
         x ^= x << 17;
         self.0 = x;
-        x % n
+        ((x.wrapping_mul(0x2545_f491_4f6c_dd1d) as u128 * n as u128) >> 64) as u64
     }
 }
 
