@@ -310,6 +310,7 @@ only when nothing else runs.\n", doc["poller_idle"]["poll_us"]);
             full.map_or(f64::NAN, |r| f(&r["pause_us_max"]) / 1000.0)
         );
     }
+    m += &staged_md(tput);
     let t_off = tp("transient scratch", "pv").map_or(f64::NAN, |r| f(&r["ops_per_s"]));
     let t_on = tp("transient scratch", "pv+transient").map_or(f64::NAN, |r| f(&r["ops_per_s"]));
     let _ = writeln!(m, "\nTransient-scratch job (rounds/s): pv {t_off:.1}, pv with transient hints {t_on:.1} (×{:.2}).\n", t_on / t_off);
@@ -472,6 +473,44 @@ fn targets_md(doc: &Value, targets: &[Target], vmx_exit_us: f64) -> String {
             targets::lat(doc, "direct", b),
             targets::lat(doc, "pv", b),
             targets::lat(doc, "msync", b)
+        );
+    }
+    m
+}
+
+/// Full virtualization by vPM size: the staged commit (the default) and stop-and-commit,
+/// each against direct, with their steady-state pauses and epoch lengths.
+fn staged_md(tput: &[Value]) -> String {
+    let mut m = String::from(
+        "\nKV puts by vPM size, 100 ms epochs, steady-state window: the staged commit (the pause \
+copies the dirty pages into staging, the commit runs after the guest resumed) against \
+stop-and-commit (the whole commit in the pause). An epoch lasts the interval or the commit, \
+whichever is longer.\n\n| vPM | direct ops/s | staged: % of direct | pause p50 / p99 (window) | \
+mean epoch | stop-and-commit: % of direct | pause p50 / p99 (window) | mean epoch |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let row = |w: &str, mo: &str| find(tput, |r| r["workload"] == w && r["mode"] == mo);
+    let cells = |r: Option<&Value>, direct: f64| {
+        r.map_or("– | – | –".into(), |r| {
+            let e = &r["epoch"];
+            let epoch_ms = f(&r["window_s"]) * 1e3 / f(&r["window_epochs"]).max(1.0);
+            format!(
+                "{:.0} % | {:.1} / {:.1} ms | {epoch_ms:.0} ms",
+                100.0 * f(&r["ops_per_s"]) / direct,
+                f(&e["window_pause_us_p50"]) / 1e3,
+                f(&e["window_pause_us_p99"]) / 1e3,
+            )
+        })
+    };
+    for mib in [32, 128, 512] {
+        let w = format!("kv puts {mib} MiB");
+        let Some(direct) = row(&w, "direct").map(|r| f(&r["ops_per_s"])) else {
+            continue;
+        };
+        let _ = writeln!(
+            m,
+            "| {mib} MiB | {direct:.0} | {} | {} |",
+            cells(row(&w, "full-100ms"), direct),
+            cells(row(&w, "full-100ms-stop"), direct)
         );
     }
     m

@@ -86,6 +86,9 @@ pub struct Job {
     pub poll_us: u64,
     /// vCPUs (one writer and one hint ring each in the workloads that split).
     pub vcpus: u32,
+    /// Full mode: commit each epoch inside the pause (the design before staged commits),
+    /// instead of staging the dirty pages and committing after the vCPU resumed.
+    pub stop_and_commit: bool,
 }
 
 impl Job {
@@ -106,6 +109,7 @@ impl Job {
             transient: false,
             poll_us: 0,
             vcpus: 1,
+            stop_and_commit: false,
         }
     }
 }
@@ -169,8 +173,8 @@ pub fn run_controlled(
         time_limit: Some(Duration::from_secs(600)),
         doorbell: DoorbellKind::Exit,
         poll_us: job.poll_us,
-        // Stop-and-commit: pre-copy epochs cost throughput on PVM (docs/costs.md §5).
-        precopy_rounds: None,
+        // Full mode's default staged commit, unless the job asks for stop-and-commit.
+        precopy_rounds: (!job.stop_and_commit).then_some(VmSpec::DEFAULT_PRECOPY_ROUNDS),
         vcpus: job.vcpus,
     };
     let out = run_vm_controlled(&spec, pool.clone(), tenant, control).map_err(|source| {
@@ -225,6 +229,8 @@ pub fn epoch_fields(o: &VmOutcome) -> serde_json::Value {
     };
     serde_json::json!({
         "pause_us_p50": s.pause_us_p50, "pause_us_p99": s.pause_us_p99,
+        "window_pause_us_p50": s.window_pause_us_p50, "window_pause_us_p99": s.window_pause_us_p99,
+        "window_epoch_pm_bytes": s.window_epoch_pm_bytes, "window_changed_bytes": s.window_changed_bytes,
         "pause_collect_us": s.pause_collect_us, "pause_copy_us": s.pause_copy_us,
         "pause_commit_us": s.pause_commit_us, "pause_protect_us": s.pause_protect_us,
         "pause_rebalance_us": s.pause_rebalance_us, "commit_running_us": s.commit_running_us,

@@ -471,7 +471,7 @@ impl VmConfig {
             time_limit: self.seconds.map(Duration::from_secs_f64),
             doorbell: DoorbellKind::Exit,
             poll_us: self.poll_us,
-            precopy_rounds: None,
+            precopy_rounds: Some(VmSpec::DEFAULT_PRECOPY_ROUNDS),
             vcpus: self.vcpus,
         }
     }

@@ -22,8 +22,8 @@ use crate::tier::{policy, Rng};
 #[derive(Debug)]
 #[must_use = "a stopped epoch must be committed"]
 pub struct StoppedEpoch {
-    /// The epoch witness's record at the stop (when a witness is open).
-    record: Option<u64>,
+    /// The epoch witness's records at the stop, one per vCPU (when a witness is open).
+    record: Option<Vec<u64>>,
 }
 
 fn micros(since: Instant) -> u64 {

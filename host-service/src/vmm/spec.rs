@@ -49,8 +49,10 @@ pub struct VmSpec {
 }
 
 impl VmSpec {
-    /// Pre-copy rounds per epoch by default.
-    pub const DEFAULT_PRECOPY_ROUNDS: u32 = 1;
+    /// Pre-copy rounds per epoch by default: none. The stop stages every dirty page and the
+    /// commit runs after the vCPU resumed (a staged commit); rounds re-arm tracking, and on PVM a
+    /// page they copy costs a ~20 µs fault when next written (docs/costs.md §9).
+    pub const DEFAULT_PRECOPY_ROUNDS: u32 = 0;
 
     /// Whether this VM takes pre-copy epochs: full mode only (a PV persist must not race a
     /// staged commit that could write older content over it).

@@ -28,17 +28,27 @@ impl VmStats {
     /// else `WINDOW_END`) that arrived at `at`, with the guest's operations done then.
     pub fn window_mark(&mut self, start: bool, ops: u64, at: Instant) {
         if start {
-            self.window_started = Some((at, ops, self.epochs, self.wp_faults));
+            self.window_started = Some(WindowStart {
+                at,
+                ops,
+                counters: self.clone_counters(),
+                pauses: self.pauses_us.len(),
+            });
             return;
         }
-        let Some((t0, ops0, epochs0, faults0)) = self.window_started else {
+        let Some(w) = self.window_started.take() else {
             return;
         };
-        let secs = at.duration_since(t0).as_secs_f64();
-        self.window_ops = ops.saturating_sub(ops0);
+        let secs = at.duration_since(w.at).as_secs_f64();
+        let c = w.counters;
+        self.window_ops = ops.saturating_sub(w.ops);
         self.window_us = (secs * 1e6) as u64;
-        self.window_epochs = self.epochs - epochs0;
-        self.window_wp_faults = self.wp_faults - faults0;
+        self.window_epochs = self.epochs - c.epochs;
+        self.window_wp_faults = self.wp_faults - c.wp_faults;
+        self.window_epoch_pm_bytes = self.epoch_pm_bytes - c.epoch_pm_bytes;
+        self.window_changed_bytes = self.changed_bytes - c.changed_bytes;
+        self.window_moved_to_pm = self.moved_to_pm - c.moved_to_pm;
+        self.window_pauses = Some((w.pauses, self.pauses_us.len()));
         self.window_ops_per_s = if secs > 0.0 {
             self.window_ops as f64 / secs
         } else {
@@ -46,11 +56,47 @@ impl VmStats {
         };
     }
 
-    /// Fills in the pause percentiles from the recorded pauses.
+    fn clone_counters(&self) -> WindowCounters {
+        WindowCounters {
+            epochs: self.epochs,
+            wp_faults: self.wp_faults,
+            epoch_pm_bytes: self.epoch_pm_bytes,
+            changed_bytes: self.changed_bytes,
+            moved_to_pm: self.moved_to_pm,
+        }
+    }
+
+    /// Fills in the pause percentiles from the recorded pauses: over the run, and over the
+    /// pauses that began within the guest's timed window (steady state).
     pub fn finish_percentiles(&mut self) {
         self.pause_us_p50 = quantile(&self.pauses_us, 0.5);
         self.pause_us_p99 = quantile(&self.pauses_us, 0.99);
+        if let Some((from, to)) = self.window_pauses {
+            let window = &self.pauses_us[from.min(to)..to.min(self.pauses_us.len())];
+            self.window_pause_us_p50 = quantile(window, 0.5);
+            self.window_pause_us_p99 = quantile(window, 0.99);
+        }
     }
+}
+
+/// The counters at the start of the guest's timed window.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowCounters {
+    epochs: u64,
+    wp_faults: u64,
+    epoch_pm_bytes: u64,
+    changed_bytes: u64,
+    moved_to_pm: u64,
+}
+
+/// Where the guest's timed window started.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowStart {
+    at: Instant,
+    ops: u64,
+    counters: WindowCounters,
+    /// Pauses recorded before the window.
+    pauses: usize,
 }
 
 /// Everything a VM run counts.
@@ -103,9 +149,23 @@ pub struct VmStats {
     pub window_wp_faults: u64,
     /// `window_ops` per second of the window: the workload's steady-state throughput.
     pub window_ops_per_s: f64,
-    /// When the window started, the operations, epochs and faults then; not reported.
+    /// Bytes epochs wrote to PM (redo log plus homes) within the timed window: in steady
+    /// state, after every page's first home.
+    pub window_epoch_pm_bytes: u64,
+    /// Guest bytes changed (lines × 64) that the epochs within the timed window committed.
+    pub window_changed_bytes: u64,
+    /// Pages tier moves copied into the PM tier within the timed window.
+    pub window_moved_to_pm: u64,
+    /// Median pause of the epochs that stopped within the timed window (µs).
+    pub window_pause_us_p50: u64,
+    /// 99th-percentile pause of the epochs that stopped within the timed window (µs).
+    pub window_pause_us_p99: u64,
+    /// When the window started, and the counters then; not reported.
     #[serde(skip)]
-    pub window_started: Option<(Instant, u64, u64, u64)>,
+    pub window_started: Option<WindowStart>,
+    /// The window's range of `pauses_us`; not reported.
+    #[serde(skip)]
+    pub window_pauses: Option<(usize, usize)>,
     /// Every epoch's pause (µs), for the percentiles; not reported.
     #[serde(skip)]
     pub pauses_us: Vec<u32>,
@@ -216,5 +276,27 @@ mod tests {
         );
         assert_eq!(s.window_wp_faults, 20);
         assert!((s.window_ops_per_s - 4000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn window_pauses_and_bytes_count_only_the_window() {
+        let mut s = VmStats::default();
+        let t0 = Instant::now();
+        s.record_pause(9000);
+        (s.epoch_pm_bytes, s.changed_bytes) = (1 << 20, 4096);
+        s.window_mark(true, 0, t0);
+        for us in [300, 100, 200] {
+            s.record_pause(us);
+        }
+        (s.epoch_pm_bytes, s.changed_bytes) = ((1 << 20) + 640, 4096 + 512);
+        s.window_mark(false, 10, t0);
+        s.record_pause(8000);
+        s.finish_percentiles();
+        assert_eq!((s.window_pause_us_p50, s.window_pause_us_p99), (200, 300));
+        assert_eq!(s.pause_us_p99, 9000);
+        assert_eq!(
+            (s.window_epoch_pm_bytes, s.window_changed_bytes),
+            (640, 512)
+        );
     }
 }

@@ -88,32 +88,27 @@ impl Witnesses {
     /// Appends `epoch record…` to the epoch witness: every vCPU's newest complete record, read
     /// while the vCPUs are paused, is in the image epoch `epoch` committed.
     pub fn epoch(&self, ram: &GuestMemoryMmap, epoch: u64) {
-        let mut w = self.epoch.lock().expect("epoch witness");
-        let Some(f) = w.as_mut() else {
-            return;
-        };
-        let records: Option<Vec<String>> = (0..self.vcpus.max(1))
-            .map(|v| seq_word(ram, v, 1).map(|r| r.to_string()))
-            .collect();
-        if let Some(records) = records {
-            append_line(f, &format!("{epoch} {}\n", records.join(" ")));
-        }
+        self.write_epoch(epoch, self.epoch_record(ram));
     }
 
-    /// vCPU 0's newest complete record, read at an epoch's stop when an epoch witness is open
-    /// (pre-copy epochs commit after the vCPUs resumed; their lines record vCPU 0 only).
-    pub fn epoch_record(&self, ram: &GuestMemoryMmap) -> Option<u64> {
+    /// Every vCPU's newest complete record, read at an epoch's stop when an epoch witness is
+    /// open (a staged epoch commits after the vCPUs resumed, so its line is read at the stop).
+    pub fn epoch_record(&self, ram: &GuestMemoryMmap) -> Option<Vec<u64>> {
         if self.epoch.lock().expect("epoch witness").is_none() {
             return None;
         }
-        seq_word(ram, 0, 1)
+        (0..self.vcpus.max(1))
+            .map(|v| seq_word(ram, v, 1))
+            .collect()
     }
 
-    /// Appends `epoch record` to the epoch witness once epoch `epoch` has committed.
-    pub fn write_epoch(&self, epoch: u64, record: Option<u64>) {
+    /// Appends `epoch record…` (one record per vCPU) to the epoch witness once epoch `epoch` has
+    /// committed.
+    pub fn write_epoch(&self, epoch: u64, records: Option<Vec<u64>>) {
         let mut w = self.epoch.lock().expect("epoch witness");
-        if let (Some(f), Some(record)) = (w.as_mut(), record) {
-            append_line(f, &format!("{epoch} {record}\n"));
+        if let (Some(f), Some(records)) = (w.as_mut(), records) {
+            let records: Vec<String> = records.iter().map(u64::to_string).collect();
+            append_line(f, &format!("{epoch} {}\n", records.join(" ")));
         }
     }
 }
