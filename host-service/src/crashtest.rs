@@ -109,6 +109,8 @@ pub struct TrialResult {
     /// The newest record in the last epoch the host committed before the kill, from the epoch
     /// witness (F1: recovery must not go back past it).
     pub committed: u64,
+    /// Each vCPU's record in that epoch witness line (F1; the checker checks vCPUs 0–4).
+    pub committed_vcpus: Vec<u64>,
     /// The checker's error count.
     pub errors: u64,
     /// The checker's first error message.
@@ -329,6 +331,7 @@ pub fn run_trial(cfg: &TrialConfig, seed: u64) -> Result<TrialResult, CrashTestE
         acked,
         acked_vcpus,
         committed,
+        committed_vcpus,
         errors,
         message,
         recover_ms,

@@ -201,13 +201,31 @@ fn trials(kind: TrialKind, name: &str, poll_us: u64, n: u64, seed: u64) -> Vec<T
 /// Full virtualization with two vCPUs, each appending its own sequence log to its half of vPM,
 /// killed with SIGKILL at random moments: each half recovers to one point in time (F1), and vCPU
 /// 0's log no earlier than the last epoch the host witnessed. An epoch that collected the dirty
-/// log while one vCPU still ran would tear that vCPU's half.
+/// log while one vCPU still ran would tear that vCPU's half. Every witnessed epoch names both
+/// vCPUs' records, so the checker holds each half to its own (staged epochs, the default, once
+/// wrote vCPU 0's alone).
 #[test]
 fn two_vcpus_recover_one_epoch_image_after_kill_9() {
     let results = trials(TrialKind::FullPrefix, "full", 0, 30, 0x5a00);
     assert!(results
         .iter()
         .all(|r| r.committed > 0 && r.found >= r.committed));
+    for r in &results {
+        assert_eq!(
+            r.committed_vcpus.len(),
+            2,
+            "the epoch witness names {:?}, not both vCPUs' records",
+            r.committed_vcpus
+        );
+    }
+    let both = results
+        .iter()
+        .filter(|r| r.committed_vcpus.iter().all(|&c| c > 0))
+        .count();
+    assert!(
+        both >= 20,
+        "only {both} of 30 trials had both vCPUs' records in a committed epoch"
+    );
 }
 
 /// PV with two vCPUs, each draining its own log through its own ring (polled, and with
