@@ -122,6 +122,15 @@ impl Workload {
 pub const FLAG_PV: u32 = 1;
 /// Flag: mark transient regions with hints (PV mode with transient hints).
 pub const FLAG_TRANSIENT_HINTS: u32 = 2;
+/// Flag: the random and skewed write workloads count the bytes they store into each vPM page,
+/// one `u64` per page at [`STORE_COUNTS_GPA`] (pages past [`STORE_COUNTS_PAGES`] uncounted), so
+/// the host can tell stores that landed in its PM tier from those it absorbed in DRAM.
+pub const FLAG_COUNT_STORES: u32 = 4;
+/// Guest RAM holding the per-page store byte counters of [`FLAG_COUNT_STORES`] (the guest's
+/// 4 MiB scratch area, which those workloads do not otherwise use).
+pub const STORE_COUNTS_GPA: u64 = 0x00a0_0000;
+/// vPM pages with a store counter (4 MiB of `u64`s).
+pub const STORE_COUNTS_PAGES: u64 = (4 << 20) / 8;
 
 /// Boot parameters, written by the VMM at [`BOOT_PARAMS_GPA`].
 #[repr(C)]

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vpm_abi::harness::{BootParams, Workload, BOOT_MAGIC, FLAG_PV, FLAG_TRANSIENT_HINTS};
+use vpm_abi::harness::{
+    BootParams, Workload, BOOT_MAGIC, FLAG_COUNT_STORES, FLAG_PV, FLAG_TRANSIENT_HINTS,
+};
 use vpm_host::pm::file::FileDevice;
 use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
 use vpm_host::pool::{Pool, PoolConfig, TenantConfig};
@@ -86,6 +88,9 @@ pub struct Job {
     pub poll_us: u64,
     /// vCPUs (one writer and one hint ring each in the workloads that split).
     pub vcpus: u32,
+    /// The guest counts its stores per page (`FLAG_COUNT_STORES`), so the VMM can charge those
+    /// into PM-tier pages to PM (`VmStats::pm_tier_store_bytes`).
+    pub count_stores: bool,
     /// Full mode: commit each epoch inside the pause (the design before staged commits),
     /// instead of staging the dirty pages and committing after the vCPU resumed.
     pub stop_and_commit: bool,
@@ -110,6 +115,7 @@ impl Job {
             poll_us: 0,
             vcpus: 1,
             stop_and_commit: false,
+            count_stores: false,
         }
     }
 }
@@ -149,6 +155,11 @@ pub fn run_controlled(
     let flags = if job.hints { FLAG_PV } else { 0 }
         | if job.transient {
             FLAG_TRANSIENT_HINTS
+        } else {
+            0
+        }
+        | if job.count_stores {
+            FLAG_COUNT_STORES
         } else {
             0
         };

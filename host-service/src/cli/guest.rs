@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 use serde_json::json;
-use vpm_abi::harness::{BootParams, BOOT_MAGIC, FLAG_PV, FLAG_TRANSIENT_HINTS};
+use vpm_abi::harness::{BootParams, BOOT_MAGIC, FLAG_COUNT_STORES, FLAG_PV, FLAG_TRANSIENT_HINTS};
 use vpm_abi::PAGE_SIZE;
 use vpm_host::pm::file::FileDevice;
 use vpm_host::pm::mapped::{FlushPolicy, MapOptions, MappedFile};
@@ -123,6 +123,10 @@ pub struct GuestArgs {
     /// Mark transient scratch with hints.
     #[arg(long)]
     pub transient_hints: bool,
+    /// The random and skewed write workloads count their stores per page, and the VMM charges
+    /// those into PM-tier pages to PM (`pm_tier_store_bytes`).
+    #[arg(long)]
+    pub count_stores: bool,
     /// Append acknowledged drain sequences to FILE (`vpm qemu`: each acknowledged persist range,
     /// `OFFSET LEN` in vPM bytes).
     #[arg(long, value_name = "FILE")]
@@ -335,7 +339,8 @@ pub fn spec_for(o: &GuestArgs) -> VmSpec {
             FLAG_TRANSIENT_HINTS
         } else {
             0
-        };
+        }
+        | if o.count_stores { FLAG_COUNT_STORES } else { 0 };
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
     VmSpec {
         name: o.vm.clone(),

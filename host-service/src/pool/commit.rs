@@ -19,7 +19,7 @@ use vpm_abi::{LINE_SIZE, PAGE_SIZE};
 
 use super::error::PoolError;
 use super::homes::HomeStore;
-use super::lines::{diff_mask, mostly_changed};
+use super::lines::{diff_mask, estimated_lines, sampled_changes, MOSTLY_CHANGED};
 use super::media::{
     CommitRecord, Home, LogRecordHeader, APPLIED_WORD_OFF, COMMIT_RECORD_SIZE, LOG_HEADER_SIZE,
     LOG_NEW_HOME,
@@ -33,6 +33,16 @@ static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 
 /// Changed lines at or above which a page is written whole into a fresh home instead of logged.
 const COW_LINES: u32 = 32;
+
+/// A page a commit found changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangedPage {
+    /// The page.
+    pub vpn: u64,
+    /// Its cache lines that differed from its home (1–64): exact, except for a page rewritten
+    /// whole after a sample of its lines mostly differed, where the sample estimates it.
+    pub lines: u8,
+}
 
 /// What one commit did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,13 +70,13 @@ pub struct CommitStats {
 /// Commits epoch k+1 of tenant `t`: the content `source` shows for every page in `dirty` (pages
 /// not listed are unchanged since epoch k). Transient pages are skipped. On any error nothing is
 /// committed and the tenant stays at epoch k. Returns the pages whose content changed
-/// (ascending).
+/// (ascending), with their changed lines.
 pub(super) fn commit_epoch(
     homes: &mut HomeStore,
     t: &mut Tenant,
     dirty: &[u64],
     source: &(impl PageSource + ?Sized),
-) -> Result<(CommitStats, Vec<u64>), PoolError> {
+) -> Result<(CommitStats, Vec<ChangedPage>), PoolError> {
     let start = Instant::now();
     let mut dirty = dirty.to_vec();
     dirty.sort_unstable();
@@ -77,12 +87,14 @@ pub(super) fn commit_epoch(
         log: RedoLog::default(),
         allocated: Vec::new(),
         fresh: Fresh::default(),
+        changed: Vec::new(),
     };
     let collected = b.collect(&dirty, source);
     let LogBuilder {
         log,
         allocated,
         fresh,
+        changed,
         ..
     } = b;
     if let Err(e) = collected.and_then(|()| write_log_and_commit(homes, t, &log)) {
@@ -109,11 +121,7 @@ pub(super) fn commit_epoch(
         epoch: t.epoch(),
         dirty_pages: dirty.len() as u64,
         changed_pages: log.count() as u64,
-        changed_lines: fresh.lines
-            + log
-                .headers()
-                .map(|h| h.mask.count_ones() as u64)
-                .sum::<u64>(),
+        changed_lines: changed.iter().map(|c| c.lines as u64).sum(),
         log_bytes: log.len(),
         pm_home_bytes: applied.pm_bytes,
         capacity_home_bytes: applied.capacity_bytes,
@@ -132,7 +140,7 @@ pub(super) fn commit_epoch(
         pages = stats.changed_pages,
         "committed epoch"
     );
-    Ok((stats, log.headers().map(|h| h.vpn).collect()))
+    Ok((stats, changed))
 }
 
 /// Bytes written to fresh homes while building the log.
@@ -140,16 +148,14 @@ pub(super) fn commit_epoch(
 struct Fresh {
     pm_bytes: u64,
     capacity_bytes: u64,
-    lines: u64,
 }
 
 impl Fresh {
-    fn count(&mut self, home: Home, mask: u64) {
+    fn count(&mut self, home: Home) {
         match home {
             Home::Pm(_) => self.pm_bytes += PAGE_SIZE,
             _ => self.capacity_bytes += PAGE_SIZE,
         }
-        self.lines += mask.count_ones() as u64;
     }
 }
 
@@ -160,6 +166,7 @@ struct LogBuilder<'a> {
     log: RedoLog,
     allocated: Vec<Home>,
     fresh: Fresh,
+    changed: Vec<ChangedPage>,
 }
 
 impl LogBuilder<'_> {
@@ -194,19 +201,21 @@ impl LogBuilder<'_> {
     /// One page of [`LogBuilder::collect`].
     fn page(&mut self, vpn: u64, home: Home, page: &[u8], reserve: u64) -> Result<(), PoolError> {
         let page_len = PAGE_SIZE as usize;
-        let mask = match self.homes.location(home) {
+        let exact = |mask: u64| (mask, mask.count_ones());
+        let (mask, lines) = match self.homes.location(home) {
             Some((dev, off)) => {
-                let mut mask = 0;
+                let mut found = (0, 0);
                 dev.with_bytes(off, page_len, &mut |base| {
-                    mask = if mostly_changed(page, base) {
-                        u64::MAX
+                    let sampled = sampled_changes(page, base);
+                    found = if sampled >= MOSTLY_CHANGED {
+                        (u64::MAX, estimated_lines(sampled))
                     } else {
-                        diff_mask(page, base)
+                        exact(diff_mask(page, base))
                     }
                 })?;
-                mask
+                found
             }
-            None => diff_mask(page, &ZERO_PAGE),
+            None => exact(diff_mask(page, &ZERO_PAGE)),
         };
         if mask == 0 {
             return Ok(());
@@ -231,7 +240,7 @@ impl LogBuilder<'_> {
                 self.allocated.push(new);
                 let (dev, off) = self.homes.location(new).expect("allocated home");
                 dev.write_flush(off, page)?;
-                self.fresh.count(new, mask);
+                self.fresh.count(new);
                 self.t.add_write_lines(vpn, (PAGE_SIZE / LINE_SIZE) as u32);
                 LogRecordHeader {
                     vpn,
@@ -255,6 +264,10 @@ impl LogBuilder<'_> {
             });
         }
         self.log.push(header, page);
+        self.changed.push(ChangedPage {
+            vpn,
+            lines: lines as u8,
+        });
         Ok(())
     }
 }

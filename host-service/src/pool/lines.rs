@@ -29,18 +29,26 @@ pub(super) fn diff_mask(a: &[u8], b: &[u8]) -> u64 {
     mask
 }
 
-/// Lines compared by [`mostly_changed`], spread over the page.
+/// Lines compared by [`sampled_changes`], spread over the page.
 const SAMPLE_LINES: [usize; 8] = [0, 9, 18, 27, 36, 45, 54, 63];
 
-/// Whether at least 6 of 8 sampled lines differ: then the page is rewritten whole without a full
-/// diff (reading the old page would cost as much memory traffic as writing the new one).
-pub(super) fn mostly_changed(a: &[u8], b: &[u8]) -> bool {
+/// Sampled lines that must differ for a page to count as mostly changed: then it is rewritten
+/// whole without a full diff (reading the old page would cost as much memory traffic as writing
+/// the new one), and its changed lines are estimated from the sample.
+pub(super) const MOSTLY_CHANGED: u32 = 6;
+
+/// How many of 8 lines sampled across the page differ between `a` and `b`.
+pub(super) fn sampled_changes(a: &[u8], b: &[u8]) -> u32 {
     let line = LINE_SIZE as usize;
-    let changed = SAMPLE_LINES
+    SAMPLE_LINES
         .iter()
         .filter(|&&l| a[l * line..(l + 1) * line] != b[l * line..(l + 1) * line])
-        .count();
-    changed >= 6
+        .count() as u32
+}
+
+/// The changed lines a sample of `sampled` differing lines of 8 stands for.
+pub(super) fn estimated_lines(sampled: u32) -> u32 {
+    sampled * LINES as u32 / SAMPLE_LINES.len() as u32
 }
 
 /// Bit mask of the lines of a page that `[start, end)` (byte offsets within the page, `end >
@@ -128,11 +136,12 @@ mod tests {
         b[5 * LINE + 63] = 1;
         b[63 * LINE] = 1;
         assert_eq!(diff_mask(&a, &b), 1 | 1 << 5 | 1 << 63);
-        assert!(!mostly_changed(&a, &b));
+        assert_eq!(sampled_changes(&a, &b), 2);
         for l in SAMPLE_LINES {
             b[l * LINE + 1] = 9;
         }
-        assert!(mostly_changed(&a, &b));
+        assert_eq!(sampled_changes(&a, &b), 8);
+        assert_eq!(estimated_lines(7), 56);
     }
 
     #[test]

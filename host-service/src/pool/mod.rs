@@ -41,7 +41,7 @@ use homes::HomeStore;
 use media::{PoolHeader, TENANT_DESC_SIZE};
 use table::TenantTable;
 
-pub use commit::CommitStats;
+pub use commit::{ChangedPage, CommitStats};
 pub use error::{ConfigError, PoolError};
 pub use media::Home;
 pub use persist::PersistStats;
@@ -242,14 +242,15 @@ impl Pool {
             .map(|(stats, _)| stats)
     }
 
-    /// [`Pool::commit_epoch`], also returning the pages whose content changed (ascending): the
-    /// dirty pages that were not transient and differed from their homes.
+    /// [`Pool::commit_epoch`], also returning the pages whose content changed (ascending), each
+    /// with its changed cache lines: the dirty pages that were not transient and differed from
+    /// their homes.
     pub fn commit_epoch_changed(
         &mut self,
         tenant: u32,
         dirty: &[u64],
         source: &(impl PageSource + ?Sized),
-    ) -> Result<(CommitStats, Vec<u64>), PoolError> {
+    ) -> Result<(CommitStats, Vec<ChangedPage>), PoolError> {
         let t = self.tenants.get_mut(tenant)?;
         commit::commit_epoch(&mut self.homes, t, dirty, source)
     }

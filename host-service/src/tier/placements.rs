@@ -21,7 +21,17 @@ pub struct PageTier {
     pub transient: bool,
     /// Write heat: halves every epoch, +128 for an epoch in which the page was written.
     pub heat: u16,
+    /// Most changed cache lines noted for the page in this epoch (0–64).
+    pub lines: u8,
+    /// Write intensity: halves every epoch, + the changed lines of the epoch (0–128). Heat says
+    /// whether a page is written epoch after epoch; intensity says how much of it: of two pages
+    /// both written in every epoch, the one whose lines change more takes more stores, which
+    /// DRAM absorbs and a PM working copy does not.
+    pub intensity: u8,
 }
+
+/// Cache lines in a page.
+const LINES_PER_PAGE: u8 = (vpm_abi::PAGE_SIZE / vpm_abi::LINE_SIZE) as u8;
 
 /// A planned move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +59,9 @@ impl PagePlacements {
                     placement: Placement::Pm,
                     dirty: false,
                     transient: false,
-                    heat: 0
+                    heat: 0,
+                    lines: 0,
+                    intensity: 0,
                 };
                 pages as usize
             ],
@@ -94,9 +106,16 @@ impl PagePlacements {
         self.budget = pages;
     }
 
-    /// Records that the guest wrote `vpn` in this epoch.
+    /// Records that the guest wrote `vpn` in this epoch (how much unknown: all of it).
     pub fn note_write(&mut self, vpn: u64) {
-        self.pages[vpn as usize].dirty = true;
+        self.note_lines(vpn, LINES_PER_PAGE);
+    }
+
+    /// Records that `lines` cache lines of `vpn` changed in this epoch (a commit's diff).
+    pub fn note_lines(&mut self, vpn: u64, lines: u8) {
+        let p = &mut self.pages[vpn as usize];
+        p.dirty = true;
+        p.lines = p.lines.max(lines.min(LINES_PER_PAGE));
     }
 
     /// Marks a page transient or persistent; transient pages must be placed in DRAM.
@@ -104,11 +123,13 @@ impl PagePlacements {
         self.pages[vpn as usize].transient = transient;
     }
 
-    /// Ends an epoch: dirty pages get heat, every page cools, dirty bits clear.
+    /// Ends an epoch: dirty pages get heat and intensity, every page cools, dirty bits clear.
     pub fn end_epoch(&mut self) {
         for p in &mut self.pages {
             p.heat = p.heat / 2 + if p.dirty { 128 } else { 0 };
+            p.intensity = p.intensity / 2 + p.lines;
             p.dirty = false;
+            p.lines = 0;
         }
     }
 

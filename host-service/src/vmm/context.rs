@@ -18,6 +18,7 @@ use super::pause::{self, PauseGate};
 use super::range::VpmRange;
 use super::staging::Staging;
 use super::stats::VmStats;
+use super::store_counts::StoreCounts;
 use super::witness::Witnesses;
 use super::writable::WritableSet;
 use super::VmmError;
@@ -32,6 +33,25 @@ pub struct VpmState {
     pub placements: PagePlacements,
     /// Pages left writable across epochs (tiered modes).
     pub writable: WritableSet,
+    /// The guest's per-page store counters (tiered modes with `FLAG_COUNT_STORES`).
+    pub store_counts: Option<StoreCounts>,
+}
+
+impl VpmState {
+    /// Bytes the guest stored into PM-tier pages since the last epoch stop, from its counters
+    /// (0 without them). Call at a stop, before the tiers are rebalanced.
+    pub fn pm_tier_stores(&mut self, ram: &GuestMemoryMmap) -> Result<u64, VmmError> {
+        let Some(counts) = &mut self.store_counts else {
+            return Ok(0);
+        };
+        let placements = &self.placements;
+        counts
+            .pm_tier_bytes(ram, |vpn| placements.page(vpn).placement == Placement::Pm)
+            .map_err(|source| VmmError::GuestMemory {
+                what: "read the guest's store counters",
+                source,
+            })
+    }
 }
 
 /// State shared by the vCPU thread, the hint thread and the controller.

@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::context::{VmContext, VpmState};
 use super::precopy::{self, KvmTracker, RoundStats};
 use super::VmmError;
-use crate::pool::{CommitStats, PageSource, PoolError};
+use crate::pool::{ChangedPage, CommitStats, PageSource, PoolError};
 use crate::tier::{policy, Rng};
 
 /// An epoch stopped and staged, not yet committed.
@@ -46,7 +46,8 @@ impl VmContext {
         let collect_us = micros(start);
         let mut state = self.state.lock().expect("state");
         let t = Instant::now();
-        let (commit, changed) = self.commit(&dirty, state.memory.bytes())?;
+        let (commit, changed_lines) = self.commit(&dirty, state.memory.bytes())?;
+        let changed: Vec<u64> = changed_lines.iter().map(|c| c.vpn).collect();
         let commit_us = micros(t);
         // Re-protect before the vCPU runs again (it is paused): writes from now on are seen.
         let st = &mut *state;
@@ -57,13 +58,15 @@ impl VmContext {
             .plan(&dirty, &changed, |vpn| st.placements.page(vpn).transient);
         log.protect(&self.vm, &plan.protect)?;
         let protect_us = micros(t);
-        for &vpn in &changed {
-            st.placements.note_write(vpn);
+        for c in &changed_lines {
+            st.placements.note_lines(c.vpn, c.lines);
         }
+        let pm_tier_stores = st.pm_tier_stores(&self.ram)?;
         let t = Instant::now();
         self.rebalance(st, dirty.len() as u64)?;
         let rebalance_us = micros(t);
         let mut s = self.stats.lock().expect("stats");
+        s.pm_tier_store_bytes += pm_tier_stores;
         s.dirty_pages += dirty.len() as u64;
         s.writable_pages_last = plan.writable;
         s.wp_faults += plan.faulted;
@@ -132,10 +135,12 @@ impl VmContext {
             .plan(&dirty, &changed, |vpn| st.placements.page(vpn).transient);
         log.protect(&self.vm, &plan.protect)?;
         let protect_us = micros(t);
+        let pm_tier_stores = st.pm_tier_stores(&self.ram)?;
         let t = Instant::now();
         self.rebalance(st, dirty.len() as u64)?;
         let rebalance_us = micros(t);
         let mut s = self.stats.lock().expect("stats");
+        s.pm_tier_store_bytes += pm_tier_stores;
         s.dirty_pages += dirty.len() as u64;
         s.stop_copy_pages += dirty.len() as u64;
         s.writable_pages_last = plan.writable;
@@ -160,15 +165,16 @@ impl VmContext {
         let result = self.commit(&pages, &*staging);
         staging.clear();
         drop(staging);
-        let (commit, changed) = result?;
+        let (commit, changed_lines) = result?;
+        let changed: Vec<u64> = changed_lines.iter().map(|c| c.vpn).collect();
         {
             let mut state = self.state.lock().expect("state");
             state
                 .writable
                 .note_commit(pages.len() as u64, micros(start));
             state.writable.note_changed(&changed);
-            for &vpn in &changed {
-                state.placements.note_write(vpn);
+            for c in &changed_lines {
+                state.placements.note_lines(c.vpn, c.lines);
             }
         }
         self.stats.lock().expect("stats").commit_running_us += micros(start);
@@ -182,7 +188,7 @@ impl VmContext {
         &self,
         dirty: &[u64],
         source: &(impl PageSource + ?Sized),
-    ) -> Result<(CommitStats, Vec<u64>), VmmError> {
+    ) -> Result<(CommitStats, Vec<ChangedPage>), VmmError> {
         let mut pool = self.pool.lock().expect("pool");
         match pool.commit_epoch_changed(self.tenant, dirty, source) {
             Ok(c) => Ok(c),

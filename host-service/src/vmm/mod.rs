@@ -30,6 +30,7 @@ pub mod setup;
 pub mod spec;
 pub mod staging;
 pub mod stats;
+pub mod store_counts;
 pub mod vcpu;
 pub mod witness;
 pub mod writable;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VcpuFd;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vpm_abi::harness::MAX_VCPUS;
+use vpm_abi::harness::{FLAG_COUNT_STORES, MAX_VCPUS};
 use vpm_abi::PAGE_SIZE;
 
 use super::context::{VmContext, VpmState};
@@ -20,6 +20,7 @@ use super::pause::{self, PauseGate};
 use super::spec::VmSpec;
 use super::staging::Staging;
 use super::stats::VmStats;
+use super::store_counts::StoreCounts;
 use super::vcpu;
 use super::witness::Witnesses;
 use super::writable::WritableSet;
@@ -136,6 +137,8 @@ pub fn build_vm(
             memory,
             placements,
             writable: WritableSet::new(pages, kvm::protection_fault_us()),
+            store_counts: (spec.mode.tiered() && spec.params.flags & FLAG_COUNT_STORES != 0)
+                .then(|| StoreCounts::new(pages)),
         }),
         ram,
     });

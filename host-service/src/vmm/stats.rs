@@ -48,6 +48,7 @@ impl VmStats {
         self.window_epoch_pm_bytes = self.epoch_pm_bytes - c.epoch_pm_bytes;
         self.window_changed_bytes = self.changed_bytes - c.changed_bytes;
         self.window_moved_to_pm = self.moved_to_pm - c.moved_to_pm;
+        self.window_pm_tier_store_bytes = self.pm_tier_store_bytes - c.pm_tier_store_bytes;
         self.window_pauses = Some((w.pauses, self.pauses_us.len()));
         self.window_ops_per_s = if secs > 0.0 {
             self.window_ops as f64 / secs
@@ -63,6 +64,7 @@ impl VmStats {
             epoch_pm_bytes: self.epoch_pm_bytes,
             changed_bytes: self.changed_bytes,
             moved_to_pm: self.moved_to_pm,
+            pm_tier_store_bytes: self.pm_tier_store_bytes,
         }
     }
 
@@ -87,6 +89,7 @@ pub struct WindowCounters {
     epoch_pm_bytes: u64,
     changed_bytes: u64,
     moved_to_pm: u64,
+    pm_tier_store_bytes: u64,
 }
 
 /// Where the guest's timed window started.
@@ -138,6 +141,9 @@ pub struct VmStats {
     pub changed_bytes: u64,
     /// Bytes epochs wrote to PM (redo log plus homes), summed over epochs.
     pub epoch_pm_bytes: u64,
+    /// Bytes the guest stored into pages placed in the PM tier (their working copies are PM),
+    /// from its own per-page counters (`vpm_abi::harness::FLAG_COUNT_STORES`); 0 without them.
+    pub pm_tier_store_bytes: u64,
     /// Operations the guest did in its timed window (steady state: after the first touch of
     /// every page and a warm-up; see `vpm_abi::harness::WINDOW_START`); 0 without a window.
     pub window_ops: u64,
@@ -156,6 +162,8 @@ pub struct VmStats {
     pub window_changed_bytes: u64,
     /// Pages tier moves copied into the PM tier within the timed window.
     pub window_moved_to_pm: u64,
+    /// `pm_tier_store_bytes` counted by the epochs within the timed window.
+    pub window_pm_tier_store_bytes: u64,
     /// Median pause of the epochs that stopped within the timed window (µs).
     pub window_pause_us_p50: u64,
     /// 99th-percentile pause of the epochs that stopped within the timed window (µs).

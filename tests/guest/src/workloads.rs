@@ -15,9 +15,31 @@ use crate::{guest_error, hostile};
 
 const PAGE: u64 = vpm_abi::PAGE_SIZE;
 const REC: u64 = 64;
-/// Guest RAM scratch for per-page versions (Checksum) and latency samples: 4 MiB at 10 MiB.
-const SCRATCH_GPA: u64 = 0x00a0_0000;
+/// Guest RAM scratch for per-page versions (Checksum), latency samples and store counters
+/// (`FLAG_COUNT_STORES`): 4 MiB at 10 MiB.
+const SCRATCH_GPA: u64 = vpm_abi::harness::STORE_COUNTS_GPA;
 const SCRATCH_LEN: u64 = 4 << 20;
+
+/// Per-page store byte counters (`FLAG_COUNT_STORES`), or none.
+#[derive(Clone, Copy)]
+struct StoreCounts(bool);
+
+impl StoreCounts {
+    fn new(p: &BootParams) -> StoreCounts {
+        StoreCounts(p.flags & vpm_abi::harness::FLAG_COUNT_STORES != 0)
+    }
+
+    /// Adds `len` stored bytes to `page`'s counter.
+    fn add(self, page: u64, len: u64) {
+        if !self.0 || page >= vpm_abi::harness::STORE_COUNTS_PAGES {
+            return;
+        }
+        let c = (SCRATCH_GPA as *mut u64).wrapping_add(page as usize);
+        // SAFETY: guest RAM at SCRATCH_GPA is identity-mapped and holds STORE_COUNTS_PAGES
+        // counters; only this vCPU's workload writes them, the host only reads.
+        unsafe { c.write_volatile(c.read_volatile() + len) };
+    }
+}
 
 /// Runs workload `w` on vCPU `cpu` (its share of it: `smp::share`).
 pub fn run(w: Workload, p: &BootParams, cpu: Cpu) {
@@ -273,11 +295,13 @@ fn check_persisted(vpm: Vpm, slots: u64, k: u64, acked: u64) {
 fn random_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let mut rng = Rng::new(p.seed);
     let len = write_len(p.arg[1], PAGE);
+    let counts = StoreCounts::new(p);
     let window = Window::new(vpm, p.arg[0]);
     for n in 0..p.arg[0] {
         window.before(n);
         let page = rng.below(vpm.pages());
         let off = write_in_page(vpm, &mut rng, p.seed, page, len, n);
+        counts.add(page, len);
         persist(hints.as_deref_mut(), vpm, off, len);
     }
     window.end(p.arg[0]);
@@ -308,6 +332,7 @@ fn skewed_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
     let mut rng = Rng::new(p.seed);
     let len = write_len(p.arg[1], 64);
     let hot_pages = (vpm.pages() / 10).max(1);
+    let counts = StoreCounts::new(p);
     let window = Window::new(vpm, p.arg[0]);
     for n in 0..p.arg[0] {
         window.before(n);
@@ -317,6 +342,7 @@ fn skewed_writes(vpm: Vpm, p: &BootParams, mut hints: Option<&mut Hints>) {
             rng.below(vpm.pages())
         };
         let off = write_in_page(vpm, &mut rng, p.seed, page, len, n);
+        counts.add(page, len);
         persist(hints.as_deref_mut(), vpm, off, len);
     }
     window.end(p.arg[0]);
