@@ -142,7 +142,8 @@ pub fn write_amplification(quick: bool) -> Result<Vec<Value>, SuiteError> {
     let mut row = json!({"workload": "random 64 B writes", "mode": "full-100ms",
         "ops_per_s": o.report.ops as f64 / o.elapsed.as_secs_f64(), "epochs": o.stats.epochs,
         "guest_bytes_written": o.report.ops * 64, "pool_bytes_written": o.stats.pm_bytes_written,
-        "pm_bytes_written": tiered_pm_bytes(&o.stats), "pm_tier_store_bytes": o.stats.pm_tier_store_bytes});
+        "pm_bytes_written": tiered_pm_bytes(&o.stats), "pm_tier_store_bytes": o.stats.pm_tier_store_bytes,
+        "tier_to_pm_bytes": o.stats.moved_to_pm * PAGE_SIZE, "dram_pages_max": o.stats.dram_pages_max});
     let s = &o.stats;
     row["changed_bytes"] = json!(s.changed_bytes);
     row["window_pm_bytes"] = json!(s.window_epoch_pm_bytes + s.window_moved_to_pm * PAGE_SIZE);
