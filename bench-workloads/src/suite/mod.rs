@@ -7,10 +7,12 @@ mod heat;
 mod pvpoll;
 mod report;
 mod report_heat;
+mod report_sections;
 mod serve_dram;
 mod smp;
 mod svg;
 mod targets;
+mod targets_heat;
 mod vm;
 
 use std::path::Path;

@@ -6,6 +6,8 @@
 
 use serde_json::Value;
 
+use super::targets_heat;
+
 /// One target and what the run measured for it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target {
@@ -28,11 +30,11 @@ impl Target {
     }
 }
 
-fn f(v: &Value) -> f64 {
+pub(super) fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
-fn rows<'a>(doc: &'a Value, key: &str) -> &'a [Value] {
+pub(super) fn rows<'a>(doc: &'a Value, key: &str) -> &'a [Value] {
     doc[key].as_array().map(|v| v.as_slice()).unwrap_or(&[])
 }
 
@@ -53,7 +55,7 @@ pub fn lat(doc: &Value, mode: &str, bytes: u64) -> f64 {
 }
 
 /// A ratio target `num / den >= min`; a missing number misses it.
-fn ratio(name: String, num: f64, den: f64, min: f64) -> Target {
+pub(super) fn ratio(name: String, num: f64, den: f64, min: f64) -> Target {
     let r = num / den;
     if r.is_nan() {
         return missing(name);
@@ -65,7 +67,7 @@ fn ratio(name: String, num: f64, den: f64, min: f64) -> Target {
     }
 }
 
-fn missing(name: String) -> Target {
+pub(super) fn missing(name: String) -> Target {
     Target {
         name,
         measured: "not measured in this run".into(),
@@ -176,8 +178,8 @@ pub fn evaluate(doc: &Value) -> Vec<Target> {
             min,
         ));
     }
-    t.push(absorption(doc));
-    t.push(amplification(doc));
+    t.push(targets_heat::absorption(doc));
+    t.push(targets_heat::amplification(doc));
     t.extend(pv_targets(doc));
     t.extend(poll_targets(doc));
     for r in rows(doc, "recovery") {
@@ -192,57 +194,6 @@ pub fn evaluate(doc: &Value) -> Vec<Target> {
             }),
             met: bad == Some(0),
         });
-    }
-    t
-}
-
-/// PM bytes per changed byte of random 64 B writes in full mode, in the steady-state window
-/// (with the whole run's ratio, first homes included, beside it).
-fn amplification(doc: &Value) -> Target {
-    let name =
-        "full: epoch commits' PM bytes per changed byte ≤ 2 (random 64 B writes, steady state)"
-            .to_string();
-    let Some(r) = rows(doc, "write_amplification")
-        .iter()
-        .find(|r| r["workload"] == "random 64 B writes" && r["mode"] == "full-100ms")
-    else {
-        return missing(name);
-    };
-    let window = f(&r["window_pm_bytes"]) / f(&r["window_changed_bytes"]);
-    let run = f(&r["pm_bytes_written"]) / f(&r["changed_bytes"]);
-    if window.is_nan() || window.is_infinite() {
-        return missing(name);
-    }
-    Target {
-        name,
-        measured: format!("{window:.2} (whole run with first homes: {run:.2})"),
-        met: window <= 2.0,
-    }
-}
-
-/// DRAM absorption: `direct`'s PM bytes ≥ 5 × `full-100ms`'s on the skewed workload, in the timed window (steady state) when the rows have one. A row
-/// whose PM bytes leave something out (`uncounted`) gives only a lower bound of `full`'s bytes,
-/// which cannot show the target met: it is shown, and counts as missed.
-fn absorption(doc: &Value) -> Target {
-    let name = "DRAM absorption: direct writes ≥ 5 × the PM bytes of full (skewed)".to_string();
-    let row = |mode: &str| rows(doc, "absorption").iter().find(|r| r["mode"] == mode);
-    let (Some(d), Some(full)) = (row("direct"), row("full-100ms")) else {
-        return missing(name);
-    };
-    // Steady state (the guest's timed window, the same operations in both) when both have it.
-    let (dw, fw) = (&d["window"], &full["window"]);
-    let (d_pm, f_pm) = if fw["pm_bytes_written"].as_f64().is_some_and(|b| b > 0.0) {
-        (f(&dw["pm_bytes_written"]), f(&fw["pm_bytes_written"]))
-    } else {
-        (f(&d["pm_bytes_written"]), f(&full["pm_bytes_written"]))
-    };
-    let mut t = ratio(name, d_pm, f_pm, 5.0);
-    if let Some(u) = full["uncounted"].as_str().filter(|u| !u.is_empty()) {
-        t.measured = format!(
-            "{}; full's bytes are a lower bound, not counted: {u}",
-            t.measured
-        );
-        t.met = false;
     }
     t
 }
