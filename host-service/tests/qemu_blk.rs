@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod qemu_support;
 
-use qemu_support::{build_guest, repo, State};
+use qemu_support::{build_guest, guest_stats, repo, State};
 
 /// Builds vpm.ko, the test programs and both initramfs images once; returns their paths.
 /// `VPM_GUEST_OUT`: a directory of its own, for a long run beside other runs.
@@ -78,16 +78,7 @@ fn boot(mut cmd: Command, mode: &str) -> Boot {
         console.contains(&format!("BLKTEST {mode} OK")) && !console.contains("BLKTEST FAIL"),
         "{console}"
     );
-    let line = console
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("VPM-STATS "))
-        .unwrap_or_else(|| panic!("no VPM-STATS line:\n{console}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let guest = words
-        .chunks(2)
-        .filter_map(|kv| Some((kv[0].to_string(), kv.get(1)?.parse().ok()?)))
-        .collect();
+    let guest = guest_stats(&console);
     let host: serde_json::Value = serde_json::from_str(console.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{console}"));
     assert_eq!(

@@ -4,7 +4,6 @@
 //! witness of acknowledged persist ranges, kept outside the pool). Needs the cached guest kernel,
 //! QEMU and the toolchain that tests/setup/install-deps.sh installs.
 
-use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod qemu_support;
 
-use qemu_support::{qemu_cmd, qemu_cmd_with, repo, run, State};
+use qemu_support::{guest_stats, qemu_cmd, qemu_cmd_with, repo, run, State};
 
 #[test]
 fn the_driver_serves_persist_flush_drain_transient_and_errors() {
@@ -443,18 +442,4 @@ fn the_driver_holds_no_copy_of_the_protocol() {
     ] {
         assert!(!src.contains(copy), "the driver defines {copy} itself");
     }
-}
-
-/// The last `VPM-STATS` line of a console as a map (the driver's counters and the host's).
-fn guest_stats(console: &str) -> HashMap<String, u64> {
-    let line = console
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("VPM-STATS "))
-        .unwrap_or_else(|| panic!("no VPM-STATS line:\n{console}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words
-        .chunks(2)
-        .filter_map(|kv| Some((kv[0].to_string(), kv.get(1)?.parse().ok()?)))
-        .collect()
 }

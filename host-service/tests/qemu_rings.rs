@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 mod qemu_support;
 
-use qemu_support::{run, State};
+use qemu_support::{guest_stats, run, State};
 
 /// Issue 13: pmemtest's four threads on two vCPUs with polled rings: the data checks pass, the
 /// host served hints by polling and the guest skipped doorbells (both sides count it), and the
@@ -116,18 +116,4 @@ fn a_drain_covers_flushes_made_on_another_cpu() {
     let stats = guest_stats(&console);
     assert_eq!(stats["rings"], 2, "{stats:?}");
     assert!(stats["host_rejected"] >= 4, "{stats:?}");
-}
-
-/// The last `VPM-STATS` line of a console as a map (the driver's counters and the host's).
-fn guest_stats(console: &str) -> HashMap<String, u64> {
-    let line = console
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("VPM-STATS "))
-        .unwrap_or_else(|| panic!("no VPM-STATS line:\n{console}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words
-        .chunks(2)
-        .filter_map(|kv| Some((kv[0].to_string(), kv.get(1)?.parse().ok()?)))
-        .collect()
 }

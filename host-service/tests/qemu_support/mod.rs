@@ -110,3 +110,17 @@ pub fn run(state: &State, vpmtest: &str, extra: &[&str]) -> String {
     );
     text
 }
+
+/// The last `VPM-STATS` line of a console as a map (the driver's counters and the host's).
+pub fn guest_stats(console: &str) -> HashMap<String, u64> {
+    let line = console
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("VPM-STATS "))
+        .unwrap_or_else(|| panic!("no VPM-STATS line:\n{console}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .chunks(2)
+        .filter_map(|kv| Some((kv[0].to_string(), kv.get(1)?.parse().ok()?)))
+        .collect()
+}
