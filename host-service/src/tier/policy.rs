@@ -55,20 +55,31 @@ pub fn rebalance(t: &PagePlacements) -> Vec<Move> {
             dram += 1;
         }
     }
+    let room = t.budget().saturating_sub(dram).min(MAX_FILLS as u64) as usize;
+    for vpn in most_intense_hot_pm_pages(t, room) {
+        moves.push(to(vpn, Placement::Dram));
+    }
+    moves
+}
+
+/// Up to `count` write-hot PM pages (not transient), the most intensely written first (then the
+/// hottest, then the highest page number). Selects before it sorts: ranking every hot page of a
+/// large vPM to keep a few took ~0.4 ms of each pause at 32 MiB.
+fn most_intense_hot_pm_pages(t: &PagePlacements, count: usize) -> Vec<u64> {
+    if count == 0 {
+        return Vec::new();
+    }
     let mut hot: Vec<(u8, u16, u64)> = t
         .iter()
         .filter(|(_, p)| p.placement == Placement::Pm && !p.transient && p.heat >= HOT)
         .map(|(vpn, p)| (p.intensity, p.heat, vpn))
         .collect();
-    hot.sort_unstable_by(|a, b| b.cmp(a));
-    for (_, _, vpn) in hot.into_iter().take(MAX_FILLS) {
-        if dram >= t.budget() {
-            break;
-        }
-        moves.push(to(vpn, Placement::Dram));
-        dram += 1;
+    if hot.len() > count {
+        hot.select_nth_unstable_by(count - 1, |a, b| b.cmp(a));
+        hot.truncate(count);
     }
-    moves
+    hot.sort_unstable_by(|a, b| b.cmp(a));
+    hot.into_iter().map(|(_, _, vpn)| vpn).collect()
 }
 
 /// An epoch's moves when `dirty` pages were written in it: [`rebalance`]'s, except that while
