@@ -248,6 +248,9 @@ impl VmContext {
 
     /// Carries out `moves` on the vPM mapping and counts them.
     pub fn apply_moves(&self, state: &mut VpmState, moves: Vec<Move>) -> Result<(), VmmError> {
+        if !moves.is_empty() {
+            self.pause.stop_spinning();
+        }
         let counts = tier::apply_moves(&mut state.placements, &mut state.memory, moves)?;
         self.record_moves(state, counts);
         Ok(())

@@ -116,7 +116,14 @@ impl VmContext {
         let mut state = self.state.lock().expect("state");
         let tracker = KvmTracker { log, vm: &self.vm };
         // SAFETY: as in `precopy_round`, and the vCPU is paused.
-        let stopped = unsafe { precopy::stop(&tracker, &mut staging, state.memory.host_base()) }?;
+        let stopped = unsafe {
+            precopy::stop(
+                &tracker,
+                &mut staging,
+                state.memory.host_base(),
+                &self.pause,
+            )
+        }?;
         drop(staging);
         let (dirty, collect_us) = (stopped.dirty, stopped.collect_us);
         let copy_us = micros(start) - collect_us;

@@ -2,9 +2,18 @@
 //! thread with a signal (KVM_RUN returns EINTR); each vCPU parks until resumed, and the pause
 //! holds only once every vCPU thread is parked (or has finished), so no vCPU writes guest memory
 //! while the dirty log is collected.
+//!
+//! The stop's copy is memory-bound, and the paused vCPU's core would sit idle through it. So the
+//! first vCPU threads (as many as the host has cores besides the controller's) do not sleep when
+//! they park: they spin, and help with [`PauseWork`] the controller offers. A thread started for
+//! the copy instead waited ~1 ms for its core to wake on this PVM host (the idle vCPU of the
+//! nested VM is descheduled), which was as long as the copy; a vCPU thread that spins also
+//! resumes the guest without that wake-up. After [`PARK_SPIN`] a spinning thread sleeps too (an
+//! operator's hold, a long commit).
 
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
@@ -20,10 +29,28 @@ struct GateState {
     over: bool,
 }
 
+/// Longest a parked vCPU thread spins (helping with offered work) before it sleeps.
+pub const PARK_SPIN: Duration = Duration::from_millis(100);
+
+/// Work the controller shares with the spinning parked vCPU threads during a pause.
+pub trait PauseWork: Send + Sync {
+    /// Does parts of the work until none is left to claim.
+    fn help(&self);
+}
+
 /// The pause handshake between the controller and the vCPU threads.
 pub struct PauseGate {
     state: Mutex<GateState>,
     cv: Condvar,
+    /// `state.requested`, readable without the lock (for spinning vCPU threads).
+    requested_now: AtomicBool,
+    /// vCPU threads (by index) that spin when parked.
+    spinners: u32,
+    /// Work on offer, and a count of offers (a spinning thread helps each offer once).
+    work: Mutex<Option<Arc<dyn PauseWork>>>,
+    work_offers: AtomicU64,
+    /// Spinners sleep for the rest of this pause (see [`PauseGate::stop_spinning`]).
+    spin_off: AtomicBool,
 }
 
 impl Default for PauseGate {
@@ -45,9 +72,20 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 }
 
 impl PauseGate {
-    /// A gate for `threads` vCPU threads.
+    /// A gate for `threads` vCPU threads, of which none spins when parked.
     pub fn new(threads: u32) -> PauseGate {
+        PauseGate::with_spinners(threads, 0)
+    }
+
+    /// A gate for `threads` vCPU threads, of which the first `spinners` spin and help when parked
+    /// (give them cores the controller does not need).
+    pub fn with_spinners(threads: u32, spinners: u32) -> PauseGate {
         PauseGate {
+            requested_now: AtomicBool::new(false),
+            spinners,
+            work: Mutex::new(None),
+            work_offers: AtomicU64::new(0),
+            spin_off: AtomicBool::new(false),
             state: Mutex::new(GateState {
                 requested: false,
                 parked: 0,
@@ -64,15 +102,62 @@ impl PauseGate {
         self.state.lock().expect("gate").requested
     }
 
-    /// vCPU side: parks until resumed (call when `requested`).
-    pub fn park(&self) {
+    /// vCPU side: vCPU `index` parks until resumed (call when `requested`).
+    pub fn park(&self, index: usize) {
+        {
+            let mut s = self.state.lock().expect("gate");
+            s.parked += 1;
+            self.cv.notify_all();
+        }
+        if index < self.spinners as usize {
+            self.spin_and_help();
+        }
         let mut s = self.state.lock().expect("gate");
-        s.parked += 1;
-        self.cv.notify_all();
         while s.requested {
             s = self.cv.wait(s).expect("gate");
         }
         s.parked -= 1;
+    }
+
+    /// Spins while the pause lasts (up to [`PARK_SPIN`]), helping with each work offered.
+    fn spin_and_help(&self) {
+        let start = Instant::now();
+        let mut helped = 0;
+        while self.requested_now.load(Ordering::Acquire)
+            && !self.spin_off.load(Ordering::Acquire)
+            && start.elapsed() < PARK_SPIN
+        {
+            let offers = self.work_offers.load(Ordering::Acquire);
+            if offers != helped {
+                helped = offers;
+                let work = self.work.lock().expect("gate work").clone();
+                if let Some(work) = work {
+                    work.help();
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Controller side, during a pause: offers `work` to the spinning vCPU threads. The caller
+    /// helps too and waits for the work to end; then it calls [`PauseGate::withdraw`].
+    pub fn offer(&self, work: Arc<dyn PauseWork>) {
+        *self.work.lock().expect("gate work") = Some(work);
+        self.work_offers.fetch_add(1, Ordering::Release);
+    }
+
+    /// Controller side: takes back the work on offer (a thread that took it before finds nothing
+    /// left to claim).
+    pub fn withdraw(&self) {
+        *self.work.lock().expect("gate work") = None;
+    }
+
+    /// Controller side: the spinning vCPU threads sleep for the rest of this pause. Call before
+    /// remapping guest memory: a remap shoots down the TLB of every core that runs one of this
+    /// process's threads, and on PVM such a flush on a spinning thread's core is far dearer
+    /// than on an idle one.
+    pub fn stop_spinning(&self) {
+        self.spin_off.store(true, Ordering::Release);
     }
 
     /// vCPU side: this vCPU thread has stopped for good; `ends_vm` when its stop ends the VM
@@ -89,9 +174,12 @@ impl PauseGate {
     pub fn pause(&self, kick: impl Fn()) -> bool {
         let mut s = self.state.lock().expect("gate");
         s.requested = true;
+        self.spin_off.store(false, Ordering::Release);
+        self.requested_now.store(true, Ordering::Release);
         loop {
             if s.over {
                 s.requested = false;
+                self.requested_now.store(false, Ordering::Release);
                 self.cv.notify_all();
                 return false;
             }
@@ -123,6 +211,7 @@ impl PauseGate {
     pub fn resume(&self) {
         let mut s = self.state.lock().expect("gate");
         s.requested = false;
+        self.requested_now.store(false, Ordering::Release);
         self.cv.notify_all();
     }
 }
@@ -130,7 +219,66 @@ impl PauseGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
+    use std::thread::ThreadId;
+
+    /// Work of `items` slow items; records which thread did each.
+    struct Items {
+        next: AtomicUsize,
+        items: usize,
+        done_by: Mutex<Vec<ThreadId>>,
+    }
+
+    impl PauseWork for Items {
+        fn help(&self) {
+            while self.next.fetch_add(1, Ordering::AcqRel) < self.items {
+                std::thread::sleep(Duration::from_millis(1));
+                self.done_by
+                    .lock()
+                    .unwrap()
+                    .push(std::thread::current().id());
+            }
+        }
+    }
+
+    /// A vCPU thread parked as a spinner takes part in work the controller offers during the
+    /// pause, and resumes when the pause ends.
+    #[test]
+    fn a_spinning_parked_vcpu_helps_with_offered_work() {
+        let gate = Arc::new(PauseGate::with_spinners(1, 1));
+        let vcpu = {
+            let g = gate.clone();
+            std::thread::spawn(move || {
+                while !g.requested() {
+                    std::thread::yield_now();
+                }
+                g.park(0);
+                std::thread::current().id()
+            })
+        };
+        assert!(gate.pause(|| {}));
+        let work = Arc::new(Items {
+            next: AtomicUsize::new(0),
+            items: 40,
+            done_by: Mutex::new(Vec::new()),
+        });
+        gate.offer(work.clone());
+        work.help();
+        while work.done_by.lock().unwrap().len() < work.items {
+            std::thread::yield_now();
+        }
+        gate.withdraw();
+        gate.resume();
+        let vcpu_id = vcpu.join().unwrap();
+        let done_by = work.done_by.lock().unwrap();
+        let by_vcpu = done_by.iter().filter(|&&id| id == vcpu_id).count();
+        assert!(
+            by_vcpu > 0 && by_vcpu < work.items,
+            "the parked vCPU did {by_vcpu} of {} items, the controller the rest",
+            work.items
+        );
+    }
 
     /// Two vCPU threads: a pause holds only once both are parked, never with one of them
     /// still running.
@@ -143,7 +291,7 @@ mod tests {
                 while !g.requested() {
                     std::thread::yield_now();
                 }
-                g.park();
+                g.park(0);
             })
         };
         let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -155,7 +303,7 @@ mod tests {
                 }
                 std::thread::sleep(Duration::from_millis(50));
                 late.store(true, std::sync::atomic::Ordering::SeqCst);
-                g.park();
+                g.park(0);
             })
         };
         assert!(gate.pause(|| {}));
@@ -177,7 +325,7 @@ mod tests {
                 while !g.requested() {
                     std::thread::yield_now();
                 }
-                g.park();
+                g.park(0);
             });
             assert!(g.pause(|| {}));
             g.resume();

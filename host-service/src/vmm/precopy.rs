@@ -10,9 +10,12 @@
 //! every page written since the previous stop, and the epoch can be committed from it while the
 //! vCPU runs again.
 
+use std::sync::Arc;
+
 use kvm_ioctls::VmFd;
 
 use super::kvm::DirtyLog;
+use super::pause::PauseGate;
 use super::staging::Staging;
 use super::VmmError;
 
@@ -111,8 +114,9 @@ pub struct Stopped {
     pub collect_us: u64,
 }
 
-/// The stop, with the vCPU paused: copies every page the log shows dirty into `staging`.
-/// Re-arms nothing (the writable-set policy decides that).
+/// The stop, with the vCPU paused: copies every page the log shows dirty into `staging`, with
+/// the help of the parked vCPU threads that spin on `gate`. Re-arms nothing (the writable-set
+/// policy decides that).
 ///
 /// # Safety
 /// As for [`round`]; and no vCPU may run meanwhile.
@@ -120,14 +124,17 @@ pub unsafe fn stop(
     tracker: &dyn DirtyTracker,
     staging: &mut Staging,
     vpm: *const u8,
+    gate: &PauseGate,
 ) -> Result<Stopped, VmmError> {
     let t = std::time::Instant::now();
     let dirty = tracker.collect()?;
     let collect_us = t.elapsed().as_micros() as u64;
-    for &vpn in &dirty {
-        // SAFETY: the caller guarantees the mapping and that the vCPU is paused.
-        unsafe { staging.stage(vpn, vpm) };
-    }
+    // SAFETY: the caller guarantees the mapping and that the vCPU is paused; the copies finish
+    // before `staging` is used again.
+    let copies = Arc::new(unsafe { staging.plan_copies(&dirty, vpm) });
+    gate.offer(copies.clone());
+    copies.finish();
+    gate.withdraw();
     Ok(Stopped { dirty, collect_us })
 }
 

@@ -195,7 +195,7 @@ fn vcpu_loop(vcpu: VcpuFd, vm: &VmContext, index: usize) -> Result<ExitKind, Vmm
 fn run_vcpu(mut vcpu: VcpuFd, vm: &VmContext, index: usize) -> Result<ExitKind, VmmError> {
     loop {
         if vm.pause.requested() {
-            vm.pause.park();
+            vm.pause.park(index);
         }
         if vm.stop.load(Ordering::Acquire) {
             return Ok(ExitKind::Stopped);

@@ -129,7 +129,7 @@ pub fn build_vm(
             ..VmStats::default()
         }),
         features: spec.hint_features(),
-        pause: PauseGate::new(vcpus),
+        pause: PauseGate::with_spinners(vcpus, pause_spinners(vcpus)),
         vcpus,
         stop: AtomicBool::new(false),
         witnesses,
@@ -184,4 +184,11 @@ fn build_vpm(
             .collect();
         Ok(VpmMemory::direct(&mapped)?)
     }
+}
+
+/// vCPU threads that spin and help when parked: one per host core besides the controller's, at
+/// most one per vCPU (a spinner on a core the controller needs would slow the pause down).
+fn pause_spinners(vcpus: u32) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    vcpus.min(cores.saturating_sub(1))
 }
