@@ -107,11 +107,32 @@ fn pause(doc: &Value, workload: &str, mode: &str, max_us: f64) -> Target {
     match row.and_then(pause_p99_us) {
         Some((p, what)) => Target {
             name,
-            measured: format!("{:.2} ms ({what})", p / 1000.0),
+            measured: format!(
+                "{:.2} ms ({what}){}",
+                p / 1000.0,
+                row.and_then(stop_copy).unwrap_or_default()
+            ),
             met: p <= max_us,
         },
         None => missing(name),
     }
+}
+
+/// What the staged stops of a row copied, from its counters: mean pages a stop, the copy's
+/// time a page and their product, the part of each pause that grows with the pages dirtied
+/// (the pause's floor while the guest dirties that much). `None` without staged stops.
+pub fn stop_copy(row: &Value) -> Option<String> {
+    let pages = f(&row["epoch"]["stop_copy_pages"]);
+    let epochs = f(&row["epochs"]);
+    if !(pages > 0.0 && epochs > 0.0) {
+        return None;
+    }
+    let us_per_page = f(&row["epoch"]["pause_copy_us"]) / pages;
+    let per_stop = pages / epochs;
+    Some(format!(
+        "; the stop's copy: {per_stop:.0} pages at {us_per_page:.3} µs, {:.2} ms",
+        per_stop * us_per_page / 1000.0
+    ))
 }
 
 /// The 32 MiB write workloads every mode runs.
@@ -475,6 +496,17 @@ mod tests {
         // The steady-state window's p99 decides when the row has one.
         doc["throughput"][1]["window_pause_us_p99"] = json!(1500);
         assert_eq!(missed(&evaluate(&doc)).len(), 1);
+    }
+
+    #[test]
+    fn a_pause_target_shows_what_the_stops_copied() {
+        let row = json!({"window_pause_us_p99": 1500, "epochs": 10,
+            "epoch": {"stop_copy_pages": 81920, "pause_copy_us": 12288}});
+        assert_eq!(
+            stop_copy(&row).unwrap(),
+            "; the stop's copy: 8192 pages at 0.150 µs, 1.23 ms"
+        );
+        assert!(stop_copy(&json!({"window_pause_us_p99": 1500, "epochs": 3})).is_none());
     }
 
     fn poll_misses(doc: &Value) -> Vec<String> {
