@@ -246,7 +246,7 @@ pub fn epoch_fields(o: &VmOutcome) -> serde_json::Value {
         "pause_commit_us": s.pause_commit_us, "pause_protect_us": s.pause_protect_us,
         "pause_rebalance_us": s.pause_rebalance_us, "commit_running_us": s.commit_running_us,
         "precopy_rounds": s.precopy_rounds, "precopy_pages": s.precopy_pages,
-        "stop_copy_pages": s.stop_copy_pages, "changed_bytes": s.changed_bytes,
+        "stop_copy_pages": s.stop_copy_pages, "stop_streamed_pages": s.stop_streamed_pages, "changed_bytes": s.changed_bytes,
         "epoch_pm_bytes": s.epoch_pm_bytes, "pm_bytes_per_changed_byte": per_changed,
     })
 }

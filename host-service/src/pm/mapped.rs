@@ -316,10 +316,27 @@ impl PmDevice for MappedFile {
         self.method
     }
 
+    fn mapped_at(&self, off: u64, len: u64) -> Option<*mut u8> {
+        check_bounds(off, len, self.size).ok()?;
+        // SAFETY: in bounds (checked above), so the pointer stays inside the mapping.
+        Some(unsafe { self.ptr.add(off as usize) })
+    }
+
+    fn note_streamed(&self, off: u64, len: u64) -> Result<(), PmError> {
+        check_bounds(off, len, self.size)?;
+        self.counters.wrote(len);
+        self.counters.flushed(len);
+        if self.method == FlushMethod::Msync {
+            self.pending.lock().expect("pending lock").push((off, len));
+        }
+        Ok(())
+    }
+
     fn with_bytes(&self, off: u64, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<(), PmError> {
         check_bounds(off, len as u64, self.size)?;
-        // SAFETY: in bounds; the slice lives only for the call. Pool pages are written only by the
-        // pool itself, which does not write while it holds this view.
+        // SAFETY: in bounds; the slice lives only for the call. Pool pages are written by the pool
+        // itself, which does not write while it holds this view, and through `mapped_at` only in
+        // homes the pool has reserved and does not read until the writer is done.
         let bytes = unsafe { std::slice::from_raw_parts(self.ptr.add(off as usize), len) };
         f(bytes);
         Ok(())

@@ -45,6 +45,9 @@ pub enum PmError {
     /// The device cannot grow.
     #[error("device cannot grow to {0:#x} bytes")]
     CannotGrow(u64),
+    /// Streaming stores were reported to a device that is not mapped in this process.
+    #[error("the device is not mapped in this process: no streaming stores to note")]
+    NotMapped,
 }
 
 /// Counters every device keeps; read with [`PmDevice::stats`].
@@ -138,6 +141,19 @@ pub trait PmDevice: Send + Sync + std::fmt::Debug {
     /// The file descriptor behind the device, if any (the VMM maps pool pages into guests).
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+    /// Where `[off, off + len)` is mapped in this process, for a caller that fills it with
+    /// streaming stores, fences them and then calls [`PmDevice::note_streamed`]; `None` if the
+    /// device is not mapped or the range is out of bounds.
+    fn mapped_at(&self, off: u64, len: u64) -> Option<*mut u8> {
+        let _ = (off, len);
+        None
+    }
+    /// Records that `[off, off + len)` was written through [`PmDevice::mapped_at`] with streaming
+    /// stores, already fenced: it is durable after the next `drain`.
+    fn note_streamed(&self, off: u64, len: u64) -> Result<(), PmError> {
+        let _ = (off, len);
+        Err(PmError::NotMapped)
     }
 }
 

@@ -81,11 +81,16 @@ pub(super) fn commit_epoch(
     let mut dirty = dirty.to_vec();
     dirty.sort_unstable();
     dirty.dedup();
+    // Homes the source filled before the commit are this commit's to install or give back.
+    let written = dirty
+        .iter()
+        .filter_map(|&v| source.written_home(v))
+        .collect();
     let mut b = LogBuilder {
         homes: &mut *homes,
         t: &mut *t,
         log: RedoLog::default(),
-        allocated: Vec::new(),
+        allocated: written,
         fresh: Fresh::default(),
         changed: Vec::new(),
     };
@@ -182,6 +187,10 @@ impl LogBuilder<'_> {
         for (i, &vpn) in dirty.iter().enumerate() {
             self.t.check_vpn(vpn)?;
             let home = self.t.home(vpn);
+            if let Some(new) = source.written_home(vpn) {
+                self.written_page(vpn, home, new)?;
+                continue;
+            }
             if home == Home::Transient {
                 continue;
             }
@@ -269,6 +278,74 @@ impl LogBuilder<'_> {
             lines: lines as u8,
         });
         Ok(())
+    }
+}
+
+impl LogBuilder<'_> {
+    /// A page the source streamed whole into `new`, a home reserved before the commit
+    /// (`Pool::reserve_home`): installed copy-on-write like a page with many changed lines,
+    /// without reading the page again. Its changed lines are estimated from a sample against the
+    /// current home (exact when few of the sample differ). A page that turned transient
+    /// meanwhile, or that did not change, gives the home back. The streamed bytes count as PM
+    /// writes either way: they reached the device.
+    fn written_page(&mut self, vpn: u64, home: Home, new: Home) -> Result<(), PoolError> {
+        self.fresh.count(new);
+        let lines = match home {
+            Home::Transient => 0,
+            _ => self.written_lines(home, new)?,
+        };
+        if lines == 0 {
+            self.homes.unalloc(self.t, new);
+            self.allocated.retain(|&h| h != new);
+            return Ok(());
+        }
+        let (dev, off) = self.homes.location(new).expect("a reserved home");
+        dev.note_streamed(off, PAGE_SIZE)?;
+        self.t.add_write_lines(vpn, (PAGE_SIZE / LINE_SIZE) as u32);
+        let header = LogRecordHeader {
+            vpn,
+            home_word: new.encode(self.t.id(), vpn),
+            mask: 0,
+            flags: LOG_NEW_HOME,
+        };
+        let need = self.log.len() + header.record_len() as u64;
+        let have = self.t.desc().log_bytes;
+        if need > have {
+            return Err(PoolError::LogFull { need, have });
+        }
+        self.log.push(header, &ZERO_PAGE);
+        self.changed.push(ChangedPage {
+            vpn,
+            lines: lines as u8,
+        });
+        Ok(())
+    }
+
+    /// Lines in which the streamed home `new` differs from `home`: estimated from a sample when
+    /// most of it differs, else exact.
+    fn written_lines(&self, home: Home, new: Home) -> Result<u32, PoolError> {
+        let page_len = PAGE_SIZE as usize;
+        let (dev, off) = self.homes.location(new).expect("a reserved home");
+        let mut lines = Ok(0);
+        dev.with_bytes(off, page_len, &mut |written| {
+            lines = match self.homes.location(home) {
+                None => Ok(diff_mask(written, &ZERO_PAGE).count_ones()),
+                Some((old_dev, old_off)) => {
+                    let mut n = 0;
+                    old_dev
+                        .with_bytes(old_off, page_len, &mut |old| {
+                            let sampled = sampled_changes(written, old);
+                            n = if sampled >= MOSTLY_CHANGED {
+                                estimated_lines(sampled)
+                            } else {
+                                diff_mask(written, old).count_ones()
+                            };
+                        })
+                        .map(|()| n)
+                }
+            };
+        })?;
+        Ok(lines?)
     }
 }
 

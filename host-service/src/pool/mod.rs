@@ -26,6 +26,7 @@ pub mod media;
 mod persist;
 mod recovery;
 mod redo_log;
+mod reserve;
 mod source;
 mod table;
 mod tenant;
@@ -46,6 +47,7 @@ pub use error::{ConfigError, PoolError};
 pub use media::Home;
 pub use persist::PersistStats;
 pub use recovery::{RecoveryReport, TenantRecovery};
+pub use reserve::ReservedHome;
 pub use source::{PageSource, SourceError};
 pub use table::TenantConfig;
 pub use tenant::{Tenant, TenantStats};
@@ -253,6 +255,19 @@ impl Pool {
     ) -> Result<(CommitStats, Vec<ChangedPage>), PoolError> {
         let t = self.tenants.get_mut(tenant)?;
         commit::commit_epoch(&mut self.homes, t, dirty, source)
+    }
+
+    /// Takes a fresh PM home for page `vpn` of `tenant`, for the caller to fill with the whole
+    /// page (streaming stores, fenced) and hand to the next commit through
+    /// [`PageSource::written_home`]; `None` if the page has no PM home or PM is not mapped here.
+    /// Only a commit installs or gives back a reserved home.
+    pub fn reserve_home(
+        &mut self,
+        tenant: u32,
+        vpn: u64,
+    ) -> Result<Option<ReservedHome>, PoolError> {
+        let t = self.tenants.get_mut(tenant)?;
+        reserve::reserve(&mut self.homes, t, vpn)
     }
 
     /// Makes every range durable (P1) with one drain for the whole batch (P5). Ranges are byte

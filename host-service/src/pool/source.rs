@@ -3,6 +3,8 @@
 
 use vpm_abi::PAGE_SIZE;
 
+use super::media::Home;
+
 /// Why a [`PageSource`] could not show a page.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -24,6 +26,14 @@ pub trait PageSource {
     /// Calls `f` with the current content of page `vpn` (`PAGE_SIZE` bytes), in place where
     /// possible.
     fn with_page(&self, vpn: u64, f: &mut dyn FnMut(&[u8])) -> Result<(), SourceError>;
+
+    /// A fresh home this source already filled with the whole page `vpn` (a home from
+    /// `Pool::reserve_home`, written with streaming stores and fenced): the commit installs it
+    /// instead of reading the page with `with_page`. `None`, the default, for every other page.
+    fn written_home(&self, vpn: u64) -> Option<Home> {
+        let _ = vpn;
+        None
+    }
 }
 
 /// An image of the whole vPM: page `vpn` is at byte `vpn * PAGE_SIZE`.

@@ -19,6 +19,11 @@ pub const MAX_MOVES_EACH_WAY: usize = 32;
 /// Most hot pages moved each epoch into DRAM the budget has room for (no page has to leave for
 /// them): a hot set larger than [`MAX_MOVES_EACH_WAY`] settles in a few epochs instead of tens.
 pub const MAX_FILLS: usize = 4 * MAX_MOVES_EACH_WAY;
+/// Write intensity at or above which a page is expected to be rewritten nearly whole in its next
+/// epoch (40 or more of its 64 lines changed epoch after epoch; intensity settles at twice the
+/// lines changed per epoch). A commit writes a page with 32 or more changed lines whole into a
+/// fresh home, so a staged stop streams such a page there directly.
+pub const WRITTEN_WHOLE: u8 = 80;
 /// Heat moves stop while an epoch's dirty pages outnumber the DRAM budget this many times.
 pub const SPREAD_FACTOR: u64 = 4;
 

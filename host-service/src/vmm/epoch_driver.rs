@@ -115,17 +115,36 @@ impl VmContext {
         let mut staging = staging.lock().expect("staging");
         let mut state = self.state.lock().expect("state");
         let tracker = KvmTracker { log, vm: &self.vm };
-        // SAFETY: as in `precopy_round`, and the vCPU is paused.
+        let placements = &state.placements;
+        // Pages rewritten (nearly) whole epoch after epoch go straight into fresh homes: their
+        // commit would write them whole anyway.
+        let reserve = |dirty: &[u64]| {
+            let mut pool = self.pool.lock().expect("pool");
+            let mut reserve_one = |vpn: u64| {
+                let p = placements.page(vpn);
+                if p.transient || p.intensity < policy::WRITTEN_WHOLE {
+                    return None;
+                }
+                pool.reserve_home(self.tenant, vpn).unwrap_or_else(|e| {
+                    tracing::warn!(vpn, error = %e, "no fresh home reserved; staging the page");
+                    None
+                })
+            };
+            dirty.iter().map(|&vpn| reserve_one(vpn)).collect()
+        };
+        // SAFETY: as in `precopy_round`, and the vCPU is paused; reserved homes are PM pages of
+        // the pool, which nothing else touches until the commit.
         let stopped = unsafe {
             precopy::stop(
                 &tracker,
                 &mut staging,
                 state.memory.host_base(),
                 &self.pause,
+                reserve,
             )
         }?;
         drop(staging);
-        let (dirty, collect_us) = (stopped.dirty, stopped.collect_us);
+        let (dirty, collect_us, streamed) = (stopped.dirty, stopped.collect_us, stopped.streamed);
         let copy_us = micros(start) - collect_us;
         let record = self.witnesses.epoch_record(&self.ram);
         let st = &mut *state;
@@ -150,6 +169,7 @@ impl VmContext {
         s.pm_tier_store_bytes += pm_tier_stores;
         s.dirty_pages += dirty.len() as u64;
         s.stop_copy_pages += dirty.len() as u64;
+        s.stop_streamed_pages += streamed;
         s.writable_pages_last = plan.writable;
         s.wp_faults += plan.faulted;
         s.pause_collect_us += collect_us;

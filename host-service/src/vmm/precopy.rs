@@ -18,6 +18,7 @@ use super::kvm::DirtyLog;
 use super::pause::PauseGate;
 use super::staging::Staging;
 use super::VmmError;
+use crate::pool::ReservedHome;
 
 /// `mallopt` ceiling of the mmap threshold (glibc refuses more on 64-bit hosts).
 const MMAP_THRESHOLD_MAX: libc::c_int = 32 << 20;
@@ -112,11 +113,15 @@ pub struct Stopped {
     pub dirty: Vec<u64>,
     /// Time spent fetching the dirty log (µs).
     pub collect_us: u64,
+    /// Pages copied into fresh homes instead of staging.
+    pub streamed: u64,
 }
 
-/// The stop, with the vCPU paused: copies every page the log shows dirty into `staging`, with
-/// the help of the parked vCPU threads that spin on `gate`. Re-arms nothing (the writable-set
-/// policy decides that).
+/// The stop, with the vCPU paused: copies every page the log shows dirty into `staging`, or
+/// into the fresh home `reserve` gives it (called once with the dirty pages, it returns a home
+/// or `None` for each; see [`Staging::plan_copies`]), with the help of
+/// the parked vCPU threads that spin on `gate`. Re-arms nothing (the writable-set policy decides
+/// that).
 ///
 /// # Safety
 /// As for [`round`]; and no vCPU may run meanwhile.
@@ -125,17 +130,25 @@ pub unsafe fn stop(
     staging: &mut Staging,
     vpm: *const u8,
     gate: &PauseGate,
+    reserve: impl FnOnce(&[u64]) -> Vec<Option<ReservedHome>>,
 ) -> Result<Stopped, VmmError> {
     let t = std::time::Instant::now();
     let dirty = tracker.collect()?;
     let collect_us = t.elapsed().as_micros() as u64;
+    let homes = reserve(&dirty);
     // SAFETY: the caller guarantees the mapping and that the vCPU is paused; the copies finish
-    // before `staging` is used again.
-    let copies = Arc::new(unsafe { staging.plan_copies(&dirty, vpm) });
+    // before `staging` is used again; a reserved home is a mapped PM page that nothing else
+    // touches until the commit installs or gives it back.
+    let copies = Arc::new(unsafe { staging.plan_copies(&dirty, vpm, &homes) });
     gate.offer(copies.clone());
     copies.finish();
     gate.withdraw();
-    Ok(Stopped { dirty, collect_us })
+    let streamed = homes.iter().flatten().count() as u64;
+    Ok(Stopped {
+        dirty,
+        collect_us,
+        streamed,
+    })
 }
 
 #[cfg(test)]

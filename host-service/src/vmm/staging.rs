@@ -11,7 +11,7 @@ use vpm_abi::PAGE_SIZE;
 use super::pause::PauseWork;
 use crate::pm::flush::{copy_nontemporal, store_fence};
 
-use crate::pool::{PageSource, SourceError};
+use crate::pool::{Home, PageSource, ReservedHome, SourceError};
 
 /// `vpm_abi::PAGE_SIZE` as a byte count.
 const PAGE: usize = PAGE_SIZE as usize;
@@ -91,6 +91,10 @@ pub struct Staging {
     slot_of: Vec<u32>,
     pages: Vec<u64>,
     chunks: Vec<Box<[u8]>>,
+    /// The fresh home each page the stop streamed straight into one has (see
+    /// [`Staging::plan_copies`]), by page number, and those pages.
+    home_of: Vec<Option<Home>>,
+    written: Vec<u64>,
 }
 
 impl Staging {
@@ -100,28 +104,33 @@ impl Staging {
             slot_of: vec![NONE; pages as usize],
             pages: Vec::new(),
             chunks: Vec::new(),
+            home_of: vec![None; pages as usize],
+            written: Vec::new(),
         }
     }
 
-    /// Pages staged.
+    /// Pages staged in slots (not counting those streamed into fresh homes).
     pub fn len(&self) -> usize {
         self.pages.len()
     }
 
     /// Whether nothing is staged.
     pub fn is_empty(&self) -> bool {
-        self.pages.is_empty()
+        self.pages.is_empty() && self.written.is_empty()
     }
 
     /// Whether `vpn` is staged.
     pub fn contains(&self, vpn: u64) -> bool {
         self.slot_of.get(vpn as usize).is_some_and(|&s| s != NONE)
+            || self.written_home(vpn).is_some()
     }
 
-    /// The staged pages, ascending.
+    /// The staged pages (in slots or streamed into fresh homes), ascending.
     pub fn pages_sorted(&self) -> Vec<u64> {
         let mut v = self.pages.clone();
+        v.extend_from_slice(&self.written);
         v.sort_unstable();
+        v.dedup();
         v
     }
 
@@ -153,9 +162,12 @@ impl Staging {
         };
     }
 
-    /// Gives each of `vpns` (distinct pages) its slot and returns the copies that fill them from
-    /// the vPM mapped at `vpm`, for any number of threads to carry out ([`PageCopies::finish`]);
-    /// pages past the end are left out. The stop shares its copy this way with the parked
+    /// Gives each of `vpns` (distinct pages) a destination and returns the copies that fill them
+    /// from the vPM mapped at `vpm`, for any number of threads to carry out
+    /// ([`PageCopies::finish`]); pages past the end are left out. The destination is the fresh
+    /// home `homes` names for the page (the same index), if it does (a page expected to be
+    /// rewritten whole: the commit then installs the home without copying the page again), else
+    /// the page's slot. The stop shares its copy this way with the parked
     /// vCPU's idle core: the copy is memory-bound, ~1.8 ms for 32 MiB on one core here and
     /// ~1.2 ms on two (docs/costs.md §10). The copies use streaming stores: the staging is read
     /// once, by the commit, and caching it would only evict the guest's working set.
@@ -164,12 +176,27 @@ impl Staging {
     /// `vpm` must point to a live mapping of every page named that is not past the end, and until
     /// [`PageCopies::finish`] has returned no one may write those pages (the vCPUs are paused) or
     /// remap them, and the staging must not be touched.
-    pub unsafe fn plan_copies(&mut self, vpns: &[u64], vpm: *const u8) -> PageCopies {
+    pub unsafe fn plan_copies(
+        &mut self,
+        vpns: &[u64],
+        vpm: *const u8,
+        homes: &[Option<ReservedHome>],
+    ) -> PageCopies {
         let copies = vpns
             .iter()
-            .filter_map(|&vpn| {
-                let slot = self.slot_for(vpn)?;
+            .enumerate()
+            .filter_map(|(i, &vpn)| {
+                if vpn as usize >= self.slot_of.len() {
+                    return None;
+                }
                 let src = vpm as usize + vpn as usize * PAGE;
+                if let Some(home) = homes.get(i).copied().flatten() {
+                    if self.home_of[vpn as usize].replace(home.home).is_none() {
+                        self.written.push(vpn);
+                    }
+                    return Some((src, home.addr() as usize));
+                }
+                let slot = self.slot_for(vpn)?;
                 Some((src, self.slot_bytes(slot).as_mut_ptr() as usize))
             })
             .collect();
@@ -198,10 +225,18 @@ impl Staging {
             self.slot_of[vpn as usize] = NONE;
         }
         self.pages.clear();
+        for &vpn in &self.written {
+            self.home_of[vpn as usize] = None;
+        }
+        self.written.clear();
     }
 }
 
 impl PageSource for Staging {
+    fn written_home(&self, vpn: u64) -> Option<Home> {
+        self.home_of.get(vpn as usize).copied().flatten()
+    }
+
     fn with_page(&self, vpn: u64, f: &mut dyn FnMut(&[u8])) -> Result<(), SourceError> {
         let slot = match self.slot_of.get(vpn as usize) {
             Some(&s) if s != NONE => s as usize,
@@ -236,7 +271,7 @@ mod tests {
         let vpns: Vec<u64> = (0..pages as u64).rev().chain([5000]).collect();
         // SAFETY: `mem` maps every page named but 5000, which is past the end and left out; no
         // one touches `st` or `mem` until `finish` returns.
-        let copies = Arc::new(unsafe { st.plan_copies(&vpns, mem.as_ptr()) });
+        let copies = Arc::new(unsafe { st.plan_copies(&vpns, mem.as_ptr(), &[]) });
         assert_eq!(copies.len(), pages);
         let helpers: Vec<_> = (0..3)
             .map(|_| {

@@ -135,8 +135,11 @@ pub struct VmStats {
     pub precopy_rounds: u64,
     /// Pages copied into staging by pre-copy rounds, while the vCPU ran.
     pub precopy_pages: u64,
-    /// Pages copied into staging while the vCPU was paused.
+    /// Pages copied while the vCPU was paused (into staging or fresh homes).
     pub stop_copy_pages: u64,
+    /// Of those, pages streamed straight into fresh PM homes (pages rewritten whole epoch after
+    /// epoch; their commit does not copy them again).
+    pub stop_streamed_pages: u64,
     /// Guest bytes changed, at cache-line granularity: changed lines × 64, summed over epochs.
     pub changed_bytes: u64,
     /// Bytes epochs wrote to PM (redo log plus homes), summed over epochs.

@@ -99,9 +99,13 @@ fn a_page_written_after_a_round_is_committed_with_its_content_at_the_stop() {
     );
     m.write(1, 0xa2);
     // SAFETY: as above; nothing writes the model meanwhile.
-    let dirty = unsafe { stop(&m, &mut st, m.ptr(), &PauseGate::new(1)) }
-        .unwrap()
-        .dirty;
+    let dirty = unsafe {
+        stop(&m, &mut st, m.ptr(), &PauseGate::new(1), |d| {
+            vec![None; d.len()]
+        })
+    }
+    .unwrap()
+    .dirty;
     assert_eq!(dirty, vec![1]);
     // A write after the stop belongs to the next epoch.
     m.write(2, 0xb2);
@@ -131,9 +135,13 @@ fn kept_pages_are_copied_at_the_stop_not_by_rounds() {
     assert!(m.dirty.borrow().contains(&5), "a kept page stays dirty");
     m.write(5, 3);
     // SAFETY: as above.
-    let dirty = unsafe { stop(&m, &mut st, m.ptr(), &PauseGate::new(1)) }
-        .unwrap()
-        .dirty;
+    let dirty = unsafe {
+        stop(&m, &mut st, m.ptr(), &PauseGate::new(1), |d| {
+            vec![None; d.len()]
+        })
+    }
+    .unwrap()
+    .dirty;
     assert_eq!(dirty, vec![5]);
     let (mut pool, t) = pool();
     pool.commit_epoch(t, &st.pages_sorted(), &st).unwrap();
