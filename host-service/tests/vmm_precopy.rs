@@ -78,6 +78,56 @@ fn precopy_epochs_commit_the_memory_at_the_stop() {
     );
 }
 
+/// A sequential writer wraps around a 4 MiB vPM forty times over 2 ms staged epochs (no rounds),
+/// so its pages are rewritten whole epoch after epoch and the stops stream them straight into
+/// fresh PM homes. A fresh VM then checks the recovered image: exactly the writer's last one.
+#[test]
+fn pages_streamed_into_fresh_homes_commit_the_memory_at_the_stop() {
+    let d = Dir::new("streamed");
+    let state = d.0.to_string_lossy().into_owned();
+    let common = [
+        "--state",
+        state.as_str(),
+        "--mode",
+        "full",
+        "--vpm-mib",
+        "4",
+    ];
+    // 64-byte records: 65,536 fill 4 MiB.
+    let records = (40 * 65_536u64).to_string();
+    let mut writer = common.to_vec();
+    writer.extend([
+        "--fresh",
+        "--workload",
+        "seq-writer",
+        "--args",
+        records.as_str(),
+        "--epoch-ms",
+        "2",
+        "--precopy",
+        "on",
+        "--precopy-rounds",
+        "0",
+    ]);
+    let r = guest(&writer);
+    let s = &r["stats"];
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k} in {s}"));
+    assert!(
+        n("stop_streamed_pages") > 0,
+        "no page was streamed into a fresh home: {s}"
+    );
+    let mut check = common.to_vec();
+    check.extend(["--workload", "seq-check", "--args", "0", "--epoch-ms", "0"]);
+    let c = guest(&check);
+    assert_eq!(c["report"]["errors"], 0, "{}", c["report"]["message"]);
+    assert_eq!(
+        c["report"]["values"][0].as_u64(),
+        records.parse().ok(),
+        "the recovered image is not the writer's last: {}",
+        c["report"]
+    );
+}
+
 /// Kill -9 at random moments of a sequential writer taking pre-copy epochs (5 ms, two rounds
 /// each): the recovered vPM is exactly one epoch's image, never older than the last epoch the
 /// host witnessed committing. An epoch that committed a round's copy of a page rewritten before

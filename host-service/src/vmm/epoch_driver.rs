@@ -15,8 +15,8 @@ use std::time::Instant;
 use super::context::{VmContext, VpmState};
 use super::precopy::{self, KvmTracker, RoundStats};
 use super::VmmError;
-use crate::pool::{ChangedPage, CommitStats, PageSource, PoolError};
-use crate::tier::{policy, Rng};
+use crate::pool::{ChangedPage, CommitStats, PageSource, PoolError, ReservedHome};
+use crate::tier::{policy, PagePlacements, Rng};
 
 /// An epoch stopped and staged, not yet committed.
 #[derive(Debug)]
@@ -116,22 +116,7 @@ impl VmContext {
         let mut state = self.state.lock().expect("state");
         let tracker = KvmTracker { log, vm: &self.vm };
         let placements = &state.placements;
-        // Pages rewritten (nearly) whole epoch after epoch go straight into fresh homes: their
-        // commit would write them whole anyway.
-        let reserve = |dirty: &[u64]| {
-            let mut pool = self.pool.lock().expect("pool");
-            let mut reserve_one = |vpn: u64| {
-                let p = placements.page(vpn);
-                if p.transient || p.intensity < policy::WRITTEN_WHOLE {
-                    return None;
-                }
-                pool.reserve_home(self.tenant, vpn).unwrap_or_else(|e| {
-                    tracing::warn!(vpn, error = %e, "no fresh home reserved; staging the page");
-                    None
-                })
-            };
-            dirty.iter().map(|&vpn| reserve_one(vpn)).collect()
-        };
+        let reserve = |dirty: &[u64]| self.reserve_homes(placements, dirty);
         // SAFETY: as in `precopy_round`, and the vCPU is paused; reserved homes are PM pages of
         // the pool, which nothing else touches until the commit.
         let stopped = unsafe {
@@ -178,6 +163,28 @@ impl VmContext {
         s.pause_rebalance_us += rebalance_us;
         s.record_pause(micros(start));
         Ok(StoppedEpoch { record })
+    }
+
+    /// Fresh PM homes for those of `dirty` pages that are rewritten (nearly) whole epoch after
+    /// epoch (their write intensity says so): the stop streams them there, since their commit
+    /// would write them whole anyway. `None` for every other page (it is staged).
+    fn reserve_homes(
+        &self,
+        placements: &PagePlacements,
+        dirty: &[u64],
+    ) -> Vec<Option<ReservedHome>> {
+        let mut pool = self.pool.lock().expect("pool");
+        let mut reserve = |vpn: u64| {
+            let p = placements.page(vpn);
+            if p.transient || p.intensity < policy::WRITTEN_WHOLE {
+                return None;
+            }
+            pool.reserve_home(self.tenant, vpn).unwrap_or_else(|e| {
+                tracing::warn!(vpn, error = %e, "no fresh home reserved; staging the page");
+                None
+            })
+        };
+        dirty.iter().map(|&vpn| reserve(vpn)).collect()
     }
 
     /// Commits a stopped epoch's staged image (the vCPU may run meanwhile), then tells the

@@ -119,9 +119,8 @@ pub struct Stopped {
 
 /// The stop, with the vCPU paused: copies every page the log shows dirty into `staging`, or
 /// into the fresh home `reserve` gives it (called once with the dirty pages, it returns a home
-/// or `None` for each; see [`Staging::plan_copies`]), with the help of
-/// the parked vCPU threads that spin on `gate`. Re-arms nothing (the writable-set policy decides
-/// that).
+/// or `None` for each; see [`Staging::plan_copies`]), with the help of the parked vCPU threads
+/// that spin on `gate`. Re-arms nothing (the writable-set policy decides that).
 ///
 /// # Safety
 /// As for [`round`]; and no vCPU may run meanwhile.
