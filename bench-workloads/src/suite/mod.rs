@@ -203,11 +203,20 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
                 runs[i].push((vm::ops_per_s(&o), throughput_row(wname, mname, poll_us, &o)));
             }
         }
-        for mut r in runs {
+        // Each full run against the direct run of the same round (side by side, a minute apart
+        // at most): the pairs' median ratio cancels the host's slow swings, which the ratio of
+        // two medians does not.
+        let direct: Vec<f64> = runs[0].iter().map(|(ops, _)| *ops).collect();
+        for (i, mut r) in runs.into_iter().enumerate() {
+            let paired: Vec<f64> = r.iter().zip(&direct).map(|(run, d)| run.0 / d).collect();
             r.sort_by(|a, b| a.0.total_cmp(&b.0));
             let all: Vec<f64> = r.iter().map(|(ops, _)| *ops).collect();
             let (_, mut row) = r.swap_remove(r.len() / 2);
             row["runs_ops_per_s"] = json!(all);
+            if modes[i].1 == Mode::Full {
+                row["direct_ratio_runs"] = json!(paired);
+                row["direct_ratio"] = json!(median(&paired));
+            }
             tput.push(row);
         }
     }
@@ -566,4 +575,11 @@ fn throughput_row(wname: &str, mname: &str, poll_us: u64, o: &VmOutcome) -> Valu
         "host_cpu_us_per_hint": if poll_us > 0 { json!(pvpoll::cpu_us_per_hint(o)) } else { Value::Null },
         "pause_us_p99": o.stats.pause_us_p99, "window_pause_us_p99": o.stats.window_pause_us_p99,
         "epoch": vm::epoch_fields(o)})
+}
+
+/// The median of `values` (the upper one of an even count; NaN if empty).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

@@ -264,7 +264,9 @@ only when nothing else runs.\n", doc["poller_idle"]["poll_us"]);
 
     let _ = writeln!(m, "## Throughput (ops/s)\n\n![throughput](throughput.svg)\n\nRates are the guest's steady-state window (after first touch and a \
 warm-up; VM start excluded). `direct`, `full-10ms` and `full-100ms` ran three times each, interleaved, and show their median run \
-(all three in results.json, `runs_ops_per_s`); a full run, not `--quick`, is needed for that.\n\n| workload | direct | msync | full-10ms | full-100ms | pv | pv-poll | epochs (full-100ms) | pause per MiB dirtied (full-100ms) | host CPU per hint (pv-poll) |\n|---|---|---|---|---|---|---|---|---|---|");
+(all three in results.json, `runs_ops_per_s`); a full run, not `--quick`, is needed for that. The targets compare each \
+full run with the direct run of its own round and take the median of those side-by-side ratios (`direct_ratio_runs`): \
+this shared host's load swings by ±10 % within minutes, and a ratio of two medians would carry the swing.\n\n| workload | direct | msync | full-10ms | full-100ms | pv | pv-poll | epochs (full-100ms) | pause per MiB dirtied (full-100ms) | host CPU per hint (pv-poll) |\n|---|---|---|---|---|---|---|---|---|---|");
     let tp = |w: &str, mo: &str| find(tput, |r| r["workload"] == w && r["mode"] == mo);
     for w in WRITE_WORKLOADS.iter().chain(&["transient scratch"]) {
         let _ = write!(m, "| {w} |");
