@@ -17,16 +17,12 @@ fn guest(args: &[&str]) -> Value {
     json_run(&all)
 }
 
-/// 64-byte records the writer appends: 15/16 of a 64 MiB vPM.
-const RECORDS: &str = "983040";
-
-/// A sequential writer fills most of a 64 MiB vPM once over 2 ms epochs with two pre-copy rounds
-/// each: the page being filled when a round runs is copied and written on before the stop, in
-/// the last epoch too (pages written once are the ones rounds copy). A fresh VM then checks the
-/// recovered image record by record: it must be exactly the writer's last image.
-#[test]
-fn precopy_epochs_commit_the_memory_at_the_stop() {
-    let d = Dir::new("precopy");
+/// Runs a sequential writer of `records` 64-byte records over a 4 MiB vPM (65,536 records fill
+/// it; more wrap around) with 2 ms staged epochs and `rounds` pre-copy rounds each, then checks
+/// in a fresh VM that the recovered image is exactly the writer's last one. Returns the
+/// writer's counters.
+fn write_then_check(name: &str, records: u64, rounds: &str) -> Value {
+    let d = Dir::new(name);
     let state = d.0.to_string_lossy().into_owned();
     let common = [
         "--state",
@@ -36,22 +32,41 @@ fn precopy_epochs_commit_the_memory_at_the_stop() {
         "--vpm-mib",
         "4",
     ];
+    let records_arg = records.to_string();
     let mut writer = common.to_vec();
     writer.extend([
         "--fresh",
         "--workload",
         "seq-writer",
         "--args",
-        RECORDS,
+        records_arg.as_str(),
         "--epoch-ms",
         "2",
         "--precopy",
         "on",
         "--precopy-rounds",
-        "2",
+        rounds,
     ]);
-    let r = guest(&writer);
-    let s = &r["stats"];
+    let stats = guest(&writer)["stats"].clone();
+    let mut check = common.to_vec();
+    check.extend(["--workload", "seq-check", "--args", "0", "--epoch-ms", "0"]);
+    let c = guest(&check);
+    assert_eq!(c["report"]["errors"], 0, "{}", c["report"]["message"]);
+    assert_eq!(
+        c["report"]["values"][0].as_u64(),
+        Some(records),
+        "the recovered image is not the writer's last: {}",
+        c["report"]
+    );
+    stats
+}
+
+/// A sequential writer wraps around a 4 MiB vPM fifteen times over 2 ms epochs with two
+/// pre-copy rounds each: the page being filled when a round runs is copied and written on before
+/// the stop, in the last epoch too. The recovered image must be exactly the writer's last.
+#[test]
+fn precopy_epochs_commit_the_memory_at_the_stop() {
+    let s = write_then_check("precopy", 983_040, "2");
     let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k} in {s}"));
     assert!(n("epochs") >= 3, "too few epochs: {s}");
     assert!(n("precopy_rounds") > 0, "no pre-copy round ran: {s}");
@@ -66,65 +81,17 @@ fn precopy_epochs_commit_the_memory_at_the_stop() {
         0,
         "a pre-copy epoch committed in the pause: {s}"
     );
-    let mut check = common.to_vec();
-    check.extend(["--workload", "seq-check", "--args", "0", "--epoch-ms", "0"]);
-    let c = guest(&check);
-    assert_eq!(c["report"]["errors"], 0, "{}", c["report"]["message"]);
-    assert_eq!(
-        c["report"]["values"][0].as_u64(),
-        Some(RECORDS.parse().unwrap()),
-        "the recovered image is not the writer's last: {}",
-        c["report"]
-    );
 }
 
 /// A sequential writer wraps around a 4 MiB vPM forty times over 2 ms staged epochs (no rounds),
 /// so its pages are rewritten whole epoch after epoch and the stops stream them straight into
-/// fresh PM homes. A fresh VM then checks the recovered image: exactly the writer's last one.
+/// fresh PM homes. The recovered image must be exactly the writer's last.
 #[test]
 fn pages_streamed_into_fresh_homes_commit_the_memory_at_the_stop() {
-    let d = Dir::new("streamed");
-    let state = d.0.to_string_lossy().into_owned();
-    let common = [
-        "--state",
-        state.as_str(),
-        "--mode",
-        "full",
-        "--vpm-mib",
-        "4",
-    ];
-    // 64-byte records: 65,536 fill 4 MiB.
-    let records = (40 * 65_536u64).to_string();
-    let mut writer = common.to_vec();
-    writer.extend([
-        "--fresh",
-        "--workload",
-        "seq-writer",
-        "--args",
-        records.as_str(),
-        "--epoch-ms",
-        "2",
-        "--precopy",
-        "on",
-        "--precopy-rounds",
-        "0",
-    ]);
-    let r = guest(&writer);
-    let s = &r["stats"];
-    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k} in {s}"));
+    let s = write_then_check("streamed", 40 * 65_536, "0");
     assert!(
-        n("stop_streamed_pages") > 0,
+        s["stop_streamed_pages"].as_u64().unwrap_or(0) > 0,
         "no page was streamed into a fresh home: {s}"
-    );
-    let mut check = common.to_vec();
-    check.extend(["--workload", "seq-check", "--args", "0", "--epoch-ms", "0"]);
-    let c = guest(&check);
-    assert_eq!(c["report"]["errors"], 0, "{}", c["report"]["message"]);
-    assert_eq!(
-        c["report"]["values"][0].as_u64(),
-        records.parse().ok(),
-        "the recovered image is not the writer's last: {}",
-        c["report"]
     );
 }
 

@@ -13,6 +13,7 @@ mod smp;
 mod svg;
 mod targets;
 mod targets_heat;
+mod targets_pause;
 mod vm;
 
 use std::path::Path;
