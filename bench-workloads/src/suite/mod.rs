@@ -147,8 +147,11 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
     step(t0, "workload throughput per mode");
     let scale = if quick { 1 } else { 4 };
     // Operations for modes with an exit per operation, and the factor for the others (which run
-    // many more, so that a full run's timed window spans at least ten 100 ms epochs). Rates are
-    // the guest's steady-state window (`vm::ops_per_s`): VM start and first touch excluded.
+    // many more). `direct` and `full` run `LONG` times that again, so that a full run's timed
+    // window spans 20 or more 100 ms epochs (with the factor alone the KV and log windows held 8
+    // or 9 once the staged pause shrank, and a second of this host's noise). Rates are the
+    // guest's steady-state window (`vm::ops_per_s`): VM start and first touch excluded.
+    const LONG: u64 = 3;
     let workloads: [(&str, Workload, Vec<u64>, u64); 4] = [
         ("kv puts", Workload::KvStore, vec![4000 * scale], 4000),
         (
@@ -195,7 +198,12 @@ pub fn run(out: &Path, quick: bool, vmx_exit_us: f64) -> Result<Vec<Target>, Sui
                 let mut args = args.clone();
                 let exit_bound = mode == Mode::Msync || (mode == Mode::Pv && poll_us == 0);
                 if !exit_bound {
-                    args[0] *= if quick { 30 } else { *factor };
+                    let long = if matches!(mode, Mode::Direct | Mode::Full) {
+                        LONG
+                    } else {
+                        1
+                    };
+                    args[0] *= if quick { 30 } else { *factor * long };
                 }
                 let mut job = Job::new(&format!("w-{mname}"), mode, *w, &args);
                 job.epoch_ms = epoch;
