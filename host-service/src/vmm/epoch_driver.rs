@@ -18,6 +18,12 @@ use super::VmmError;
 use crate::pool::{ChangedPage, CommitStats, PageSource, PoolError, ReservedHome};
 use crate::tier::{policy, PagePlacements, Rng};
 
+/// Free PM pages a stop wants in the pool for each home it reserves: it takes at most half of
+/// them, and leaves the rest to the commits of the pool's other tenants (a reserved home is
+/// held until this VM's commit). In a pool short of PM the pages are staged instead, and the
+/// commit writes them whole or as lines, as PM allows then.
+const FREE_PM_PER_RESERVED: u64 = 2;
+
 /// An epoch stopped and staged, not yet committed.
 #[derive(Debug)]
 #[must_use = "a stopped epoch must be committed"]
@@ -173,10 +179,19 @@ impl VmContext {
         placements: &PagePlacements,
         dirty: &[u64],
     ) -> Vec<Option<ReservedHome>> {
-        let mut pool = self.pool.lock().expect("pool");
-        let mut reserve = |vpn: u64| {
+        let whole = |vpn: u64| {
             let p = placements.page(vpn);
-            if p.transient || p.intensity < policy::WRITTEN_WHOLE {
+            !p.transient && p.intensity >= policy::WRITTEN_WHOLE
+        };
+        let mut pool = self.pool.lock().expect("pool");
+        let wanted = dirty.iter().filter(|&&vpn| whole(vpn)).count() as u64;
+        if pool.free_pm_pages() < FREE_PM_PER_RESERVED * wanted
+            && std::env::var("VPM_EXP_NOGUARD").is_err()
+        {
+            return vec![None; dirty.len()];
+        }
+        let mut reserve = |vpn: u64| {
+            if !whole(vpn) {
                 return None;
             }
             pool.reserve_home(self.tenant, vpn).unwrap_or_else(|e| {

@@ -5,11 +5,12 @@
 //!
 //! The stop's copy is memory-bound, and the paused vCPU's core would sit idle through it. So the
 //! first vCPU threads (as many as the host has cores besides the controller's) do not sleep when
-//! they park: they spin, and help with [`PauseWork`] the controller offers. A thread started for
-//! the copy instead waited ~1 ms for its core to wake on this PVM host (the idle vCPU of the
-//! nested VM is descheduled), which was as long as the copy; a vCPU thread that spins also
-//! resumes the guest without that wake-up. After [`PARK_SPIN`] a spinning thread sleeps too (an
-//! operator's hold, a long commit).
+//! they park: they spin until the controller offers [`PauseWork`], help with it, and then sleep
+//! like the others. A thread started for the copy instead waited ~1 ms for its core to wake on
+//! this PVM host (the idle vCPU of the nested VM is descheduled), which was as long as the copy.
+//! A spinner that gets no work within [`PARK_SPIN`] sleeps too (stop-and-commit epochs, an
+//! operator's hold); spinning longer, through the rest of the pause, took cores from the other
+//! VMs of a consolidated host (docs/costs.md §10).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -29,8 +30,9 @@ struct GateState {
     over: bool,
 }
 
-/// Longest a parked vCPU thread spins (helping with offered work) before it sleeps.
-pub const PARK_SPIN: Duration = Duration::from_millis(100);
+/// Longest a parked vCPU thread spins waiting for work before it sleeps (the stop offers its
+/// copy ~0.05–0.15 ms into the pause, once it has the dirty log).
+pub const PARK_SPIN: Duration = Duration::from_millis(2);
 
 /// Work the controller shares with the spinning parked vCPU threads during a pause.
 pub trait PauseWork: Send + Sync {
@@ -44,8 +46,9 @@ pub struct PauseGate {
     cv: Condvar,
     /// `state.requested`, readable without the lock (for spinning vCPU threads).
     requested_now: AtomicBool,
-    /// vCPU threads (by index) that spin when parked.
+    /// vCPU threads (by index) that spin when parked, and for how long at most.
     spinners: u32,
+    spin_limit: Duration,
     /// Work on offer, and a count of offers (a spinning thread helps each offer once).
     work: Mutex<Option<Arc<dyn PauseWork>>>,
     work_offers: AtomicU64,
@@ -83,6 +86,7 @@ impl PauseGate {
         PauseGate {
             requested_now: AtomicBool::new(false),
             spinners,
+            spin_limit: PARK_SPIN,
             work: Mutex::new(None),
             work_offers: AtomicU64::new(0),
             spin_off: AtomicBool::new(false),
@@ -102,6 +106,12 @@ impl PauseGate {
         self.state.lock().expect("gate").requested
     }
 
+    /// The gate with spinners waiting up to `limit` for work (tests: a descheduled controller).
+    pub fn with_spin_limit(mut self, limit: Duration) -> PauseGate {
+        self.spin_limit = limit;
+        self
+    }
+
     /// vCPU side: vCPU `index` parks until resumed (call when `requested`).
     pub fn park(&self, index: usize) {
         {
@@ -119,13 +129,15 @@ impl PauseGate {
         s.parked -= 1;
     }
 
-    /// Spins while the pause lasts (up to [`PARK_SPIN`]), helping with each work offered.
+    /// Spins until the controller offers work (at most the spin limit, [`PARK_SPIN`] unless
+    /// [`PauseGate::with_spin_limit`] set another, while the pause lasts),
+    /// helps with it, and returns (the caller then sleeps until the pause ends).
     fn spin_and_help(&self) {
         let start = Instant::now();
         let mut helped = 0;
         while self.requested_now.load(Ordering::Acquire)
             && !self.spin_off.load(Ordering::Acquire)
-            && start.elapsed() < PARK_SPIN
+            && start.elapsed() < self.spin_limit
         {
             let offers = self.work_offers.load(Ordering::Acquire);
             if offers != helped {
@@ -133,6 +145,7 @@ impl PauseGate {
                 let work = self.work.lock().expect("gate work").clone();
                 if let Some(work) = work {
                     work.help();
+                    return;
                 }
             }
             std::hint::spin_loop();
@@ -246,7 +259,8 @@ mod tests {
     /// pause, and resumes when the pause ends.
     #[test]
     fn a_spinning_parked_vcpu_helps_with_offered_work() {
-        let gate = Arc::new(PauseGate::with_spinners(1, 1));
+        let gate =
+            Arc::new(PauseGate::with_spinners(1, 1).with_spin_limit(Duration::from_secs(30)));
         let vcpu = {
             let g = gate.clone();
             std::thread::spawn(move || {
