@@ -185,9 +185,7 @@ impl VmContext {
         };
         let mut pool = self.pool.lock().expect("pool");
         let wanted = dirty.iter().filter(|&&vpn| whole(vpn)).count() as u64;
-        if pool.free_pm_pages() < FREE_PM_PER_RESERVED * wanted
-            && std::env::var("VPM_EXP_NOGUARD").is_err()
-        {
+        if pool.free_pm_pages() < FREE_PM_PER_RESERVED * wanted {
             return vec![None; dirty.len()];
         }
         let mut reserve = |vpn: u64| {
