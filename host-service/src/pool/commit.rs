@@ -19,7 +19,7 @@ use vpm_abi::{LINE_SIZE, PAGE_SIZE};
 
 use super::error::PoolError;
 use super::homes::HomeStore;
-use super::lines::{diff_mask, estimated_lines, sampled_changes, MOSTLY_CHANGED};
+use super::lines::{changed_lines, diff_mask};
 use super::media::{
     CommitRecord, Home, LogRecordHeader, APPLIED_WORD_OFF, COMMIT_RECORD_SIZE, LOG_HEADER_SIZE,
     LOG_NEW_HOME,
@@ -214,14 +214,7 @@ impl LogBuilder<'_> {
         let (mask, lines) = match self.homes.location(home) {
             Some((dev, off)) => {
                 let mut found = (0, 0);
-                dev.with_bytes(off, page_len, &mut |base| {
-                    let sampled = sampled_changes(page, base);
-                    found = if sampled >= MOSTLY_CHANGED {
-                        (u64::MAX, estimated_lines(sampled))
-                    } else {
-                        exact(diff_mask(page, base))
-                    }
-                })?;
+                dev.with_bytes(off, page_len, &mut |base| found = changed_lines(page, base))?;
                 found
             }
             None => exact(diff_mask(page, &ZERO_PAGE)),
@@ -334,12 +327,7 @@ impl LogBuilder<'_> {
                     let mut n = 0;
                     old_dev
                         .with_bytes(old_off, page_len, &mut |old| {
-                            let sampled = sampled_changes(written, old);
-                            n = if sampled >= MOSTLY_CHANGED {
-                                estimated_lines(sampled)
-                            } else {
-                                diff_mask(written, old).count_ones()
-                            };
+                            n = changed_lines(written, old).1
                         })
                         .map(|()| n)
                 }

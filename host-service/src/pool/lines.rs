@@ -51,6 +51,19 @@ pub(super) fn estimated_lines(sampled: u32) -> u32 {
     sampled * LINES as u32 / SAMPLE_LINES.len() as u32
 }
 
+/// The lines in which page `new` differs from `old`: a sample first, and when most of it
+/// differs, all lines as the mask with the count the sample estimates (the page is rewritten
+/// whole; reading all of `old` would cost as much as writing `new`); else the exact mask and
+/// count.
+pub(super) fn changed_lines(new: &[u8], old: &[u8]) -> (u64, u32) {
+    let sampled = sampled_changes(new, old);
+    if sampled >= MOSTLY_CHANGED {
+        return (u64::MAX, estimated_lines(sampled));
+    }
+    let mask = diff_mask(new, old);
+    (mask, mask.count_ones())
+}
+
 /// Bit mask of the lines of a page that `[start, end)` (byte offsets within the page, `end >
 /// start`) touches.
 pub(super) fn line_mask(start: u64, end: u64) -> u64 {
