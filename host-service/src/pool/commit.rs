@@ -81,8 +81,9 @@ pub(super) fn commit_epoch(
     let mut dirty = dirty.to_vec();
     dirty.sort_unstable();
     dirty.dedup();
-    // Homes the source filled before the commit are this commit's to install or give back.
-    let written = dirty
+    // Homes the source filled before the commit are this commit's to install or give back: PM
+    // homes reserved beside the pages' current ones (replacements).
+    let written: Vec<Home> = dirty
         .iter()
         .filter_map(|&v| source.written_home(v))
         .collect();
@@ -90,6 +91,7 @@ pub(super) fn commit_epoch(
         homes: &mut *homes,
         t: &mut *t,
         log: RedoLog::default(),
+        replacements: written.len() as u64,
         allocated: written,
         fresh: Fresh::default(),
         changed: Vec::new(),
@@ -98,16 +100,20 @@ pub(super) fn commit_epoch(
     let LogBuilder {
         log,
         allocated,
+        replacements,
         fresh,
         changed,
         ..
     } = b;
-    if let Err(e) = collected.and_then(|()| write_log_and_commit(homes, t, &log)) {
+    let committed = collected.and_then(|()| write_log_and_commit(homes, t, &log));
+    if committed.is_err() {
         for home in allocated {
             homes.unalloc(t, home);
         }
-        return Err(e);
     }
+    // Installed (the commit point is past) or given back: either way each page holds one home.
+    t.note_replacements_done(replacements);
+    committed?;
     let until_commit = start.elapsed();
 
     let mut applied = apply(homes, t, &log)?;
@@ -170,6 +176,8 @@ struct LogBuilder<'a> {
     t: &'a mut Tenant,
     log: RedoLog,
     allocated: Vec<Home>,
+    /// Of `allocated`, the PM homes taken beside a page's current PM home.
+    replacements: u64,
     fresh: Fresh,
     changed: Vec<ChangedPage>,
 }
@@ -231,6 +239,10 @@ impl LogBuilder<'_> {
                 match self.homes.alloc_same_tier(self.t, home)? {
                     // A full log takes whole pages copy-on-write (64-byte records) in any tier.
                     None if log_tight => Some(self.homes.alloc(self.t)?),
+                    Some(new @ Home::Pm(_)) => {
+                        self.replacements += 1;
+                        Some(new)
+                    }
                     other => other,
                 }
             }
@@ -360,4 +372,65 @@ fn write_log_and_commit(homes: &HomeStore, t: &mut Tenant, log: &RedoLog) -> Res
     write_durable(pm, off, &record.encode())?;
     t.set_committed(record.seq, record.epoch, slot);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::pm::sim::SimPm;
+    use crate::pool::{Pool, PoolConfig, TenantConfig};
+
+    use super::*;
+
+    const PAGE: usize = PAGE_SIZE as usize;
+
+    /// A page rewritten copy-on-write holds two PM homes until its commit is applied; pages the
+    /// same commit homes for the first time still get PM homes while the tenant's pages fit its
+    /// quota (they went to the capacity file, for good, when the spare homes counted).
+    #[test]
+    fn rewrites_beside_new_pages_do_not_push_them_out_of_pm() {
+        let cfg = PoolConfig {
+            size: 64 * PAGE_SIZE,
+            max_tenants: 1,
+            meta_bytes: 16 * PAGE_SIZE,
+            pool_id: 3,
+        };
+        let mut pool = Pool::create(
+            Arc::new(SimPm::new(64 * PAGE_SIZE)),
+            Arc::new(SimPm::new(0)),
+            &cfg,
+        )
+        .unwrap();
+        let t = pool
+            .add_tenant(&TenantConfig {
+                name: "t".into(),
+                vpm_bytes: 4 * PAGE_SIZE,
+                pm_quota_bytes: 4 * PAGE_SIZE,
+                dram_budget_bytes: 0,
+                log_bytes: 4 * PAGE_SIZE,
+            })
+            .unwrap();
+        let mut img = vec![1u8; 4 * PAGE];
+        pool.commit_epoch(t, &[0, 1], &img).unwrap();
+        // Pages 0 and 1 rewritten whole (copy-on-write), pages 2 and 3 written for the first time.
+        img.fill(2);
+        pool.commit_epoch(t, &[0, 1, 2, 3], &img).unwrap();
+        let tenant = pool.tenant(t).unwrap();
+        assert_eq!(
+            tenant.home_counts(),
+            (4, 0),
+            "four pages within a four-page PM quota: every home in PM"
+        );
+        for vpn in 0..4 {
+            assert!(matches!(tenant.home(vpn), Home::Pm(_)), "page {vpn}");
+        }
+        let mut page = vec![0u8; PAGE];
+        pool.read_home(t, 3, &mut page).unwrap();
+        assert_eq!(page, img[3 * PAGE..]);
+        assert!(
+            !pool.tenant(t).unwrap().pm_quota_left(),
+            "the quota is used up"
+        );
+    }
 }

@@ -126,7 +126,9 @@ impl HomeStore {
 
     /// A fresh home in the same tier as `home`, for a copy-on-write rewrite. The quota is not
     /// checked: the old home is freed when the epoch is applied, so the tenant holds both only
-    /// for the duration of the commit.
+    /// for the duration of the commit. A PM home taken so is a replacement
+    /// ([`Tenant::note_replacement_taken`]); the commit that installs it or gives it back says
+    /// so with [`Tenant::note_replacements_done`].
     pub(super) fn alloc_same_tier(
         &mut self,
         t: &mut Tenant,
@@ -144,6 +146,7 @@ impl HomeStore {
         };
         if let Some(h) = new {
             t.note_home_taken(h);
+            t.note_replacement_taken();
         }
         Ok(new)
     }

@@ -58,6 +58,7 @@ pub(super) fn reserve(
         })),
         None => {
             homes.unalloc(t, home);
+            t.note_replacements_done(1);
             Ok(None)
         }
     }

@@ -40,7 +40,12 @@ pub struct Tenant {
     seq: u64,
     /// Which record slot (0 or 1) holds the latest commit record.
     latest_slot: u64,
+    /// PM homes held, including the fresh homes of pages being rewritten copy-on-write.
     pm_homes: u64,
+    /// Of `pm_homes`, the fresh homes a commit holds beside the page's current PM home
+    /// ([`Tenant::note_replacement_taken`]): the page keeps one home once the commit is done, so
+    /// they do not count against the quota.
+    pm_replacements: u64,
     capacity_homes: u64,
     stats: TenantStats,
 }
@@ -57,6 +62,7 @@ impl Tenant {
             seq: 0,
             latest_slot: 1,
             pm_homes: 0,
+            pm_replacements: 0,
             capacity_homes: 0,
             stats: TenantStats::default(),
         }
@@ -175,9 +181,27 @@ impl Tenant {
         }
     }
 
-    /// PM homes the tenant holds, against its quota.
+    /// Counts a fresh PM home taken for a page that has a PM home now (a copy-on-write rewrite
+    /// or a reserved home): the commit installs it in place of the old one or gives it back.
+    pub(super) fn note_replacement_taken(&mut self) {
+        self.pm_replacements += 1;
+    }
+
+    /// Counts `n` replacement homes installed or given back (their commit is done).
+    pub(super) fn note_replacements_done(&mut self, n: u64) {
+        debug_assert!(
+            n <= self.pm_replacements,
+            "more replacements done than taken"
+        );
+        self.pm_replacements = self.pm_replacements.saturating_sub(n);
+    }
+
+    /// Whether the tenant may take one more PM home: the pages with PM homes, against its quota.
+    /// A page being rewritten copy-on-write holds two PM homes until its commit is applied and
+    /// counts once, so the pages a commit homes for the first time are not pushed to the
+    /// capacity file by the rewrites beside them.
     pub(super) fn pm_quota_left(&self) -> bool {
-        self.pm_homes < self.desc.pm_quota_pages
+        self.pm_homes - self.pm_replacements < self.desc.pm_quota_pages
     }
 
     /// Sequence of the latest commit record.
@@ -242,6 +266,12 @@ mod tests {
         t.note_home_taken(Home::Capacity(5));
         assert!(!t.pm_quota_left());
         assert_eq!(t.home_counts(), (1, 1));
+        t.note_home_taken(Home::Pm(1));
+        t.note_replacement_taken();
+        assert!(!t.pm_quota_left(), "a replacement home is not a new page");
+        t.note_home_returned(Home::Pm(0));
+        t.note_replacements_done(1);
+        assert!(!t.pm_quota_left());
         t.note_home_returned(Home::Capacity(5));
         assert_eq!(t.home_counts(), (1, 0));
         assert_eq!(t.set_home(1, Home::Pm(0)), Home::None);
