@@ -18,6 +18,8 @@ echo "bzImage: $KERNEL_BZIMAGE"
 
 step "format and lints"
 cargo fmt --all -- --check
+# vpm.ko is outside the workspace: the kernel's rustfmt settings are the 2021 defaults.
+rustfmt --edition 2021 --check guest-driver/vpm/*.rs
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy -p vpm-abi --all-targets --features derive,fuzzing --quiet -- -D warnings
 

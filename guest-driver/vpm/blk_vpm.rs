@@ -172,7 +172,9 @@ impl Vpm {
             BLK_COUNTERS
                 .repersisted_pages
                 .fetch_add(page - start, Ordering::Relaxed);
-            BLK_COUNTERS.repersist_ranges.fetch_add(1, Ordering::Relaxed);
+            BLK_COUNTERS
+                .repersist_ranges
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

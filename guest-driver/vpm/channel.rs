@@ -204,7 +204,10 @@ impl Channel {
             return Err(ENODEV);
         }
         if page.status() != Some(HeaderStatus::Ok) {
-            pr_err!("the VPM host refused the shared page: {:?}\n", page.status());
+            pr_err!(
+                "the VPM host refused the shared page: {:?}\n",
+                page.status()
+            );
             return Err(ENODEV);
         }
         channel.ring()?;

@@ -31,12 +31,12 @@ mod blk_vpm;
 mod channel;
 
 use abi::op::Op;
-use channel::{with_channel, with_ring, COUNTERS, RINGS, RING_HINTS};
 use abi::uapi::{
     VpmInfo, VpmRange, VpmStatus, VPM_IOC_DRAIN, VPM_IOC_FLUSH, VPM_IOC_INFO, VPM_IOC_PERSIST,
     VPM_IOC_REQUEST_EPOCH, VPM_IOC_SET_PERSISTENT, VPM_IOC_SET_TRANSIENT, VPM_STATUS_MAGIC,
     VPM_STATUS_OFFSET,
 };
+use channel::{with_channel, with_ring, COUNTERS, RINGS, RING_HINTS};
 
 module! {
     type: VpmModule,
@@ -53,7 +53,6 @@ module! {
 }
 
 const PAGE: u64 = abi::wire::PAGE_SIZE;
-
 
 /// Kernel address of the status page (0 while there is none): a zeroed page holding a
 /// [`VpmStatus`] that processes map read-only at [`VPM_STATUS_OFFSET`].
@@ -155,7 +154,11 @@ impl core::fmt::Debug for CountersView {
         writeln!(f, "flushes {}", c.flushes.load(Ordering::Relaxed))?;
         writeln!(f, "drains {}", c.drains.load(Ordering::Relaxed))?;
         writeln!(f, "doorbells {}", c.doorbells.load(Ordering::Relaxed))?;
-        writeln!(f, "doorbells_suppressed {}", c.doorbells_suppressed.load(Ordering::Relaxed))?;
+        writeln!(
+            f,
+            "doorbells_suppressed {}",
+            c.doorbells_suppressed.load(Ordering::Relaxed)
+        )?;
         writeln!(f, "polled {}", polled as u8)?;
         writeln!(f, "rings {rings}")?;
         for (i, n) in RING_HINTS.iter().enumerate().take(rings) {
@@ -300,7 +303,8 @@ impl kernel::InPlaceModule for VpmModule {
             FOPS.store(unsafe { (*misc).fops } as usize, Ordering::Release);
             // SAFETY: `this_device` is valid while registered, and SIZE_ATTR is a static
             // attribute with a name and a show callback; it is removed in `drop`.
-            let rc = unsafe { bindings::device_create_file((*misc).this_device, SIZE_ATTR.0.get()) };
+            let rc =
+                unsafe { bindings::device_create_file((*misc).this_device, SIZE_ATTR.0.get()) };
             kernel::error::to_result(rc)
         })
     }
@@ -483,7 +487,9 @@ fn range_op(op: Op, arg: usize) -> Result<isize> {
         .read()?;
     let segments = translate(&r)?;
     let pieces = segments.as_slice();
-    let whole_pages = pieces.iter().all(|&(gpa, len)| gpa % PAGE == 0 && len % PAGE == 0);
+    let whole_pages = pieces
+        .iter()
+        .all(|&(gpa, len)| gpa % PAGE == 0 && len % PAGE == 0);
     if matches!(op, Op::SetTransient | Op::SetPersistent) && !whole_pages {
         return Err(EINVAL);
     }

@@ -46,6 +46,27 @@ pub(super) fn sampled_changes(a: &[u8], b: &[u8]) -> u32 {
         .count() as u32
 }
 
+/// Asks the CPU to start loading the lines [`sampled_changes`] reads of the page at `off` in
+/// `dev` (when `dev` is mapped here), so that a loop over pages can overlap the misses of pages
+/// ahead with the comparisons of the current one.
+pub(super) fn prefetch_sample(dev: &dyn PmDevice, off: u64) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(page) = dev.mapped_at(off, LINES as u64 * LINE_SIZE) {
+        for l in SAMPLE_LINES {
+            // SAFETY: `page` is a mapped page of `dev` (`mapped_at` checked the bounds), so the
+            // address is inside the mapping; a prefetch reads nothing into the program and
+            // cannot fault.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    page.add(l * LINE_SIZE as usize) as *const i8,
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (dev, off);
+}
+
 /// The changed lines a sample of `sampled` differing lines of 8 stands for.
 pub(super) fn estimated_lines(sampled: u32) -> u32 {
     sampled * LINES as u32 / SAMPLE_LINES.len() as u32

@@ -180,6 +180,19 @@ mod tests {
             free,
             "a failed commit gives the home back"
         );
+
+        // A home given back as unchanged is not given back again when the commit then fails.
+        let counts = pool.tenant(t).unwrap().home_counts();
+        let zero = pool.reserve_home(t, 0).unwrap().unwrap();
+        stream(&zero, &img[..PAGE]);
+        let short = Streamed {
+            image: &img[..2 * PAGE],
+            written: HashMap::from([(0, zero.home)]),
+        };
+        assert!(pool.commit_epoch_changed(t, &[0, 3], &short).is_err());
+        assert_eq!(pool.free_pm_pages(), free, "each home given back once");
+        assert_eq!(pool.tenant(t).unwrap().home_counts(), counts);
+        assert!(pool.reserve_home(t, 0).unwrap().is_some());
         let _ = pool.pm().drain();
     }
 
