@@ -26,6 +26,12 @@ pub const MAX_FILLS: usize = 4 * MAX_MOVES_EACH_WAY;
 pub const WRITTEN_WHOLE: u8 = 80;
 /// Heat moves stop while an epoch's dirty pages outnumber the DRAM budget this many times.
 pub const SPREAD_FACTOR: u64 = 4;
+/// Heat at or above which a page was written in the epoch just ended (`heat / 2` alone is 127 at
+/// most).
+const WRITTEN_LAST: u16 = 128;
+/// Writes count as spread evenly over the tiers while the smaller of the two tiers' written
+/// shares is at least this many eighths of the larger.
+const EVEN_EIGHTHS: u64 = 6;
 
 fn to(vpn: u64, to: Placement) -> Move {
     Move { vpn, to }
@@ -38,17 +44,21 @@ fn to(vpn: u64, to: Placement) -> Move {
 /// it for a more intense PM page was tried and dropped, since on uniform writes the intensities
 /// of equally written pages differ by chance from epoch to epoch and the swaps churned (random
 /// 4 KiB writes at 10 ms epochs ran at 1.3–1.6 M/s with swaps, 1.9–2.0 M/s without;
-/// docs/costs.md §9).
+/// docs/costs.md §9). Nor does a cold page leave while the writes fall on both tiers alike
+/// ([`writes_spread_evenly`]): then it is cold by chance.
 pub fn rebalance(t: &PagePlacements) -> Vec<Move> {
     let mut moves = Vec::new();
     let mut dram = t.dram_pages();
-    let mut cold: Vec<(u16, u64)> = t
-        .iter()
-        .filter(|(_, p)| {
-            p.placement == Placement::Dram && !p.transient && p.heat < COLD && !p.dirty
-        })
-        .map(|(vpn, p)| (p.heat, vpn))
-        .collect();
+    let mut cold: Vec<(u16, u64)> = if writes_spread_evenly(t) {
+        Vec::new()
+    } else {
+        t.iter()
+            .filter(|(_, p)| {
+                p.placement == Placement::Dram && !p.transient && p.heat < COLD && !p.dirty
+            })
+            .map(|(vpn, p)| (p.heat, vpn))
+            .collect()
+    };
     cold.sort_unstable();
     for &(_, vpn) in cold.iter().take(MAX_MOVES_EACH_WAY) {
         moves.push(to(vpn, Placement::Pm));
@@ -65,6 +75,30 @@ pub fn rebalance(t: &PagePlacements) -> Vec<Move> {
         moves.push(to(vpn, Placement::Dram));
     }
     moves
+}
+
+/// Whether the epoch just ended wrote the same share of the DRAM pages as of the PM pages (within
+/// [`EVEN_EIGHTHS`]; transient pages aside, both shares above zero). Then heat has found no
+/// pages worth DRAM more than others: a uniformly random writer at 10 ms epochs leaves a page
+/// unwritten for three epochs now and then, and demoting it for a PM page that is hot by the same
+/// chance remapped two pages an epoch for nothing (each remap makes the PVM guest refault what it
+/// touches; docs/costs.md §8 and §11). A skewed writer, a drifting or a changed hot set, and an
+/// idle VM all write the two tiers unevenly.
+fn writes_spread_evenly(t: &PagePlacements) -> bool {
+    let (mut dram, mut dram_written, mut pm, mut pm_written) = (0u64, 0u64, 0u64, 0u64);
+    for (_, p) in t.iter().filter(|(_, p)| !p.transient) {
+        let written = u64::from(p.heat >= WRITTEN_LAST);
+        match p.placement {
+            Placement::Dram => (dram, dram_written) = (dram + 1, dram_written + written),
+            Placement::Pm => (pm, pm_written) = (pm + 1, pm_written + written),
+        }
+    }
+    if dram_written == 0 || pm_written == 0 {
+        return false;
+    }
+    // The shares dram_written / dram and pm_written / pm, both scaled by dram * pm.
+    let (a, b) = (dram_written * pm, pm_written * dram);
+    a.min(b) * 8 >= a.max(b) * EVEN_EIGHTHS
 }
 
 /// Up to `count` write-hot PM pages (not transient), the most intensely written first (then the
@@ -485,6 +519,44 @@ mod tests {
             epoch(&mut t, (0..hot).chain(hot..hot + 3 * hot));
             assert_eq!(in_dram(&t, 0..hot), hot as usize, "looping scan");
         }
+    }
+
+    /// A uniformly random writer: each page written in an epoch with probability 9/10 (random
+    /// 4 KiB writes at 10 ms epochs). DRAM fills, and then no page leaves it: a DRAM page left
+    /// unwritten for three epochs is no colder than the PM page that would replace it.
+    #[test]
+    fn a_uniform_trace_fills_dram_and_then_does_not_churn() {
+        let (pages, budget) = (1024u64, 256u64);
+        let mut t = PagePlacements::new(pages, budget);
+        let mut rng = Rng::new(11);
+        let mut demoted = 0;
+        for round in 0..60 {
+            let writes: Vec<u64> = (0..pages).filter(|_| rng.below(10) != 0).collect();
+            writes.iter().for_each(|&v| t.note_write(v));
+            t.end_epoch();
+            let moves = rebalance(&t);
+            if round >= 20 {
+                demoted += moves.iter().filter(|m| m.to == Placement::Pm).count();
+            }
+            apply(&mut t, moves);
+        }
+        assert_eq!(t.dram_pages(), budget, "DRAM filled");
+        assert_eq!(demoted, 0, "pages cold by chance left DRAM");
+    }
+
+    /// A drifting hot set: a quarter of the DRAM pages stop being written and as many PM pages
+    /// start; the tiers are written unevenly, so the cold pages are replaced.
+    #[test]
+    fn a_drifting_hot_set_is_followed() {
+        let mut t = PagePlacements::new(256, 24);
+        for _ in 0..8 {
+            epoch(&mut t, 0..24);
+        }
+        for _ in 0..6 {
+            epoch(&mut t, (6..24).chain(100..106));
+        }
+        assert_eq!(in_dram(&t, 100..106), 6, "the new hot pages are in DRAM");
+        assert_eq!(in_dram(&t, 0..6), 0, "the cold ones left");
     }
 
     #[test]
