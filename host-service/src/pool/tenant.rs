@@ -201,7 +201,7 @@ impl Tenant {
     /// counts once, so the pages a commit homes for the first time are not pushed to the
     /// capacity file by the rewrites beside them.
     pub(super) fn pm_quota_left(&self) -> bool {
-        self.pm_homes - self.pm_replacements < self.desc.pm_quota_pages
+        self.pm_homes.saturating_sub(self.pm_replacements) < self.desc.pm_quota_pages
     }
 
     /// Sequence of the latest commit record.
