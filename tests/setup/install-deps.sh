@@ -55,6 +55,13 @@ if ! rustup component list --installed | grep -q '^rust-src'; then
   log "rustup component add rust-src"
   rustup component add rust-src
 fi
+# The format and lint checks (the workspace, and vpm.ko's sources with rustfmt itself).
+for component in rustfmt clippy; do
+  if ! rustup component list --installed | grep -q "^${component}"; then
+    log "rustup component add ${component}"
+    rustup component add "${component}"
+  fi
+done
 if ! rustup target list --installed | grep -q '^x86_64-unknown-none$'; then
   log "rustup target add x86_64-unknown-none"
   rustup target add x86_64-unknown-none
